@@ -1,0 +1,73 @@
+//! Subcommands and the options they share.
+
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use peapod::config::{Config, Overrides};
+
+/// Every container's last run exited 0 (or the pod was stopped on request).
+pub const EXIT_OK: u8 = 0;
+/// A container's last run failed (non-zero exit or trap).
+pub const EXIT_FAILED: u8 = 1;
+/// Bad input: a pod spec or config that does not validate. Nothing was created.
+pub const EXIT_INVALID: u8 = 2;
+/// The runtime failed (kernel, files, permissions). What was created was removed.
+pub const EXIT_RUNTIME: u8 = 3;
+
+/// Kubernetes-style pods of WebAssembly containers for small ARM boards.
+#[derive(Parser, Debug)]
+#[command(name = "peapod", version)]
+pub struct Cli {
+    /// Runtime config file [default: /etc/peapod/peapod.toml if it exists]
+    #[arg(long, global = true, env = "PEAPOD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where namespace pins live (<run-dir>/netns/<pod>) [default: /run/peapod]
+    #[arg(long, global = true, env = "PEAPOD_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+    /// Where IP leases are kept [default: /var/lib/peapod]
+    #[arg(long, global = true, env = "PEAPOD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Host bridge pods attach to [default: peapod0]
+    #[arg(long, global = true, env = "PEAPOD_BRIDGE")]
+    bridge: Option<String>,
+    /// IPv4 subnet of the bridge [default: 10.66.0.0/24]
+    #[arg(long, global = true, env = "PEAPOD_SUBNET")]
+    subnet: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Run(run::Run),
+}
+
+impl Cli {
+    fn config(&self) -> Result<Config, peapod::config::ConfigError> {
+        Config::load(
+            self.config.as_deref(),
+            &Overrides {
+                run_dir: self.run_dir.clone(),
+                state_dir: self.state_dir.clone(),
+                bridge: self.bridge.clone(),
+                subnet: self.subnet.clone(),
+            },
+        )
+    }
+}
+
+pub fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = match cli.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    match cli.command {
+        Command::Run(r) => r.exec(config),
+    }
+}

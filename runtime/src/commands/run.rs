@@ -1,0 +1,88 @@
+//! `peapod run POD.toml`: one pod in the foreground, removed again when it ends.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use peapod::config::Config;
+use peapod::executor::Executor;
+use peapod::pod::{self, RunningPod};
+use peapod::spec::PodSpec;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
+
+/// Run a pod in the foreground until its containers end for good or SIGINT/SIGTERM arrives;
+/// then remove its namespace, veth and lease.
+///
+/// Exit status: 0 when every container's last run exited 0 (or on SIGINT/SIGTERM), 1 when one
+/// failed, 2 when the spec is invalid (nothing is created), 3 when the runtime failed.
+#[derive(clap::Args, Debug)]
+pub struct Run {
+    /// The pod spec (TOML)
+    spec: PathBuf,
+}
+
+impl Run {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let spec = match PodSpec::load(&self.spec) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        };
+        let exec = Executor::new()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("create wasm engine")?;
+        let modules = match pod::compile(&exec, &spec) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("create runtime")?;
+        rt.block_on(async move {
+            let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+            let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+            let mut pod = match RunningPod::start(&config, &exec, &spec, modules).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("peapod: {e}");
+                    return Ok(ExitCode::from(EXIT_RUNTIME));
+                }
+            };
+            let signalled = tokio::select! {
+                _ = pod.wait() => false,
+                _ = term.recv() => true,
+                _ = int.recv() => true,
+            };
+            if signalled {
+                tracing::info!("pod {}: stopping on signal", spec.name);
+            }
+            let report = pod.stop().await?;
+            for c in &report.containers {
+                let how = match (&c.last, c.stopped) {
+                    (_, true) => "stopped".to_string(),
+                    (Some(o), false) => o.to_string(),
+                    (None, false) => "never ran".to_string(),
+                };
+                eprintln!(
+                    "{}/{}: {how} (restarts: {})",
+                    report.name, c.name, c.restarts
+                );
+            }
+            Ok(ExitCode::from(if report.teardown.is_some() {
+                EXIT_RUNTIME
+            } else if signalled || report.success() {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            }))
+        })
+    }
+}

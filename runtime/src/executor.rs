@@ -1,0 +1,277 @@
+//! The executor: one wasmtime [`Engine`] per process, modules compiled once, and one fresh store
+//! per run of a container.
+//!
+//! A module is compiled and linked ahead of time into a [`Prepared`] (a `CommandPre` for a wasip2
+//! component, an `InstancePre` for a wasip1 core module), so a restart only instantiates: it never
+//! recompiles. Each run gets a new [`Store`] holding the container's WASI context; dropping the
+//! store closes every socket and file the run opened, so the next run can bind the same port.
+//!
+//! What a container is granted (see [`RunSpec`]): its declared args and env, TCP and UDP on any
+//! address and name lookup (the pod's network namespace is its boundary), stdout and stderr into
+//! the log. Nothing else: no files, no host environment, no stdin.
+//!
+//! Fairness: the engine's epoch is ticked every [`EPOCH_TICK`] by a background thread and every
+//! store yields to the async runtime at each tick, so a module in a busy loop cannot starve its
+//! siblings on the pod's thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstancePre, Module, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::logs::{ContainerLog, Stream};
+
+/// How often a running module yields to its siblings.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a WebAssembly module or component (no \\0asm header)", path.display())]
+    NotWasm { path: PathBuf },
+    #[error("{} does not compile: {message}", path.display())]
+    Compile { path: PathBuf, message: String },
+    #[error("{} cannot run here: {message}", path.display())]
+    Link { path: PathBuf, message: String },
+}
+
+/// How a run of a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Returned from its entry point or called `exit`: the exit code.
+    Exited(i32),
+    /// Trapped (or failed to instantiate): the message.
+    Trapped(String),
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        *self == Outcome::Exited(0)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Exited(c) => write!(f, "exited with code {c}"),
+            Outcome::Trapped(m) => write!(f, "trapped: {m}"),
+        }
+    }
+}
+
+/// What one run of a container gets.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// argv[0]
+    pub name: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub memory_limit: u64,
+    pub log: ContainerLog,
+}
+
+/// A compiled, linked module, ready to instantiate any number of times.
+#[derive(Clone)]
+pub enum Prepared {
+    /// A wasip2 component exporting `wasi:cli/run`.
+    Component(CommandPre<P2State>),
+    /// A wasip1 core module exporting `_start`.
+    Core(InstancePre<P1State>),
+}
+
+impl Prepared {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Prepared::Component(_) => "wasip2 component",
+            Prepared::Core(_) => "wasip1 module",
+        }
+    }
+}
+
+pub struct P2State {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+pub struct P1State {
+    ctx: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// The engine and the linkers, shared by every pod of the process.
+#[derive(Clone)]
+pub struct Executor {
+    engine: Engine,
+    p2: Arc<Linker<P2State>>,
+    p1: Arc<wasmtime::Linker<P1State>>,
+}
+
+impl Executor {
+    /// Builds the engine and starts its epoch ticker (which stops when the engine is dropped).
+    pub fn new() -> wasmtime::Result<Executor> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut p2 = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2)?;
+        let mut p1 = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1, |s: &mut P1State| &mut s.ctx)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("peapod-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Executor {
+            engine,
+            p2: Arc::new(p2),
+            p1: Arc::new(p1),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, compiles and links a module file.
+    pub fn load(&self, path: &Path) -> Result<Prepared, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
+        self.prepare(path, &bytes)
+    }
+
+    /// Compiles and links module bytes (`path` is for messages).
+    pub fn prepare(&self, path: &Path, bytes: &[u8]) -> Result<Prepared, LoadError> {
+        use wasmtime::wasmparser::Parser;
+        let compile = |e: wasmtime::Error| LoadError::Compile {
+            path: path.into(),
+            message: first_line(&e),
+        };
+        let link = |e: wasmtime::Error| LoadError::Link {
+            path: path.into(),
+            message: format!("{e:#}"),
+        };
+        if Parser::is_component(bytes) {
+            let component = Component::new(&self.engine, bytes).map_err(compile)?;
+            let pre = self.p2.instantiate_pre(&component).map_err(link)?;
+            Ok(Prepared::Component(CommandPre::new(pre).map_err(link)?))
+        } else if Parser::is_core_wasm(bytes) {
+            let module = Module::new(&self.engine, bytes).map_err(compile)?;
+            if module.get_export("_start").is_none() {
+                return Err(LoadError::Link {
+                    path: path.into(),
+                    message: "a core module must export `_start` (a wasip1 command)".into(),
+                });
+            }
+            Ok(Prepared::Core(
+                self.p1.instantiate_pre(&module).map_err(link)?,
+            ))
+        } else {
+            Err(LoadError::NotWasm { path: path.into() })
+        }
+    }
+
+    /// Runs one instance of `module` to its end.
+    pub async fn run(&self, module: &Prepared, spec: &RunSpec) -> Outcome {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.arg(&spec.name)
+            .args(&spec.args)
+            .envs(&spec.env)
+            .stdout(spec.log.stream(Stream::Stdout))
+            .stderr(spec.log.stream(Stream::Stderr))
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true)
+            .inherit_network();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(spec.memory_limit).unwrap_or(usize::MAX))
+            .build();
+        let result = match module {
+            Prepared::Component(pre) => {
+                let state = P2State {
+                    ctx: wasi.build(),
+                    table: ResourceTable::new(),
+                    limits,
+                };
+                let mut store = self.store(state, |s| &mut s.limits);
+                match pre.instantiate_async(&mut store).await {
+                    Ok(cmd) => cmd
+                        .wasi_cli_run()
+                        .call_run(&mut store)
+                        .await
+                        .map(|r| if r.is_ok() { 0 } else { 1 }),
+                    Err(e) => Err(e),
+                }
+            }
+            Prepared::Core(pre) => {
+                let state = P1State {
+                    ctx: wasi.build_p1(),
+                    limits,
+                };
+                let mut store = self.store(state, |s| &mut s.limits);
+                match pre.instantiate_async(&mut store).await {
+                    Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
+                        Ok(start) => start.call_async(&mut store, ()).await.map(|()| 0),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(code) => Outcome::Exited(code),
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => Outcome::Exited(exit.0),
+                None => Outcome::Trapped(first_line(&e)),
+            },
+        }
+    }
+
+    fn store<T: 'static>(&self, state: T, limits: fn(&mut T) -> &mut StoreLimits) -> Store<T> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(move |s| limits(s) as &mut dyn wasmtime::ResourceLimiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+}
+
+/// The error's message without wasmtime's backtrace: the trap itself when there is one.
+fn first_line(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{e:#}")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    }
+}

@@ -1,0 +1,285 @@
+//! IP address management: one IPv4 lease per pod, from the bridge's subnet.
+//!
+//! Like CNI's host-local plugin, addresses are handed out round-robin starting after the last one
+//! handed out, so a pod re-created right away gets a *different* address (nothing that cached the
+//! old one reaches the new pod by mistake). Leases live in `<state_dir>/ipam/<bridge>.json`, written
+//! atomically (temp file, fsync, rename, fsync of the directory) under an exclusive `flock`, so
+//! several `peapod` processes can share one bridge. A lease is persisted before its address is
+//! configured on any interface.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: corrupt lease file: {message}", path.display())]
+    Corrupt { path: PathBuf, message: String },
+    #[error(
+        "{}: leases were made for subnet {found}, but the config says {wanted}; delete the pods on bridge {bridge} first",
+        path.display()
+    )]
+    SubnetChanged {
+        path: PathBuf,
+        bridge: String,
+        found: Ipv4Net,
+        wanted: Ipv4Net,
+    },
+    #[error(
+        "no free address left in {subnet} ({leased} leased): delete a pod or use a larger subnet"
+    )]
+    Exhausted { subnet: Ipv4Net, leased: usize },
+    #[error("pod {pod} already holds lease {ip}")]
+    AlreadyLeased { pod: String, ip: Ipv4Addr },
+}
+
+#[derive(Debug, Serialize, Deserialize, Default, Clone, PartialEq)]
+struct LeaseFile {
+    subnet: Option<Ipv4Net>,
+    /// The address handed out last; the next search starts after it.
+    last: Option<Ipv4Addr>,
+    /// pod name -> address
+    leases: BTreeMap<String, Ipv4Addr>,
+}
+
+/// The lease store of one bridge.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    dir: PathBuf,
+    bridge: String,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+}
+
+impl Ipam {
+    pub fn new(cfg: &Config) -> Self {
+        Ipam {
+            dir: cfg.state_dir.join("ipam"),
+            bridge: cfg.bridge.clone(),
+            subnet: cfg.subnet,
+            gateway: cfg.gateway(),
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.bridge))
+    }
+
+    /// Leases a new address for `pod` and persists it before returning.
+    pub fn allocate(&self, pod: &str) -> Result<Ipv4Addr, IpamError> {
+        self.update(|f| {
+            if let Some(ip) = f.leases.get(pod) {
+                return Err(IpamError::AlreadyLeased {
+                    pod: pod.into(),
+                    ip: *ip,
+                });
+            }
+            let hosts: Vec<Ipv4Addr> = self.subnet.hosts().collect();
+            let start = f
+                .last
+                .and_then(|last| hosts.iter().position(|h| *h == last))
+                .map_or(0, |i| i + 1);
+            let taken: std::collections::HashSet<_> = f.leases.values().copied().collect();
+            let ip = (0..hosts.len())
+                .map(|k| hosts[(start + k) % hosts.len()])
+                .find(|ip| *ip != self.gateway && !taken.contains(ip))
+                .ok_or(IpamError::Exhausted {
+                    subnet: self.subnet,
+                    leased: taken.len(),
+                })?;
+            f.last = Some(ip);
+            f.leases.insert(pod.into(), ip);
+            Ok(ip)
+        })
+    }
+
+    /// Drops `pod`'s lease, returning the address it held.
+    pub fn release(&self, pod: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+        self.update(|f| Ok(f.leases.remove(pod)))
+    }
+
+    /// The current leases, pod name -> address.
+    pub fn leases(&self) -> Result<BTreeMap<String, Ipv4Addr>, IpamError> {
+        let _lock = self.lock()?;
+        Ok(self.read()?.leases)
+    }
+
+    /// Drops every lease for which `keep` is false; returns what was dropped.
+    pub fn retain(
+        &self,
+        mut keep: impl FnMut(&str, Ipv4Addr) -> bool,
+    ) -> Result<Vec<(String, Ipv4Addr)>, IpamError> {
+        self.update(|f| {
+            let mut dropped = Vec::new();
+            f.leases.retain(|pod, ip| {
+                let k = keep(pod, *ip);
+                if !k {
+                    dropped.push((pod.clone(), *ip));
+                }
+                k
+            });
+            Ok(dropped)
+        })
+    }
+
+    fn update<R>(
+        &self,
+        change: impl FnOnce(&mut LeaseFile) -> Result<R, IpamError>,
+    ) -> Result<R, IpamError> {
+        let _lock = self.lock()?;
+        let mut f = self.read()?;
+        let before = f.clone();
+        let r = change(&mut f)?;
+        if f != before {
+            f.subnet = Some(self.subnet);
+            self.write(&f)?;
+        }
+        Ok(r)
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> IpamError {
+        let path = path.to_path_buf();
+        move |source| IpamError::Io { path, source }
+    }
+
+    fn lock(&self) -> Result<Flock<File>, IpamError> {
+        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        let path = self.dir.join(format!("{}.lock", self.bridge));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(self.io(&path))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| IpamError::Io {
+            path,
+            source: e.into(),
+        })
+    }
+
+    fn read(&self) -> Result<LeaseFile, IpamError> {
+        let path = self.file();
+        let f: LeaseFile = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IpamError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LeaseFile::default(),
+            Err(e) => return Err(self.io(&path)(e)),
+        };
+        match f.subnet {
+            Some(found) if found != self.subnet && !f.leases.is_empty() => {
+                Err(IpamError::SubnetChanged {
+                    path,
+                    bridge: self.bridge.clone(),
+                    found,
+                    wanted: self.subnet,
+                })
+            }
+            Some(found) if found != self.subnet => Ok(LeaseFile::default()),
+            _ => Ok(f),
+        }
+    }
+
+    fn write(&self, f: &LeaseFile) -> Result<(), IpamError> {
+        let path = self.file();
+        let tmp = self.dir.join(format!(".{}.json.tmp", self.bridge));
+        let mut bytes = serde_json::to_vec_pretty(f).expect("lease file serializes");
+        bytes.push(b'\n');
+        let mut file = File::create(&tmp).map_err(self.io(&tmp))?;
+        file.write_all(&bytes).map_err(self.io(&tmp))?;
+        file.sync_all().map_err(self.io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(self.io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipam(dir: &Path, subnet: &str) -> Ipam {
+        Ipam::new(&Config {
+            state_dir: dir.into(),
+            subnet: subnet.parse().unwrap(),
+            bridge: "brt".into(),
+            ..Config::default()
+        })
+    }
+
+    #[test]
+    fn round_robin_never_reuses_the_address_just_released() {
+        let d = tempfile::tempdir().unwrap();
+        let i = ipam(d.path(), "10.1.0.0/29"); // hosts .1-.6, gateway .1
+        let a = i.allocate("a").unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 1, 0, 2));
+        i.release("a").unwrap();
+        let a2 = i.allocate("a").unwrap();
+        assert_eq!(
+            a2,
+            Ipv4Addr::new(10, 1, 0, 3),
+            "re-created pod gets a new address"
+        );
+        let b = i.allocate("b").unwrap();
+        assert_eq!(b, Ipv4Addr::new(10, 1, 0, 4));
+        // A fresh handle reads the persisted state.
+        let again = ipam(d.path(), "10.1.0.0/29");
+        assert_eq!(again.leases().unwrap().len(), 2);
+        assert!(matches!(
+            again.allocate("b"),
+            Err(IpamError::AlreadyLeased { .. })
+        ));
+        for p in ["c", "d", "e"] {
+            again.allocate(p).unwrap();
+        }
+        // .5 .6, then wraps to .2 (free since "a" moved to .3), skipping the gateway .1
+        assert_eq!(again.leases().unwrap()["e"], Ipv4Addr::new(10, 1, 0, 2));
+        let err = again.allocate("f").unwrap_err();
+        assert!(
+            matches!(err, IpamError::Exhausted { leased: 5, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retain_and_subnet_change() {
+        let d = tempfile::tempdir().unwrap();
+        let i = ipam(d.path(), "10.1.0.0/24");
+        i.allocate("keep").unwrap();
+        i.allocate("drop").unwrap();
+        let dropped = i.retain(|pod, _| pod == "keep").unwrap();
+        assert_eq!(dropped, [("drop".to_string(), Ipv4Addr::new(10, 1, 0, 3))]);
+        let other = ipam(d.path(), "10.2.0.0/24");
+        assert!(matches!(
+            other.allocate("x"),
+            Err(IpamError::SubnetChanged { .. })
+        ));
+        i.release("keep").unwrap();
+        assert_eq!(other.allocate("x").unwrap(), Ipv4Addr::new(10, 2, 0, 2));
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_a_reset() {
+        let d = tempfile::tempdir().unwrap();
+        let i = ipam(d.path(), "10.1.0.0/24");
+        std::fs::create_dir_all(d.path().join("ipam")).unwrap();
+        std::fs::write(d.path().join("ipam/brt.json"), "{not json").unwrap();
+        assert!(matches!(i.allocate("a"), Err(IpamError::Corrupt { .. })));
+    }
+}

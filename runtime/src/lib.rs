@@ -1,0 +1,22 @@
+//! peapod: Kubernetes-style pods of WebAssembly containers for small ARM boards.
+//!
+//! # Layout
+//! - [`spec`]: the pod TOML, parsed and validated before anything touches the kernel.
+//! - [`config`]: where pins and leases live, which bridge and subnet pods use.
+//! - [`sandbox`] (the pause role): pinned namespace ([`netns`]), veth, lease ([`ipam`]),
+//!   routes, all through [`net`] (rtnetlink).
+//! - [`executor`]: the wasmtime engine, compiled modules, one store per run.
+//! - [`supervisor`]: restart policy and backoff of one container.
+//! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
+//! - [`logs`]: container output into the log.
+
+pub mod config;
+pub mod executor;
+pub mod ipam;
+pub mod logs;
+pub mod net;
+pub mod netns;
+pub mod pod;
+pub mod sandbox;
+pub mod spec;
+pub mod supervisor;

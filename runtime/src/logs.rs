@@ -1,0 +1,142 @@
+//! Container output: a module's stdout and stderr, cut into lines and sent to the log with the pod
+//! and container names (`demo/app: hello`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+/// A line longer than this is logged in pieces.
+pub const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Where one container's output goes.
+#[derive(Debug, Clone)]
+pub struct ContainerLog {
+    /// `pod/container`
+    id: Arc<str>,
+}
+
+impl ContainerLog {
+    pub fn new(pod: &str, container: &str) -> Self {
+        ContainerLog {
+            id: format!("{pod}/{container}").into(),
+        }
+    }
+
+    /// `pod/container`, for messages about this container.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Records one line (without its newline).
+    pub fn line(&self, stream: Stream, line: &str) {
+        match stream {
+            Stream::Stdout => tracing::info!(target: "peapod::container", "{}: {line}", self.id),
+            Stream::Stderr => {
+                tracing::info!(target: "peapod::container", "{} (stderr): {line}", self.id)
+            }
+        }
+    }
+
+    /// A WASI output stream feeding this log.
+    pub fn stream(&self, stream: Stream) -> LogStream {
+        LogStream {
+            log: self.clone(),
+            stream,
+        }
+    }
+}
+
+/// The [`StdoutStream`] handed to WASI.
+pub struct LogStream {
+    log: ContainerLog,
+    stream: Stream,
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineWriter {
+            log: self.log.clone(),
+            stream: self.stream,
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// Buffers bytes until a newline; a partial last line is logged when the writer is dropped.
+struct LineWriter {
+    log: ContainerLog,
+    stream: Stream,
+    buf: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit(&mut self, upto: usize) {
+        let line: Vec<u8> = self.buf.drain(..upto).collect();
+        let text = String::from_utf8_lossy(&line);
+        self.log
+            .line(self.stream, text.strip_suffix('\n').unwrap_or(&text));
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+            self.emit(nl + 1);
+        }
+        while self.buf.len() >= MAX_LINE {
+            self.emit(MAX_LINE);
+        }
+    }
+}
+
+impl AsyncWrite for LineWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let n = self.buf.len();
+            self.emit(n);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Typed verbs over rtnetlink: links, addresses, routes. The only place that speaks netlink.
+//!
+//! A netlink socket acts in the network namespace of the thread that opened it, so a [`Netlink`]
+//! opened on a host thread changes the host, and one opened on a pod thread changes the pod.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct NetError {
+    op: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl NetError {
+    fn new(op: impl Into<String>, e: rtnetlink::Error) -> Self {
+        let source = match e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io(),
+            other => std::io::Error::other(other.to_string()),
+        };
+        NetError {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// The errno the kernel answered with, if any.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+/// A netlink connection in the namespace of the thread that opened it.
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a connection; must be called inside a tokio runtime, which drives it.
+    pub fn connect() -> std::io::Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// The index of link `name`, if it exists.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(m) => Ok(m.map(|m| m.header.index)),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(NetError::new(format!("look up link {name}"), e)),
+        }
+    }
+
+    /// Makes sure bridge `name` exists, is up and has `addr/prefix`; returns its index.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<u32, NetError> {
+        let index = match self.link_index(name).await? {
+            Some(i) => i,
+            None => {
+                match self
+                    .handle
+                    .link()
+                    .add(LinkBridge::new(name).up().build())
+                    .execute()
+                    .await
+                {
+                    Ok(()) => {}
+                    // Another peapod made it meanwhile.
+                    Err(e) if is_errno(&e, libc::EEXIST) => {}
+                    Err(e) => return Err(NetError::new(format!("create bridge {name}"), e)),
+                }
+                self.link_index(name).await?.ok_or_else(|| NetError {
+                    op: format!("create bridge {name}"),
+                    source: std::io::Error::other("bridge vanished after creation"),
+                })?
+            }
+        };
+        self.set_up(index, name).await?;
+        self.add_addr(index, addr, prefix, name).await?;
+        Ok(index)
+    }
+
+    /// Creates a veth pair: `host` is attached to the bridge `controller` and set up; its peer is
+    /// created directly inside the namespace `netns` as `peer` (cheaper than moving it there).
+    pub async fn create_veth_into(
+        &self,
+        host: &str,
+        controller: u32,
+        peer: &str,
+        netns: &impl AsFd,
+        alias: &str,
+    ) -> Result<(), NetError> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .setns_by_fd(netns.as_fd().as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .controller(controller)
+            .alias(alias)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetError::new(format!("create veth {host}"), e))
+    }
+
+    /// Deletes link `name`; `false` if there was none.
+    pub async fn delete_link(&self, name: &str) -> Result<bool, NetError> {
+        let Some(index) = self.link_index(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
+            Err(e) => Err(NetError::new(format!("delete link {name}"), e)),
+        }
+    }
+
+    /// Names of the links attached to bridge `controller`.
+    pub async fn ports_of(&self, controller: u32) -> Result<Vec<String>, NetError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetError::new("list links", e))?;
+        Ok(links
+            .into_iter()
+            .filter(|l| {
+                l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == controller))
+            })
+            .filter_map(|l| {
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| NetError::new(format!("set {name} up"), e))
+    }
+
+    /// Adds `addr/prefix` to a link; an address already there is fine.
+    pub async fn add_addr(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+        name: &str,
+    ) -> Result<(), NetError> {
+        match self
+            .handle
+            .address()
+            .add(index, addr.into(), prefix)
+            .execute()
+            .await
+        {
+            Err(e) if !is_errno(&e, libc::EEXIST) => Err(NetError::new(
+                format!("add address {addr}/{prefix} to {name}"),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
+        self.handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| NetError::new(format!("add default route via {gateway}"), e))
+    }
+}

@@ -1,0 +1,113 @@
+//! Pinned network namespaces: the "pause" role without a pause process.
+//!
+//! A pod's namespace is kept alive by a bind mount of its nsfs inode onto a file under
+//! `<run_dir>/netns/` — what `ip netns add` does. Nothing else holds it, so it outlives every module
+//! and the peapod process itself; removing the pin (unmount + unlink) lets the kernel free it once
+//! no thread or fd refers to it any more.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("namespace pin {} already exists", path.display())]
+    Exists { path: PathBuf },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> NetnsError {
+    let path = path.to_path_buf();
+    move |source| NetnsError::Io { what, path, source }
+}
+
+/// Creates a new network namespace and pins it at `path`; returns an fd to it.
+pub fn create_pinned(path: &Path) -> Result<OwnedFd, NetnsError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    }
+    File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => NetnsError::Exists {
+                path: path.to_path_buf(),
+            },
+            _ => io_err("create pin", path)(e),
+        })?;
+    // A short-lived thread makes the namespace, so no thread of ours is left inside it.
+    let target = path.to_path_buf();
+    let made = std::thread::spawn(move || -> io::Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")));
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(io_err("pin namespace at", path)(e));
+    }
+    open(path)
+}
+
+/// Opens a pinned namespace.
+pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
+    let f = File::open(path).map_err(io_err("open namespace", path))?;
+    if !is_nsfs(&f) {
+        return Err(io_err("open namespace", path)(io::Error::other(
+            "not a namespace pin (no nsfs mount there)",
+        )));
+    }
+    Ok(f.into())
+}
+
+/// Is `path` a live pin (a file with a namespace mounted on it)?
+pub fn is_pinned(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| is_nsfs(&f))
+}
+
+fn is_nsfs(f: &File) -> bool {
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// The namespace's inode number: its identity, as `ls -i` or `lsns` show it.
+pub fn inode(fd: &impl AsFd) -> io::Result<u64> {
+    let f = File::from(fd.as_fd().try_clone_to_owned()?);
+    Ok(f.metadata()?.ino())
+}
+
+/// Unpins a namespace: detaches the mount and removes the file. Missing pins are fine.
+pub fn remove_pinned(path: &Path) -> Result<(), NetnsError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(io_err("unmount pin", path)(e.into())),
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove pin", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Moves the calling thread into the namespace. Only threads dedicated to one pod do this.
+pub fn enter(fd: &impl AsFd) -> nix::Result<()> {
+    setns(fd, CloneFlags::CLONE_NEWNET)
+}

@@ -1,0 +1,250 @@
+//! A running pod: its sandbox, plus one thread inside the pod's namespace that runs every container
+//! of the pod under its supervisor.
+//!
+//! The pod thread enters the namespace before it builds its current-thread tokio runtime, and the
+//! runtime's blocking-pool threads (used by WASI for blocking work) enter it in `on_thread_start`:
+//! every socket a module opens therefore belongs to the pod, and all modules of a pod share one
+//! loopback. The daemon's own threads never enter a pod namespace.
+
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::executor::{Executor, Prepared, RunSpec};
+use crate::logs::ContainerLog;
+use crate::netns;
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::spec::{PodSpec, SpecError};
+use crate::supervisor::{Final, supervise};
+
+/// Compiles every module of `spec`. All problems are reported at once, as spec problems.
+pub fn compile(exec: &Executor, spec: &PodSpec) -> Result<Vec<Prepared>, SpecError> {
+    let mut modules = Vec::new();
+    let mut problems = Vec::new();
+    for c in &spec.containers {
+        match exec.load(&c.module) {
+            Ok(m) => modules.push(m),
+            Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(modules)
+    } else {
+        Err(SpecError::invalid(&spec.source, problems))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("pod {pod}: {source}")]
+    Sandbox {
+        pod: String,
+        #[source]
+        source: SandboxError,
+    },
+    #[error("pod {pod}: pod thread: {message}")]
+    Thread { pod: String, message: String },
+}
+
+/// A pod whose containers are running.
+pub struct RunningPod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns_path: PathBuf,
+    sandbox: Sandbox,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+    results: oneshot::Receiver<Result<Vec<Final>, String>>,
+    finished: Option<Result<Vec<Final>, String>>,
+}
+
+/// How a pod ended.
+#[derive(Debug)]
+pub struct PodReport {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub containers: Vec<Final>,
+    /// Errors while tearing the sandbox down (nothing is left half-removed silently).
+    pub teardown: Option<SandboxError>,
+}
+
+impl PodReport {
+    /// True when every container's last run exited 0.
+    pub fn success(&self) -> bool {
+        self.containers
+            .iter()
+            .all(|c| c.last.as_ref().is_none_or(|o| o.success()))
+    }
+}
+
+impl RunningPod {
+    /// Creates the sandbox and starts every container of `spec` in it.
+    pub async fn start(
+        cfg: &Config,
+        exec: &Executor,
+        spec: &PodSpec,
+        modules: Vec<Prepared>,
+    ) -> Result<RunningPod, PodError> {
+        let sandbox =
+            Sandbox::create(cfg, &spec.name)
+                .await
+                .map_err(|source| PodError::Sandbox {
+                    pod: spec.name.clone(),
+                    source,
+                })?;
+        let stop = CancellationToken::new();
+        let (tx, results) = oneshot::channel();
+        let containers: Vec<_> = spec
+            .containers
+            .iter()
+            .zip(modules)
+            .map(|(c, module)| {
+                let run = RunSpec {
+                    name: c.name.clone(),
+                    args: c.args.clone(),
+                    env: c.env.clone(),
+                    memory_limit: c.memory_limit,
+                    log: ContainerLog::new(&spec.name, &c.name),
+                };
+                (module, run, c.restart_policy)
+            })
+            .collect();
+        let thread = {
+            let fd = sandbox.netns.clone();
+            let exec = exec.clone();
+            let stop = stop.clone();
+            let backoff = spec.backoff;
+            std::thread::Builder::new()
+                .name(format!("pod-{}", spec.name))
+                .spawn(move || {
+                    let r = pod_thread(fd, move || async move {
+                        let tasks: Vec<_> = containers
+                            .into_iter()
+                            .map(|(m, run, policy)| {
+                                tokio::spawn(supervise(
+                                    exec.clone(),
+                                    m,
+                                    run,
+                                    policy,
+                                    backoff,
+                                    stop.clone(),
+                                ))
+                            })
+                            .collect();
+                        let mut finals = Vec::new();
+                        for t in tasks {
+                            finals.push(t.await.map_err(|e| format!("supervisor: {e}"))?);
+                        }
+                        Ok(finals)
+                    });
+                    let _ = tx.send(r);
+                })
+        };
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                let pod = spec.name.clone();
+                if let Err(undo) = sandbox.destroy().await {
+                    tracing::error!(pod, "cleanup after failed start: {undo}");
+                }
+                return Err(PodError::Thread {
+                    pod,
+                    message: e.to_string(),
+                });
+            }
+        };
+        tracing::info!(
+            "pod {} started: ip={} netns={} containers={}",
+            spec.name,
+            sandbox.ip,
+            sandbox.netns_path.display(),
+            spec.containers.len()
+        );
+        Ok(RunningPod {
+            name: spec.name.clone(),
+            ip: sandbox.ip,
+            netns_path: sandbox.netns_path.clone(),
+            sandbox,
+            stop,
+            thread: Some(thread),
+            results,
+            finished: None,
+        })
+    }
+
+    /// The namespace's identity (inode), stable across container restarts.
+    pub fn netns_inode(&self) -> std::io::Result<u64> {
+        netns::inode(&*self.sandbox.netns)
+    }
+
+    /// Waits until every container has ended for good (by its restart policy).
+    pub async fn wait(&mut self) {
+        if self.finished.is_none() {
+            let r = (&mut self.results)
+                .await
+                .unwrap_or_else(|_| Err("pod thread died".into()));
+            self.finished = Some(r);
+        }
+    }
+
+    /// Stops the containers (if still running), joins the pod thread and removes the sandbox.
+    pub async fn stop(mut self) -> Result<PodReport, PodError> {
+        self.stop.cancel();
+        let thread = self.thread.take().expect("joined once");
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        self.wait().await;
+        let containers = match self.finished.take().expect("waited") {
+            Ok(finals) => finals,
+            Err(message) => {
+                let _ = self.sandbox.destroy().await;
+                return Err(PodError::Thread {
+                    pod: self.name,
+                    message,
+                });
+            }
+        };
+        let teardown = self.sandbox.destroy().await.err();
+        if let Some(e) = &teardown {
+            tracing::error!("pod {}: teardown: {e}", self.name);
+        } else {
+            tracing::info!("pod {} removed", self.name);
+        }
+        Ok(PodReport {
+            name: self.name,
+            ip: self.ip,
+            containers,
+            teardown,
+        })
+    }
+}
+
+/// Runs `work` on the calling thread after moving it into the namespace `fd`, on a current-thread
+/// runtime whose blocking threads also enter the namespace.
+fn pod_thread<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<R, String>>,
+{
+    netns::enter(&*fd).map_err(|e| format!("setns: {e}"))?;
+    let for_blocking = fd.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            // A blocking thread outside the pod would open sockets on the host: refuse to go on.
+            if let Err(e) = netns::enter(&*for_blocking) {
+                tracing::error!("blocking thread cannot enter pod namespace: {e}");
+                std::process::abort();
+            }
+        })
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let r = rt.block_on(work());
+    rt.shutdown_timeout(Duration::from_secs(2));
+    r
+}

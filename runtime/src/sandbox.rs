@@ -1,0 +1,238 @@
+//! The sandbox (the pause role): a pod's pinned network namespace, its veth onto the bridge, its
+//! leased address, `lo` up and a default route.
+//!
+//! Creation order is chosen so that a crash at any point leaves only things [`Sandbox::remove`]
+//! (or the next create of the same pod) cleans up: pin first, then the lease (so a lease without a
+//! pin is always stale), then the veth and the addresses. A sandbox holds an exclusive lock on
+//! `<run_dir>/pods/<pod>.lock` for its whole life, so one pod name runs once per host and leftovers
+//! of a dead process are recognized as such.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nix::fcntl::{Flock, FlockArg};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::ipam::{Ipam, IpamError};
+use crate::net::{NetError, Netlink};
+use crate::netns::{self, NetnsError};
+
+/// Name of the pod's end of its veth, inside the namespace.
+pub const POD_IFACE: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("pod {pod} is already running (its lock {} is held)", lock.display())]
+    Running { pod: String, lock: PathBuf },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("{0}")]
+    Other(String),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Many(Vec<SandboxError>),
+}
+
+/// A live pod sandbox. Dropping it releases the pod lock but leaves the kernel objects in place
+/// (they outlive the process by design); [`Sandbox::destroy`] removes them.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub pod: String,
+    pub ip: Ipv4Addr,
+    pub netns_path: PathBuf,
+    /// An fd to the namespace, for threads that enter it.
+    pub netns: Arc<OwnedFd>,
+    pub host_veth: String,
+    cfg: Config,
+    _lock: Flock<File>,
+}
+
+/// The host end of a pod's veth: derived from bridge and pod name so it can be found after a crash,
+/// and short enough for IFNAMSIZ.
+pub fn host_veth_name(bridge: &str, pod: &str) -> String {
+    let h = Sha256::digest(format!("{bridge}/{pod}").as_bytes());
+    let hex: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("pp{}", &hex[..11])
+}
+
+fn lock_pod(cfg: &Config, pod: &str) -> Result<Flock<File>, SandboxError> {
+    let dir = cfg.run_dir.join("pods");
+    let path = dir.join(format!("{pod}.lock"));
+    let io = |e: std::io::Error| SandboxError::Other(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        nix::Error::EWOULDBLOCK => SandboxError::Running {
+            pod: pod.into(),
+            lock: path.clone(),
+        },
+        e => io(e.into()),
+    })
+}
+
+/// Runs `work` on a fresh thread inside the namespace `fd`, with its own current-thread runtime
+/// (so netlink sockets it opens act in that namespace). The thread ends with `work`.
+pub async fn in_netns<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, SandboxError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<R, SandboxError>>,
+    R: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("peapod-netns".into())
+        .spawn(move || {
+            let r = (|| {
+                netns::enter(&*fd).map_err(|e| SandboxError::Other(format!("setns: {e}")))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| SandboxError::Other(format!("runtime: {e}")))?;
+                rt.block_on(work())
+            })();
+            let _ = tx.send(r);
+        })
+        .map_err(|e| SandboxError::Other(format!("spawn thread: {e}")))?;
+    rx.await
+        .map_err(|_| SandboxError::Other("namespace thread died".into()))?
+}
+
+impl Sandbox {
+    /// Creates the pod's sandbox. On failure nothing of it is left behind.
+    pub async fn create(cfg: &Config, pod: &str) -> Result<Sandbox, SandboxError> {
+        let lock = lock_pod(cfg, pod)?;
+        let netns_path = cfg.netns_path(pod);
+        let ipam = Ipam::new(cfg);
+        // We hold the lock, so any pin or lease of this pod is a dead process' leftover.
+        if netns_path.exists() || ipam.leases()?.contains_key(pod) {
+            tracing::warn!(pod, "removing leftovers of an earlier run of this pod");
+            remove_parts(cfg, pod).await?;
+        }
+        // Leases whose pin is gone belong to no pod.
+        for (stale, ip) in ipam.retain(|p, _| netns::is_pinned(&cfg.netns_path(p)))? {
+            tracing::info!(pod = stale, %ip, "dropped stale lease");
+        }
+
+        let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+        let bridge = host
+            .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
+            .await?;
+        let fd = Arc::new(netns::create_pinned(&netns_path)?);
+        let sandbox = Sandbox {
+            pod: pod.into(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            netns_path,
+            netns: fd.clone(),
+            host_veth: host_veth_name(&cfg.bridge, pod),
+            cfg: cfg.clone(),
+            _lock: lock,
+        };
+        match sandbox.configure(&host, bridge, &ipam).await {
+            Ok(ip) => Ok(Sandbox { ip, ..sandbox }),
+            Err(e) => {
+                if let Err(undo) = remove_parts(cfg, pod).await {
+                    tracing::error!(pod, "cleanup after failed create: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn configure(
+        &self,
+        host: &Netlink,
+        bridge: u32,
+        ipam: &Ipam,
+    ) -> Result<Ipv4Addr, SandboxError> {
+        let ip = ipam.allocate(&self.pod)?;
+        host.create_veth_into(
+            &self.host_veth,
+            bridge,
+            POD_IFACE,
+            &*self.netns,
+            &format!("peapod/{}", self.pod),
+        )
+        .await?;
+        let prefix = self.cfg.subnet.prefix_len();
+        let gateway = self.cfg.gateway();
+        in_netns(self.netns.clone(), move || async move {
+            let nl =
+                Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+            let lo = nl
+                .link_index("lo")
+                .await?
+                .ok_or_else(|| SandboxError::Other("no lo in pod namespace".into()))?;
+            nl.set_up(lo, "lo").await?;
+            let eth = nl
+                .link_index(POD_IFACE)
+                .await?
+                .ok_or_else(|| SandboxError::Other("veth peer missing in pod namespace".into()))?;
+            nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
+            nl.set_up(eth, POD_IFACE).await?;
+            nl.add_default_route(gateway).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(ip)
+    }
+
+    /// Removes the namespace, the veth and the lease.
+    pub async fn destroy(self) -> Result<(), SandboxError> {
+        let Sandbox {
+            cfg, pod, netns, ..
+        } = self;
+        // Our fd would keep the namespace alive after the pin is gone.
+        drop(netns);
+        remove_parts(&cfg, &pod).await
+    }
+}
+
+/// Removes every part of pod `pod`'s sandbox that exists, collecting all errors.
+async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
+    let mut errors = Vec::new();
+    match Netlink::connect() {
+        Ok(nl) => {
+            if let Err(e) = nl.delete_link(&host_veth_name(&cfg.bridge, pod)).await {
+                errors.push(e.into());
+            }
+        }
+        Err(e) => errors.push(SandboxError::Other(format!("netlink: {e}"))),
+    }
+    if let Err(e) = netns::remove_pinned(&cfg.netns_path(pod)) {
+        errors.push(e.into());
+    }
+    if let Err(e) = Ipam::new(cfg).release(pod) {
+        errors.push(e.into());
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.pop().expect("one")),
+        _ => Err(SandboxError::Many(errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_ifnamsiz_and_differ() {
+        let a = host_veth_name("peapod0", &"x".repeat(63));
+        assert!(a.len() <= 15, "{a}");
+        assert_ne!(a, host_veth_name("peapod1", &"x".repeat(63)));
+        assert_ne!(host_veth_name("b", "p1"), host_veth_name("b", "p2"));
+        assert_eq!(host_veth_name("b", "p1"), host_veth_name("b", "p1"));
+    }
+}

@@ -1,0 +1,578 @@
+//! The pod spec: the TOML file a user writes, parsed and validated before anything touches the kernel.
+//!
+//! ```toml
+//! [pod]
+//! name = "demo"                # DNS-1123 label, unique on the host
+//! restart_policy = "Always"    # default for its containers: Always | OnFailure | Never
+//!
+//! [[containers]]
+//! name = "app"                 # DNS-1123 label, unique in the pod
+//! module = "app.wasm"          # a .wasm (component or core module), relative to this file
+//! args = ["--port", "8080"]    # optional: argv[1..]
+//! env = { PORT = "8080" }      # optional
+//! restart_policy = "OnFailure" # optional override
+//! ```
+//!
+//! Every problem is reported as `file:line: field: what is wrong`, and all problems of a file are
+//! reported at once. Parsing is pure: [`PodSpec::load`] reads the spec file and nothing else (the
+//! modules are read and compiled by the executor, which reports through [`PodSpec::problem`]).
+//!
+//! ```
+//! let spec = peapod::spec::PodSpec::parse(
+//!     std::path::Path::new("/etc/peapod/pods/demo.toml"),
+//!     r#"
+//!         [pod]
+//!         name = "demo"
+//!         [[containers]]
+//!         name = "app"
+//!         module = "app.wasm"
+//!         restart_policy = "OnFailure"
+//!     "#,
+//! ).unwrap();
+//! assert_eq!(spec.containers[0].module, std::path::Path::new("/etc/peapod/pods/app.wasm"));
+//! assert_eq!(spec.containers[0].restart_policy, peapod::spec::RestartPolicy::OnFailure);
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// When a container that ended is started again (Kubernetes' `restartPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+pub enum RestartPolicy {
+    /// Restart after every exit, clean or not.
+    #[default]
+    Always,
+    /// Restart after a non-zero exit or a trap; a clean exit ends the container.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// Exponential backoff between restarts of one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay before the first restart (default 50 ms: an edge app should be back at once).
+    pub initial: Duration,
+    /// The delay doubles on each restart up to this cap (default 5 minutes, as Kubernetes).
+    pub max: Duration,
+    /// A run at least this long resets the delay to `initial` (default 10 minutes).
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(300),
+            reset_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Default memory cap of one container's store.
+pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 128;
+
+/// A validated pod spec.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    /// The file it came from (as given), for messages.
+    pub source: PathBuf,
+    pub name: String,
+    pub restart_policy: RestartPolicy,
+    pub backoff: Backoff,
+    pub containers: Vec<ContainerSpec>,
+}
+
+/// One container (WASI module) of a pod, with the pod's defaults applied.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// The module's path, resolved against the spec file's directory.
+    pub module: PathBuf,
+    /// Line of the `module` field, so module problems found later point at it.
+    pub module_line: Option<usize>,
+    /// argv[1..]; argv[0] is the container name.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub restart_policy: RestartPolicy,
+    /// Cap on the linear memories and tables of the container's store, in bytes.
+    pub memory_limit: u64,
+    /// Index in the file's `[[containers]]` list.
+    pub index: usize,
+}
+
+/// One thing wrong with a spec file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    /// Dotted path of the field, e.g. `containers[1].name`.
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a spec file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{}: cannot read pod spec: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl SpecError {
+    pub fn invalid(path: &Path, problems: Vec<Problem>) -> Self {
+        SpecError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }
+    }
+}
+
+fn render(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}:{p}", path.display()))
+        .collect();
+    lines.join("\n")
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "{line}:")?;
+        }
+        write!(f, " {}: {}", self.field, self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    pod: RawPod,
+    #[serde(default)]
+    containers: Vec<RawContainer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPod {
+    name: String,
+    #[serde(default)]
+    restart_policy: RestartPolicy,
+    #[serde(default)]
+    restart_backoff: RawBackoff,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    initial: Option<String>,
+    max: Option<String>,
+    reset_after: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    name: String,
+    module: PathBuf,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    restart_policy: Option<RestartPolicy>,
+    memory_limit_mib: Option<u64>,
+}
+
+/// Is `s` a DNS-1123 label (what Kubernetes requires of pod and container names)?
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+const NAME_RULE: &str = "must be a DNS-1123 label: 1-63 characters of a-z, 0-9 and '-', \
+                         starting and ending with a letter or digit";
+
+impl PodSpec {
+    /// Reads and validates a spec file. Module files are not read here.
+    pub fn load(path: &Path) -> Result<PodSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        PodSpec::parse(path, &text)
+    }
+
+    /// Validates spec text that came from `path` (used to resolve module paths and in messages).
+    pub fn parse(path: &Path, text: &str) -> Result<PodSpec, SpecError> {
+        let lines = Lines::new(text);
+        let raw: RawFile = match toml::Deserializer::parse(text) {
+            Err(e) => return Err(SpecError::invalid(path, vec![lines.from_toml(&e, "")])),
+            Ok(de) => serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = e.path().to_string();
+                SpecError::invalid(path, vec![lines.from_toml(e.inner(), &field)])
+            })?,
+        };
+        let doc = toml::de::DeValue::parse(text).ok();
+        let line_of = |keys: &[Key]| doc.as_ref().and_then(|d| lines.line_of(d, keys));
+
+        let mut problems = Vec::new();
+        let mut problem = |keys: &[Key], message: String| {
+            problems.push(Problem {
+                line: line_of(keys),
+                field: render_keys(keys),
+                message,
+            })
+        };
+
+        if !is_dns1123_label(&raw.pod.name) {
+            problem(
+                &[Key::F("pod"), Key::F("name")],
+                format!("{:?} {NAME_RULE}", raw.pod.name),
+            );
+        }
+        let mut backoff = Backoff::default();
+        for (field, value, slot) in [
+            (
+                "initial",
+                &raw.pod.restart_backoff.initial,
+                &mut backoff.initial,
+            ),
+            ("max", &raw.pod.restart_backoff.max, &mut backoff.max),
+            (
+                "reset_after",
+                &raw.pod.restart_backoff.reset_after,
+                &mut backoff.reset_after,
+            ),
+        ] {
+            if let Some(value) = value {
+                match humantime::parse_duration(value) {
+                    Ok(d) => *slot = d,
+                    Err(e) => problem(
+                        &[Key::F("pod"), Key::F("restart_backoff"), Key::F(field)],
+                        format!(
+                            "{value:?} is not a duration ({e}); write e.g. \"50ms\", \"10s\", \"5m\""
+                        ),
+                    ),
+                }
+            }
+        }
+        if backoff.initial > backoff.max {
+            problem(
+                &[Key::F("pod"), Key::F("restart_backoff"), Key::F("initial")],
+                format!(
+                    "initial delay {} is longer than max {}",
+                    humantime::format_duration(backoff.initial),
+                    humantime::format_duration(backoff.max)
+                ),
+            );
+        }
+        if raw.containers.is_empty() {
+            problem(
+                &[Key::F("containers")],
+                "a pod needs at least one [[containers]] entry".into(),
+            );
+        }
+
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut seen = HashSet::new();
+        let mut containers = Vec::new();
+        for (i, c) in raw.containers.into_iter().enumerate() {
+            let at = |field: &'static str| [Key::F("containers"), Key::I(i), Key::F(field)];
+            if !is_dns1123_label(&c.name) {
+                problem(&at("name"), format!("{:?} {NAME_RULE}", c.name));
+            } else if !seen.insert(c.name.clone()) {
+                problem(
+                    &at("name"),
+                    format!("{:?} is used by another container of this pod", c.name),
+                );
+            }
+            if c.module.as_os_str().is_empty() {
+                problem(&at("module"), "must name a .wasm file".into());
+            }
+            for key in c.env.keys() {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    problem(
+                        &at("env"),
+                        format!("{key:?} is not a valid variable name (empty, or has '=' or NUL)"),
+                    );
+                }
+            }
+            if c.memory_limit_mib == Some(0) {
+                problem(&at("memory_limit_mib"), "must be at least 1".into());
+            }
+            containers.push(ContainerSpec {
+                module: dir.join(&c.module),
+                module_line: line_of(&at("module")),
+                name: c.name,
+                args: c.args,
+                env: c.env.into_iter().collect(),
+                restart_policy: c.restart_policy.unwrap_or(raw.pod.restart_policy),
+                memory_limit: c.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB) << 20,
+                index: i,
+            });
+        }
+
+        if !problems.is_empty() {
+            return Err(SpecError::invalid(path, problems));
+        }
+        Ok(PodSpec {
+            source: path.to_path_buf(),
+            name: raw.pod.name,
+            restart_policy: raw.pod.restart_policy,
+            backoff,
+            containers,
+        })
+    }
+
+    /// A problem with one field of a container, found after parsing (e.g. its module does not
+    /// compile), in the same form as parse problems.
+    pub fn problem(&self, container: &ContainerSpec, field: &str, message: String) -> Problem {
+        Problem {
+            line: if field == "module" {
+                container.module_line
+            } else {
+                None
+            },
+            field: format!("containers[{}].{field}", container.index),
+            message,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Key {
+    F(&'static str),
+    I(usize),
+}
+
+fn render_keys(keys: &[Key]) -> String {
+    let mut s = String::new();
+    for k in keys {
+        match k {
+            Key::F(f) if s.is_empty() => s.push_str(f),
+            Key::F(f) => {
+                s.push('.');
+                s.push_str(f)
+            }
+            Key::I(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Maps byte offsets of the spec text to 1-based line numbers.
+struct Lines {
+    starts: Vec<usize>,
+}
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Lines { starts }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&s| s <= offset)
+    }
+
+    fn from_toml(&self, e: &toml::de::Error, field: &str) -> Problem {
+        Problem {
+            line: e.span().map(|s| self.line(s.start)),
+            field: if field.is_empty() || field == "." {
+                "(file)".into()
+            } else {
+                field.into()
+            },
+            message: e.message().trim().to_string(),
+        }
+    }
+
+    /// Line of the value at `keys`, or of the nearest enclosing value that exists.
+    fn line_of(&self, doc: &toml::Spanned<toml::de::DeValue<'_>>, keys: &[Key]) -> Option<usize> {
+        let mut cur = doc;
+        for k in keys {
+            let next = match (k, cur.get_ref()) {
+                (Key::F(f), v) => v.get(*f),
+                (Key::I(i), v) => v.get(*i),
+            };
+            match next {
+                Some(n) => cur = n,
+                None => break,
+            }
+        }
+        let span = cur.span();
+        (span.start > 0 || !std::ptr::eq(cur, doc)).then(|| self.line(span.start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PodSpec, Vec<Problem>> {
+        PodSpec::parse(Path::new("/specs/pod.toml"), text).map_err(|e| match e {
+            SpecError::Invalid { problems, .. } => problems,
+            other => panic!("unexpected {other}"),
+        })
+    }
+
+    const GOOD: &str = r#"
+[pod]
+name = "demo"
+restart_policy = "OnFailure"
+
+[pod.restart_backoff]
+initial = "10ms"
+max = "2s"
+
+[[containers]]
+name = "app"
+module = "app.wasm"
+args = ["--port", "8080"]
+env = { PORT = "8080" }
+
+[[containers]]
+name = "sidecar"
+module = "/abs/side.wasm"
+restart_policy = "Never"
+memory_limit_mib = 16
+"#;
+
+    #[test]
+    fn good_spec_resolves_paths_and_defaults() {
+        let s = parse(GOOD).unwrap();
+        assert_eq!(s.name, "demo");
+        assert_eq!(s.backoff.initial, Duration::from_millis(10));
+        assert_eq!(s.backoff.max, Duration::from_secs(2));
+        assert_eq!(s.backoff.reset_after, Backoff::default().reset_after);
+        let [app, side] = &s.containers[..] else {
+            panic!("two containers")
+        };
+        assert_eq!(app.module, Path::new("/specs/app.wasm"));
+        assert_eq!(app.module_line, Some(12));
+        assert_eq!(app.args, ["--port", "8080"]);
+        assert_eq!(app.env, [("PORT".to_string(), "8080".to_string())]);
+        assert_eq!(app.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(app.memory_limit, DEFAULT_MEMORY_LIMIT_MIB << 20);
+        assert_eq!(side.module, Path::new("/abs/side.wasm"));
+        assert_eq!(side.restart_policy, RestartPolicy::Never);
+        assert_eq!(side.memory_limit, 16 << 20);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let p = parse(
+            "[pod]\nname = \"a\"\n[[containers]]\nname = \"x\"\nmodule = \"m.wasm\"\nmodul = 1\n",
+        )
+        .unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, Some(6), "{p:?}");
+        assert!(p[0].message.contains("unknown field `modul`"), "{p:?}");
+        assert_eq!(p[0].field, "containers[0]");
+    }
+
+    #[test]
+    fn wrong_type_names_field() {
+        let p = parse("[pod]\nname = \"a\"\n[[containers]]\nname = \"x\"\nmodule = \"m.wasm\"\nargs = \"--x\"\n")
+            .unwrap_err();
+        assert_eq!(p[0].field, "containers[0].args");
+        assert_eq!(p[0].line, Some(6));
+    }
+
+    #[test]
+    fn bad_policy_is_named() {
+        let p = parse("[pod]\nname = \"a\"\nrestart_policy = \"Sometimes\"\n[[containers]]\nname = \"x\"\nmodule = \"m.wasm\"\n")
+            .unwrap_err();
+        assert_eq!(p[0].field, "pod.restart_policy");
+        assert_eq!(p[0].line, Some(3));
+        assert!(p[0].message.contains("Sometimes"), "{p:?}");
+    }
+
+    #[test]
+    fn all_semantic_problems_at_once() {
+        let p = parse(
+            "[pod]\nname = \"Bad_Name\"\n\
+             [[containers]]\nname = \"app\"\nmodule = \"a.wasm\"\n\
+             [[containers]]\nname = \"app\"\nmodule = \"b.wasm\"\n\
+             [[containers]]\nname = \"-x\"\nmodule = \"c.wasm\"\nenv = { \"A=B\" = \"1\" }\n",
+        )
+        .unwrap_err();
+        let got: Vec<(Option<usize>, &str)> =
+            p.iter().map(|p| (p.line, p.field.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(2), "pod.name"),
+                (Some(7), "containers[1].name"),
+                (Some(10), "containers[2].name"),
+                (Some(12), "containers[2].env"),
+            ]
+        );
+        assert!(p[1].message.contains("used by another container"));
+    }
+
+    #[test]
+    fn missing_pieces() {
+        let p = parse("[pod]\nname = \"a\"\n").unwrap_err();
+        assert_eq!(p[0].field, "containers");
+        let p = parse("[[containers]]\nname = \"x\"\nmodule = \"m\"\n").unwrap_err();
+        assert!(p[0].message.contains("missing field `pod`"), "{p:?}");
+        let p = parse("[pod]\nname = \"a\"\n[[containers]]\nname = \"x\"\n").unwrap_err();
+        assert!(p[0].message.contains("missing field `module`"), "{p:?}");
+    }
+
+    #[test]
+    fn bad_backoff() {
+        let p = parse("[pod]\nname = \"a\"\n[pod.restart_backoff]\ninitial = \"soon\"\n[[containers]]\nname = \"x\"\nmodule = \"m\"\n")
+            .unwrap_err();
+        assert_eq!(p[0].field, "pod.restart_backoff.initial");
+        assert_eq!(p[0].line, Some(4));
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let p = parse("[pod]\nname = \"a\n").unwrap_err();
+        assert_eq!(p[0].line, Some(2));
+    }
+
+    #[test]
+    fn rendering() {
+        let e = SpecError::invalid(
+            Path::new("x/pod.toml"),
+            vec![Problem {
+                line: Some(3),
+                field: "pod.name".into(),
+                message: "bad".into(),
+            }],
+        );
+        assert_eq!(e.to_string(), "x/pod.toml:3: pod.name: bad");
+    }
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "demo", "a-1", "0", &"x".repeat(63)] {
+            assert!(is_dns1123_label(ok), "{ok}");
+        }
+        for bad in ["", "A", "a_b", "-a", "a-", "a.b", &"x".repeat(64)] {
+            assert!(!is_dns1123_label(bad), "{bad}");
+        }
+    }
+}
