@@ -229,7 +229,10 @@ impl PodSpec {
                 SpecError::invalid(path, vec![lines.from_toml(e.inner(), &field)])
             })?,
         };
-        let doc = toml::de::DeValue::parse(text).ok();
+        let doc = toml::de::DeTable::parse(text).ok().map(|t| {
+            let span = t.span();
+            toml::Spanned::new(span, toml::de::DeValue::Table(t.into_inner()))
+        });
         let line_of = |keys: &[Key]| doc.as_ref().and_then(|d| lines.line_of(d, keys));
 
         let mut problems = Vec::new();
@@ -408,18 +411,21 @@ impl Lines {
     /// Line of the value at `keys`, or of the nearest enclosing value that exists.
     fn line_of(&self, doc: &toml::Spanned<toml::de::DeValue<'_>>, keys: &[Key]) -> Option<usize> {
         let mut cur = doc;
+        let mut found = false;
         for k in keys {
             let next = match (k, cur.get_ref()) {
                 (Key::F(f), v) => v.get(*f),
                 (Key::I(i), v) => v.get(*i),
             };
             match next {
-                Some(n) => cur = n,
+                Some(n) => {
+                    cur = n;
+                    found = true;
+                }
                 None => break,
             }
         }
-        let span = cur.span();
-        (span.start > 0 || !std::ptr::eq(cur, doc)).then(|| self.line(span.start))
+        found.then(|| self.line(cur.span().start))
     }
 }
 
@@ -486,7 +492,7 @@ memory_limit_mib = 16
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, Some(6), "{p:?}");
         assert!(p[0].message.contains("unknown field `modul`"), "{p:?}");
-        assert_eq!(p[0].field, "containers[0]");
+        assert_eq!(p[0].field, "containers[0].modul");
     }
 
     #[test]
