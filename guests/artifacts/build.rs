@@ -42,7 +42,10 @@ fn main() {
             .env("CARGO_TARGET_DIR", &out)
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET");
+            .env_remove("CARGO_BUILD_TARGET")
+            // `cargo clippy` of the host workspace must not turn into a lint run of the guests.
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CLIPPY_ARGS");
         for (pkg, t) in GUESTS {
             if *t == target {
                 cmd.arg("-p").arg(pkg);

@@ -133,6 +133,8 @@ impl Executor {
         config.epoch_interruption(true);
         let engine = Engine::new(&config)?;
         let mut p2 = Linker::new(&engine);
+        // Includes `exit-with-code` (WASI 0.2.12) for components that report an exact code;
+        // plain `exit` only says ok (0) or err (reported as 1).
         wasmtime_wasi::p2::add_to_linker_async(&mut p2)?;
         let mut p1 = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |s: &mut P1State| &mut s.ctx)?;

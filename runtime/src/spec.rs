@@ -223,10 +223,10 @@ impl PodSpec {
     pub fn parse(path: &Path, text: &str) -> Result<PodSpec, SpecError> {
         let lines = Lines::new(text);
         let raw: RawFile = match toml::Deserializer::parse(text) {
-            Err(e) => return Err(SpecError::invalid(path, vec![lines.from_toml(&e, "")])),
+            Err(e) => return Err(SpecError::invalid(path, vec![lines.toml_problem(&e, "")])),
             Ok(de) => serde_path_to_error::deserialize(de).map_err(|e| {
                 let field = e.path().to_string();
-                SpecError::invalid(path, vec![lines.from_toml(e.inner(), &field)])
+                SpecError::invalid(path, vec![lines.toml_problem(e.inner(), &field)])
             })?,
         };
         let doc = toml::de::DeTable::parse(text).ok().map(|t| {
@@ -396,7 +396,7 @@ impl Lines {
         self.starts.partition_point(|&s| s <= offset)
     }
 
-    fn from_toml(&self, e: &toml::de::Error, field: &str) -> Problem {
+    fn toml_problem(&self, e: &toml::de::Error, field: &str) -> Problem {
         Problem {
             line: e.span().map(|s| self.line(s.start)),
             field: if field.is_empty() || field == "." {

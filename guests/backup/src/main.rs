@@ -82,10 +82,11 @@ fn main() {
             Some((inst, old)) if *inst != snap.instance && keys == 0 && !old.is_empty() => {
                 let mut restored = 0;
                 for line in old.lines() {
-                    if let Some((k, v)) = line.split_once('=') {
-                        if request(&app, "PUT", &format!("/kv/{k}"), v).is_ok_and(|r| r.status == 201) {
-                            restored += 1;
-                        }
+                    if let Some((k, v)) = line.split_once('=')
+                        && request(&app, "PUT", &format!("/kv/{k}"), v)
+                            .is_ok_and(|r| r.status == 201)
+                    {
+                        restored += 1;
                     }
                 }
                 println!(

@@ -123,7 +123,10 @@ fn serve(
         ("GET", "/healthz") => reply("200 OK", "ok\n"),
         ("GET", "/kv") => reply(
             "200 OK",
-            store.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>(),
+            store
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect::<String>(),
         ),
         ("POST", "/crash") => {
             after = After::Crash;

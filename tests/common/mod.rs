@@ -1,0 +1,428 @@
+//! Test harness: a throwaway peapod "installation" per test (own bridge, subnet, run and state
+//! dirs), `peapod run` processes it started, and observers that look from outside (host sockets,
+//! `ip`, `ss`, a thread that enters a pod's namespace).
+//!
+//! Everything is removed in `Drop`, also when a test fails: our processes (by PID), then pins under
+//! our run dir, veths on our bridge, the bridge, the temp dir.
+
+#![allow(dead_code, unused_imports)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use peapod_guests::{BACKUP, HELLO_P1, KV_SERVER, TOOLBOX};
+
+pub const PEAPOD: &str = env!("CARGO_BIN_EXE_peapod");
+
+/// Returns `None` (after saying so) when not root; with `CI=true` a skip is a failure.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} needs root (network namespaces) and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root (network namespaces, bridges, mounts)");
+    false
+}
+
+/// A short random-ish tag: pid, a counter and the clock, hashed.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let h = (std::process::id() as u64) << 32 ^ (n as u64) << 24 ^ t as u64;
+    let h = h.wrapping_mul(0x9E3779B97F4A7C15);
+    format!("{prefix}{:06x}", (h >> 40) as u32 & 0xff_ffff)
+}
+
+/// One isolated peapod installation.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub bridge: String,
+    pub subnet: String,
+    /// First three octets of the /24.
+    pub net: [u8; 3],
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let bridge = unique("ppt");
+        let routes = cmd("ip", &["-4", "route", "show"]);
+        // A /24 in 10.200.0.0/13 that no route on this host uses yet.
+        let net = loop {
+            let tag = unique("");
+            let v = u32::from_str_radix(&tag, 16).unwrap();
+            let net = [10, 200 + (v % 8) as u8, (v >> 8) as u8];
+            if !routes.contains(&format!("{}.{}.{}.", net[0], net[1], net[2])) {
+                break net;
+            }
+        };
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("peapod-test")
+                .tempdir()
+                .unwrap(),
+            bridge,
+            subnet: format!("{}.{}.{}.0/24", net[0], net[1], net[2]),
+            net,
+        }
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn pin(&self, pod: &str) -> PathBuf {
+        self.run_dir().join("netns").join(pod)
+    }
+
+    /// The library config matching this environment.
+    pub fn config(&self) -> peapod::config::Config {
+        peapod::config::Config {
+            run_dir: self.run_dir(),
+            state_dir: self.state_dir(),
+            bridge: self.bridge.clone(),
+            subnet: self.subnet.parse().unwrap(),
+        }
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1)
+    }
+
+    /// Writes a spec file into the env's directory.
+    pub fn spec(&self, file: &str, toml: &str) -> PathBuf {
+        let p = self.dir.path().join(file);
+        std::fs::write(&p, toml).unwrap();
+        p
+    }
+
+    /// `peapod <global flags> ARGS`, as a command (not started).
+    pub fn peapod(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(PEAPOD);
+        c.arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--bridge")
+            .arg(&self.bridge)
+            .arg("--subnet")
+            .arg(&self.subnet)
+            .args(args)
+            .env("PEAPOD_CONFIG", "/dev/null")
+            .env_remove("PEAPOD_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Starts `peapod run SPEC` in the background, its output going to a log file.
+    pub fn start(&self, spec: &Path) -> Peapod {
+        let log = self.dir.path().join(format!("{}.log", unique("run")));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = self
+            .peapod(&["run", spec.to_str().unwrap()])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Peapod {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Runs `peapod run SPEC` to its end (at most `limit`); returns the status and the output.
+    pub fn run_to_end(&self, spec: &Path, limit: Duration) -> (ExitStatus, String) {
+        let mut p = self.start(spec);
+        let status = p.wait_exit(limit);
+        (status, p.output())
+    }
+
+    /// The leases of this env's bridge, pod -> address.
+    pub fn leases(&self) -> Vec<(String, Ipv4Addr)> {
+        let f = self
+            .state_dir()
+            .join("ipam")
+            .join(format!("{}.json", self.bridge));
+        let Ok(text) = std::fs::read_to_string(f) else {
+            return vec![];
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["leases"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, ip)| (k.clone(), ip.as_str().unwrap().parse().unwrap()))
+            .collect()
+    }
+
+    pub fn link_exists(&self, name: &str) -> bool {
+        Command::new("ip")
+            .args(["link", "show", "dev", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// Host veths attached to this env's bridge.
+    pub fn bridge_ports(&self) -> Vec<String> {
+        if !self.link_exists(&self.bridge) {
+            return vec![];
+        }
+        cmd("ip", &["-o", "link", "show", "master", &self.bridge])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// Mount points under this env's run dir, from /proc/self/mountinfo.
+    pub fn mounts(&self) -> Vec<String> {
+        let root = self.run_dir().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Our `peapod` children were stopped by their own guards (dropped before the Env).
+        for m in self.mounts() {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for port in self.bridge_ports() {
+            let _ = Command::new("ip").args(["link", "del", &port]).status();
+        }
+        if self.link_exists(&self.bridge) {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.bridge])
+                .status();
+        }
+    }
+}
+
+/// A `peapod run` process this test started.
+pub struct Peapod {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// What `peapod run` logged when the pod started.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub ip: Ipv4Addr,
+    pub netns: PathBuf,
+}
+
+impl Peapod {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing `needle`; returns that line.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let out = self.output();
+            if let Some(l) = out.lines().find(|l| l.contains(needle)) {
+                return l.to_string();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("peapod exited ({status}) before logging {needle:?}:\n{out}");
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "no {needle:?} in the log after {limit:?}:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Number of log lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.output().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits for the "pod NAME started" line and parses it.
+    pub fn started(&mut self, pod: &str) -> Started {
+        let line = self.wait_for(&format!("pod {pod} started:"), Duration::from_secs(60));
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .to_string()
+        };
+        Started {
+            ip: field("ip=").parse().unwrap(),
+            netns: field("netns=").into(),
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    /// Waits for the process to exit; kills it and fails after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let t0 = Instant::now();
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if t0.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("peapod still running after {limit:?}:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+    }
+}
+
+impl Drop for Peapod {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take()
+            && c.try_wait().ok().flatten().is_none()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn cmd(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[derive(Debug)]
+pub struct Http {
+    pub status: u16,
+    pub instance: String,
+    pub body: String,
+}
+
+/// A one-shot HTTP/1.1 request.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<Http> {
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    c.read_to_string(&mut raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("bad response {raw:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status in {head:?}")))?;
+    let instance = head
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Instance: "))
+        .unwrap_or("")
+        .to_string();
+    Ok(Http {
+        status,
+        instance,
+        body: body.to_string(),
+    })
+}
+
+/// Waits until the kv-server at `addr` answers /healthz; returns its instance id.
+pub fn wait_healthy(addr: SocketAddr) -> String {
+    eventually(Duration::from_secs(30), &format!("{addr} healthy"), || {
+        http(addr, "GET", "/healthz", "")
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.instance)
+    })
+}
+
+/// Connects to `addr` from a thread inside the namespace pinned at `pin`, sends `request`, and
+/// returns what the server sent until it closed.
+pub fn connect_in_netns(pin: &Path, addr: SocketAddr, request: &str) -> std::io::Result<String> {
+    let request = request.to_string();
+    let pin = pin.to_path_buf();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&pin)?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(request.as_bytes())?;
+        let mut s = String::new();
+        c.read_to_string(&mut s)?;
+        Ok(s)
+    })
+    .join()
+    .unwrap()
+}
+
+/// TCP listeners (`ss -Htln`) of the namespace at `pin`, or of the host when `None`.
+pub fn listeners(pin: Option<&Path>) -> String {
+    match pin {
+        Some(p) => cmd(
+            "nsenter",
+            &[&format!("--net={}", p.display()), "ss", "-Htln"],
+        ),
+        None => cmd("ss", &["-Htln"]),
+    }
+}
+
+/// A free TCP port on the host's loopback (nothing listens there now).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

@@ -1,0 +1,426 @@
+//! End-to-end tests of `peapod run`: real namespaces, veths, bridge, leases and wasm modules.
+//! Each test has its own bridge, subnet and dirs (see `common`), so they run in parallel.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// A `[[containers]]` entry.
+fn container(name: &str, module: &str, args: &[&str], policy: Option<&str>) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    let policy = policy
+        .map(|p| format!("restart_policy = {p:?}\n"))
+        .unwrap_or_default();
+    format!(
+        "[[containers]]\nname = {name:?}\nmodule = {module:?}\nargs = [{}]\n{policy}\n",
+        args.join(", ")
+    )
+}
+
+fn pod(name: &str, policy: &str, containers: &[String]) -> String {
+    format!(
+        "[pod]\nname = {name:?}\nrestart_policy = {policy:?}\n[pod.restart_backoff]\ninitial = \"10ms\"\nmax = \"200ms\"\n\n{}",
+        containers.concat()
+    )
+}
+
+fn kv(listen: &str) -> String {
+    container("app", KV_SERVER, &["--listen", listen], None)
+}
+
+#[test]
+fn modules_share_the_pod_loopback_and_nothing_else_sees_it() {
+    if !root_or_skip("modules_share_the_pod_loopback_and_nothing_else_sees_it") {
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let local = format!("127.0.0.1:{port}");
+    // "secret" listens on the pod's loopback only; "client" reaches it there.
+    let a = env.spec(
+        "a.toml",
+        &pod(
+            "loop-a",
+            "Always",
+            &[
+                kv("0.0.0.0:8080"),
+                container("secret", TOOLBOX, &["listen", &local, "pod-secret"], None),
+                container("client", TOOLBOX, &["connect", &local, "50"], Some("Never")),
+            ],
+        ),
+    );
+    let b = env.spec("b.toml", &pod("loop-b", "Always", &[kv("0.0.0.0:8080")]));
+    let mut pa = env.start(&a);
+    let mut pb = env.start(&b);
+    let sa = pa.started("loop-a");
+    let sb = pb.started("loop-b");
+
+    // A sibling reached the listener over the shared loopback.
+    pa.wait_for(
+        &format!("loop-a/client: connected to {local}: pod-secret"),
+        MIN,
+    );
+    // The host reaches the app at the pod's IP ...
+    wait_healthy(SocketAddr::from((sa.ip, 8080)));
+    // ... but not the loopback listener: not on its own loopback, not at the pod IP.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "pod loopback listener visible on the host's loopback"
+    );
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((sa.ip, port)),
+            Duration::from_secs(2)
+        )
+        .is_err()
+    );
+    // ss agrees: the listener is in pod a's namespace only.
+    let needle = format!("127.0.0.1:{port} ");
+    assert!(listeners(Some(&sa.netns)).contains(&needle));
+    assert!(!listeners(None).contains(&needle));
+    assert!(!listeners(Some(&sb.netns)).contains(&needle));
+    // Another pod's loopback is another world.
+    assert!(connect_in_netns(&sb.netns, local.parse().unwrap(), "").is_err());
+    // Pods reach each other through the bridge.
+    let from_b = connect_in_netns(
+        &sb.netns,
+        SocketAddr::from((sa.ip, 8080)),
+        "GET /healthz HTTP/1.0\r\n\r\n",
+    );
+    assert!(
+        from_b.as_ref().is_ok_and(|r| r.ends_with("\r\n\r\nok\n")),
+        "pod b -> pod a: {from_b:?}"
+    );
+
+    assert!(pa.terminate().success());
+    assert!(pb.terminate().success());
+}
+
+#[test]
+fn restart_in_place_keeps_ip_namespace_and_port() {
+    if !root_or_skip("restart_in_place_keeps_ip_namespace_and_port") {
+        return;
+    }
+    let env = Env::new();
+    let spec = env.spec("p.toml", &pod("inplace", "Always", &[kv("0.0.0.0:8080")]));
+    let mut p = env.start(&spec);
+    let s = p.started("inplace");
+    let addr = SocketAddr::from((s.ip, 8080));
+    let inode = std::fs::metadata(&s.netns).unwrap().ino();
+    let first = wait_healthy(addr);
+    assert_eq!(http(addr, "PUT", "/kv/k", "v").unwrap().status, 201);
+
+    // Trap: restarted in place.
+    assert_eq!(http(addr, "POST", "/crash", "").unwrap().status, 200);
+    p.wait_for("inplace/app trapped: wasm trap: wasm `unreachable`", MIN);
+    let second = eventually(MIN, "a new instance on the same address", || {
+        http(addr, "GET", "/healthz", "")
+            .ok()
+            .map(|r| r.instance)
+            .filter(|i| *i != first)
+    });
+    // Clean exit under Always: restarted too.
+    assert_eq!(http(addr, "POST", "/exit/0", "").unwrap().status, 200);
+    eventually(MIN, "a third instance", || {
+        http(addr, "GET", "/healthz", "")
+            .ok()
+            .map(|r| r.instance)
+            .filter(|i| *i != first && *i != second)
+    });
+    // The store was the instance's memory: gone with it (what the backup sidecar is for).
+    assert_eq!(http(addr, "GET", "/kv/k", "").unwrap().status, 404);
+    assert_eq!(
+        std::fs::metadata(&s.netns).unwrap().ino(),
+        inode,
+        "same namespace"
+    );
+    assert_eq!(env.leases(), [("inplace".to_string(), s.ip)], "same lease");
+    assert_eq!(
+        p.count("pod inplace started"),
+        1,
+        "the pod itself was not re-created"
+    );
+    assert!(p.terminate().success());
+    let out = p.output();
+    assert!(out.contains("inplace/app: stopped (restarts: 2)"), "{out}");
+}
+
+#[test]
+fn policy_never_ends_the_pod_with_the_exit_status() {
+    if !root_or_skip("policy_never_ends_the_pod_with_the_exit_status") {
+        return;
+    }
+    let env = Env::new();
+    let spec = env.spec(
+        "p.toml",
+        &pod(
+            "never",
+            "Never",
+            &[
+                container("fails", TOOLBOX, &["exit", "3"], None),
+                container("works", TOOLBOX, &["sleep", "100"], None),
+            ],
+        ),
+    );
+    let (status, out) = env.run_to_end(&spec, MIN);
+    assert_eq!(status.code(), Some(1), "{out}");
+    // WASI 0.2's `exit` carries only ok/err: a wasip2 guest's exit(3) is reported as 1.
+    assert!(
+        out.contains("never/fails: exited with code 1 (restarts: 0)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("never/works: exited with code 0 (restarts: 0)"),
+        "{out}"
+    );
+    assert!(env.leases().is_empty());
+    assert!(!env.pin("never").exists());
+}
+
+#[test]
+fn policy_on_failure_restarts_failures_and_ends_on_success() {
+    if !root_or_skip("policy_on_failure_restarts_failures_and_ends_on_success") {
+        return;
+    }
+    let env = Env::new();
+    // A clean exit ends it: the pod is a job that succeeded.
+    let ok = env.spec(
+        "ok.toml",
+        &pod(
+            "onf-ok",
+            "OnFailure",
+            &[container("job", TOOLBOX, &["exit", "0"], None)],
+        ),
+    );
+    let (status, out) = env.run_to_end(&ok, MIN);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("onf-ok/job: exited with code 0 (restarts: 0)"),
+        "{out}"
+    );
+
+    // A failure (exit code or trap) is restarted, with growing backoff.
+    let bad = env.spec(
+        "bad.toml",
+        &pod(
+            "onf-bad",
+            "OnFailure",
+            &[
+                container("fails", TOOLBOX, &["exit", "4"], None),
+                container("traps", TOOLBOX, &["trap"], None),
+            ],
+        ),
+    );
+    let mut p = env.start(&bad);
+    p.wait_for(
+        "onf-bad/fails exited with code 1; restarting in 40ms (restart 3)",
+        MIN,
+    );
+    p.wait_for("onf-bad/traps trapped: wasm trap", MIN);
+    p.wait_for("onf-bad/traps trapped: wasm trap: wasm `unreachable` instruction executed; restarting in 40ms (restart 3)", MIN);
+    assert!(p.terminate().success(), "stopped on request");
+    let out = p.output();
+    assert!(out.contains("onf-bad/fails: stopped (restarts: "), "{out}");
+}
+
+#[test]
+fn policy_always_restarts_clean_exits() {
+    if !root_or_skip("policy_always_restarts_clean_exits") {
+        return;
+    }
+    let env = Env::new();
+    let spec = env.spec(
+        "p.toml",
+        &pod(
+            "always",
+            "Always",
+            &[container("tick", TOOLBOX, &["exit", "0"], None)],
+        ),
+    );
+    let mut p = env.start(&spec);
+    p.wait_for(
+        "always/tick exited with code 0; restarting in 200ms (restart 6)",
+        MIN,
+    );
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn a_trapping_or_spinning_module_leaves_its_sibling_serving() {
+    if !root_or_skip("a_trapping_or_spinning_module_leaves_its_sibling_serving") {
+        return;
+    }
+    let env = Env::new();
+    let spec = env.spec(
+        "p.toml",
+        &pod(
+            "noisy",
+            "Always",
+            &[
+                kv("0.0.0.0:8080"),
+                container("traps", TOOLBOX, &["trap"], None),
+                container("spins", TOOLBOX, &["spin"], None),
+            ],
+        ),
+    );
+    let mut p = env.start(&spec);
+    let s = p.started("noisy");
+    let addr = SocketAddr::from((s.ip, 8080));
+    let instance = wait_healthy(addr);
+    p.wait_for("noisy/spins: spinning", MIN);
+    p.wait_for("noisy/traps trapped: wasm trap: wasm `unreachable` instruction executed; restarting in 200ms (restart 6)", MIN);
+    // The app answered all along from the same instance, despite a busy loop on the pod's
+    // thread (epoch yields) and a sibling trapping over and over.
+    for i in 0..20 {
+        let r = http(addr, "PUT", &format!("/kv/k{i}"), "v").unwrap();
+        assert_eq!((r.status, r.instance.as_str()), (201, instance.as_str()));
+    }
+    assert_eq!(p.count("noisy/app trapped"), 0);
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing() {
+    if !root_or_skip("recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing") {
+        return;
+    }
+    let env = Env::new();
+    let spec = env.spec("p.toml", &pod("again", "Always", &[kv("0.0.0.0:8080")]));
+    let veth = peapod::sandbox::host_veth_name(&env.bridge, "again");
+    let mut ips = Vec::new();
+    for _ in 0..2 {
+        let mut p = env.start(&spec);
+        let s = p.started("again");
+        wait_healthy(SocketAddr::from((s.ip, 8080)));
+        assert!(env.link_exists(&veth));
+        assert_eq!(env.mounts(), [s.netns.display().to_string()]);
+        assert_eq!(p.terminate().code(), Some(0));
+        // Nothing left: pin, mount, veth, lease.
+        assert!(!s.netns.exists(), "pin left behind");
+        assert!(env.mounts().is_empty(), "mount left: {:?}", env.mounts());
+        assert!(!env.link_exists(&veth), "veth left behind");
+        assert!(env.bridge_ports().is_empty());
+        assert!(env.leases().is_empty(), "lease left: {:?}", env.leases());
+        ips.push(s.ip);
+    }
+    assert_ne!(ips[0], ips[1], "a re-created pod gets a new address");
+}
+
+#[test]
+fn two_pods_at_once_get_different_ips_and_one_name_runs_once() {
+    if !root_or_skip("two_pods_at_once_get_different_ips_and_one_name_runs_once") {
+        return;
+    }
+    let env = Env::new();
+    let a = env.spec("a.toml", &pod("twin-a", "Always", &[kv("0.0.0.0:8080")]));
+    let b = env.spec("b.toml", &pod("twin-b", "Always", &[kv("0.0.0.0:8080")]));
+    let mut pa = env.start(&a);
+    let mut pb = env.start(&b);
+    let (sa, sb) = (pa.started("twin-a"), pb.started("twin-b"));
+    assert_ne!(sa.ip, sb.ip);
+    let ia = wait_healthy(SocketAddr::from((sa.ip, 8080)));
+    let ib = wait_healthy(SocketAddr::from((sb.ip, 8080)));
+    assert_ne!(ia, ib, "two different app instances");
+
+    // The same pod again while it runs: refused, and the running one is untouched.
+    let (status, out) = env.run_to_end(&a, MIN);
+    assert_eq!(status.code(), Some(3), "{out}");
+    assert!(out.contains("pod twin-a is already running"), "{out}");
+    assert_eq!(wait_healthy(SocketAddr::from((sa.ip, 8080))), ia);
+    assert_eq!(env.leases().len(), 2);
+
+    assert!(pa.terminate().success());
+    assert!(pb.terminate().success());
+    assert!(env.leases().is_empty());
+}
+
+#[test]
+fn leftovers_of_a_killed_run_are_cleaned_by_the_next() {
+    if !root_or_skip("leftovers_of_a_killed_run_are_cleaned_by_the_next") {
+        return;
+    }
+    let env = Env::new();
+    let spec = env.spec("p.toml", &pod("killed", "Always", &[kv("0.0.0.0:8080")]));
+    let mut p = env.start(&spec);
+    let first = p.started("killed");
+    p.signal(Signal::SIGKILL);
+    p.wait_exit(MIN);
+    // kill -9 leaves the pin, the veth and the lease: the namespace outlives its runtime.
+    assert!(first.netns.exists());
+    assert_eq!(env.leases().len(), 1);
+
+    let mut p = env.start(&spec);
+    p.wait_for("removing leftovers of an earlier run of this pod", MIN);
+    let second = p.started("killed");
+    assert_ne!(first.ip, second.ip);
+    wait_healthy(SocketAddr::from((second.ip, 8080)));
+    assert_eq!(env.leases(), [("killed".to_string(), second.ip)]);
+    assert_eq!(env.bridge_ports().len(), 1);
+    assert!(p.terminate().success());
+    assert!(env.leases().is_empty() && env.mounts().is_empty());
+}
+
+#[test]
+fn a_wasip1_module_runs_as_a_job() {
+    if !root_or_skip("a_wasip1_module_runs_as_a_job") {
+        return;
+    }
+    let env = Env::new();
+    for (code, want) in [("0", 0), ("3", 1)] {
+        let name = format!("p1job-{code}");
+        let spec = env.spec(
+            &format!("{name}.toml"),
+            &format!(
+                "[pod]\nname = {name:?}\nrestart_policy = \"Never\"\n[[containers]]\nname = \"hello\"\nmodule = {HELLO_P1:?}\nargs = [\"--exit\", {code:?}]\nenv = {{ GREETING = \"hi\" }}\n"
+            ),
+        );
+        let (status, out) = env.run_to_end(&spec, MIN);
+        assert_eq!(status.code(), Some(want), "{out}");
+        assert!(
+            out.contains(&format!(
+                "{name}/hello: hello from a wasip1 module: args=[\"--exit\", \"{code}\"]"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{name}/hello: env GREETING=hi")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "{name}/hello: exited with code {code} (restarts: 0)"
+            )),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn containers_get_only_what_the_spec_grants() {
+    if !root_or_skip("containers_get_only_what_the_spec_grants") {
+        return;
+    }
+    let env = Env::new();
+    let spec = env.spec(
+        "p.toml",
+        &format!(
+            "[pod]\nname = \"grants\"\nrestart_policy = \"Never\"\n[[containers]]\nname = \"c\"\nmodule = {TOOLBOX:?}\nargs = [\"env\"]\nenv = {{ ONLY = \"this\" }}\n"
+        ),
+    );
+    let (status, out) = env.run_to_end(&spec, MIN);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("grants/c: args: [\"c\", \"env\"]"), "{out}");
+    let env_lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("grants/c: env: "))
+        .collect();
+    assert_eq!(env_lines.len(), 1, "host environment leaked: {env_lines:?}");
+    assert!(env_lines[0].ends_with("env: ONLY=this"));
+}

@@ -1,0 +1,154 @@
+//! Bad input: each kind of bad spec gets an error naming the file, line and field, exit status 2,
+//! and creates nothing at all (no bridge, no pin, no lease).
+
+mod common;
+
+use common::*;
+
+fn assert_refused(env: &Env, file: &str, text: &str, wants: &[&str]) {
+    let spec = env.spec(file, text);
+    let out = env
+        .peapod(&["run", spec.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
+    for want in wants {
+        let want = want.replace("FILE", &spec.display().to_string());
+        assert!(
+            stderr.contains(&want),
+            "{file}: want {want:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains(" started:"), "{stderr}");
+    // Nothing was created: validation happens before the kernel is touched.
+    assert!(!env.link_exists(&env.bridge), "{file}: bridge created");
+    assert!(
+        !env.run_dir().join("netns").exists(),
+        "{file}: pin dir created"
+    );
+    assert!(env.leases().is_empty(), "{file}: lease taken");
+}
+
+#[test]
+fn every_kind_of_bad_spec_is_refused_with_file_line_and_field() {
+    if !root_or_skip("every_kind_of_bad_spec_is_refused_with_file_line_and_field") {
+        return;
+    }
+    let env = Env::new();
+    let garbage = env.spec("garbage.wasm", "this is not wasm");
+    let truncated = env.dir.path().join("truncated.wasm");
+    let mut bytes = std::fs::read(KV_SERVER).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&truncated, bytes).unwrap();
+    let ok = |name: &str| format!("[[containers]]\nname = {name:?}\nmodule = {KV_SERVER:?}\n");
+
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "unknown-field.toml",
+            format!("[pod]\nname = \"a\"\n{}modul = \"x\"\n", ok("app")),
+            vec!["FILE:6: containers[0].modul: unknown field `modul`"],
+        ),
+        (
+            "bad-pod-name.toml",
+            format!("[pod]\nname = \"Demo_1\"\n{}", ok("app")),
+            vec!["FILE:2: pod.name: \"Demo_1\" must be a DNS-1123 label"],
+        ),
+        (
+            "bad-container-name.toml",
+            format!("[pod]\nname = \"a\"\n{}", ok("App")),
+            vec!["FILE:4: containers[0].name: \"App\" must be a DNS-1123 label"],
+        ),
+        (
+            "duplicate.toml",
+            format!("[pod]\nname = \"a\"\n{}{}", ok("app"), ok("app")),
+            vec!["FILE:7: containers[1].name: \"app\" is used by another container"],
+        ),
+        (
+            "missing-wasm.toml",
+            "[pod]\nname = \"a\"\n[[containers]]\nname = \"app\"\nmodule = \"nope.wasm\"\n".into(),
+            vec![
+                "FILE:5: containers[0].module: cannot read",
+                "nope.wasm: No such file",
+            ],
+        ),
+        (
+            "not-wasm.toml",
+            format!("[pod]\nname = \"a\"\n[[containers]]\nname = \"app\"\nmodule = {garbage:?}\n"),
+            vec![
+                "FILE:5: containers[0].module:",
+                "is not a WebAssembly module or component",
+            ],
+        ),
+        (
+            "broken-wasm.toml",
+            format!(
+                "[pod]\nname = \"a\"\n[[containers]]\nname = \"app\"\nmodule = {truncated:?}\n"
+            ),
+            vec!["FILE:5: containers[0].module:", "does not compile"],
+        ),
+        (
+            "bad-policy.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}restart_policy = \"Sometimes\"\n",
+                ok("app")
+            ),
+            vec![
+                "FILE:6: containers[0].restart_policy: unknown variant `Sometimes`, expected one of `Always`, `OnFailure`, `Never`",
+            ],
+        ),
+        (
+            "bad-backoff.toml",
+            format!(
+                "[pod]\nname = \"a\"\n[pod.restart_backoff]\nmax = \"soon\"\n{}",
+                ok("app")
+            ),
+            vec!["FILE:4: pod.restart_backoff.max: \"soon\" is not a duration"],
+        ),
+        (
+            "no-containers.toml",
+            "[pod]\nname = \"a\"\n".into(),
+            vec!["FILE: containers: a pod needs at least one [[containers]] entry"],
+        ),
+        (
+            "syntax.toml",
+            "[pod]\nname = \"a\n".into(),
+            vec!["FILE:2: (file): "],
+        ),
+        (
+            "wrong-type.toml",
+            format!("[pod]\nname = \"a\"\n{}args = \"--port 80\"\n", ok("app")),
+            vec![
+                "FILE:6: containers[0].args: invalid type: string \"--port 80\", expected a sequence",
+            ],
+        ),
+    ];
+    for (file, text, wants) in &cases {
+        assert_refused(&env, file, text, wants);
+    }
+    // Several problems are reported together.
+    assert_refused(
+        &env,
+        "many.toml",
+        &format!("[pod]\nname = \"A\"\n{}{}", ok("x"), ok("x")),
+        &["FILE:2: pod.name", "FILE:7: containers[1].name"],
+    );
+}
+
+#[test]
+fn a_missing_spec_file_is_named() {
+    if !root_or_skip("a_missing_spec_file_is_named") {
+        return;
+    }
+    let env = Env::new();
+    let out = env
+        .peapod(&["run", "/nonexistent/pod.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("/nonexistent/pod.toml: cannot read pod spec: No such file"),
+        "{stderr}"
+    );
+}
