@@ -1,0 +1,57 @@
+//! The shipped example pods, run as they are: `configs/demo.toml` (app + backup sidecar) and
+//! `configs/job-p1.toml` (a wasip1 job).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+fn config(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(name)
+}
+
+#[test]
+fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
+    if !root_or_skip("the_demo_sidecar_backs_up_and_restores_the_app_over_localhost") {
+        return;
+    }
+    let env = Env::new();
+    let mut p = env.start(&config("demo.toml"));
+    let s = p.started("demo");
+    let app = SocketAddr::from((s.ip, 8080));
+    let first = wait_healthy(app);
+    assert_eq!(http(app, "PUT", "/kv/board", "pi").unwrap().status, 201);
+    p.wait_for(
+        "demo/backup: backup: snapshot of 1 keys: {board=pi}",
+        Duration::from_secs(30),
+    );
+
+    assert_eq!(http(app, "POST", "/crash", "").unwrap().status, 200);
+    p.wait_for("demo/app trapped", Duration::from_secs(30));
+    let line = p.wait_for("restored 1 keys", Duration::from_secs(30));
+    assert!(line.contains(&format!("instance {first} -> ")), "{line}");
+    let r = http(app, "GET", "/kv/board", "").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "pi\n"));
+    assert_ne!(
+        r.instance, first,
+        "served by the restarted instance, same IP"
+    );
+    assert!(p.terminate().success());
+}
+
+#[test]
+fn the_example_wasip1_job_succeeds() {
+    if !root_or_skip("the_example_wasip1_job_succeeds") {
+        return;
+    }
+    let env = Env::new();
+    let (status, out) = env.run_to_end(&config("job-p1.toml"), Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    assert!(out.contains("hello-job/hello: env GREETING=hi"), "{out}");
+    assert!(env.leases().is_empty());
+}
