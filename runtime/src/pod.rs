@@ -91,6 +91,7 @@ impl RunningPod {
         spec: &PodSpec,
         modules: Vec<Prepared>,
     ) -> Result<RunningPod, PodError> {
+        let t0 = std::time::Instant::now();
         let sandbox =
             Sandbox::create(cfg, &spec.name)
                 .await
@@ -98,6 +99,7 @@ impl RunningPod {
                     pod: spec.name.clone(),
                     source,
                 })?;
+        let sandbox_time = t0.elapsed();
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
         let containers: Vec<_> = spec
@@ -160,11 +162,12 @@ impl RunningPod {
             }
         };
         tracing::info!(
-            "pod {} started: ip={} netns={} containers={}",
+            "pod {} started: ip={} netns={} containers={} sandbox={:.1?}",
             spec.name,
             sandbox.ip,
             sandbox.netns_path.display(),
-            spec.containers.len()
+            spec.containers.len(),
+            sandbox_time
         );
         Ok(RunningPod {
             name: spec.name.clone(),

@@ -35,8 +35,17 @@ impl Run {
         let exec = Executor::new()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("create wasm engine")?;
+        let t0 = std::time::Instant::now();
         let modules = match pod::compile(&exec, &spec) {
-            Ok(m) => m,
+            Ok(m) => {
+                tracing::info!(
+                    "pod {}: compiled {} modules in {:.1?}",
+                    spec.name,
+                    m.len(),
+                    t0.elapsed()
+                );
+                m
+            }
             Err(e) => {
                 eprintln!("{e}");
                 return Ok(ExitCode::from(EXIT_INVALID));
