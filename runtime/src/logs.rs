@@ -27,17 +27,31 @@ impl Stream {
     }
 }
 
+/// Receives every line of every container of a pod, besides the log: `(pod/container, stream,
+/// line)`. Used to keep or inspect output (benchmarks read results from it).
+pub type LogSink = Arc<dyn Fn(&str, Stream, &str) + Send + Sync>;
+
 /// Where one container's output goes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ContainerLog {
     /// `pod/container`
     id: Arc<str>,
+    sink: Option<LogSink>,
+}
+
+impl std::fmt::Debug for ContainerLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerLog")
+            .field("id", &self.id)
+            .finish()
+    }
 }
 
 impl ContainerLog {
-    pub fn new(pod: &str, container: &str) -> Self {
+    pub fn new(pod: &str, container: &str, sink: Option<LogSink>) -> Self {
         ContainerLog {
             id: format!("{pod}/{container}").into(),
+            sink,
         }
     }
 
@@ -48,6 +62,9 @@ impl ContainerLog {
 
     /// Records one line (without its newline).
     pub fn line(&self, stream: Stream, line: &str) {
+        if let Some(sink) = &self.sink {
+            sink(&self.id, stream, line);
+        }
         match stream {
             Stream::Stdout => tracing::info!(target: "peapod::container", "{}: {line}", self.id),
             Stream::Stderr => {

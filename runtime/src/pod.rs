@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::executor::{Executor, Prepared, RunSpec};
-use crate::logs::ContainerLog;
+use crate::logs::{ContainerLog, LogSink};
 use crate::netns;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::spec::{PodSpec, SpecError};
@@ -57,6 +57,8 @@ pub struct RunningPod {
     pub name: String,
     pub ip: Ipv4Addr,
     pub netns_path: PathBuf,
+    /// How long creating the sandbox took (namespace, veth, lease, addresses, routes).
+    pub sandbox_time: Duration,
     sandbox: Sandbox,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -91,6 +93,17 @@ impl RunningPod {
         spec: &PodSpec,
         modules: Vec<Prepared>,
     ) -> Result<RunningPod, PodError> {
+        Self::start_with_logs(cfg, exec, spec, modules, None).await
+    }
+
+    /// [`RunningPod::start`], with every output line also handed to `sink`.
+    pub async fn start_with_logs(
+        cfg: &Config,
+        exec: &Executor,
+        spec: &PodSpec,
+        modules: Vec<Prepared>,
+        sink: Option<LogSink>,
+    ) -> Result<RunningPod, PodError> {
         let t0 = std::time::Instant::now();
         let sandbox =
             Sandbox::create(cfg, &spec.name)
@@ -112,7 +125,7 @@ impl RunningPod {
                     args: c.args.clone(),
                     env: c.env.clone(),
                     memory_limit: c.memory_limit,
-                    log: ContainerLog::new(&spec.name, &c.name),
+                    log: ContainerLog::new(&spec.name, &c.name, sink.clone()),
                 };
                 (module, run, c.restart_policy)
             })
@@ -173,6 +186,7 @@ impl RunningPod {
             name: spec.name.clone(),
             ip: sandbox.ip,
             netns_path: sandbox.netns_path.clone(),
+            sandbox_time,
             sandbox,
             stop,
             thread: Some(thread),

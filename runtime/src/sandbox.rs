@@ -112,6 +112,7 @@ where
 impl Sandbox {
     /// Creates the pod's sandbox. On failure nothing of it is left behind.
     pub async fn create(cfg: &Config, pod: &str) -> Result<Sandbox, SandboxError> {
+        let t0 = std::time::Instant::now();
         let lock = lock_pod(cfg, pod)?;
         let netns_path = cfg.netns_path(pod);
         let ipam = Ipam::new(cfg);
@@ -129,7 +130,9 @@ impl Sandbox {
         let bridge = host
             .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
             .await?;
+        let t_bridge = t0.elapsed();
         let fd = Arc::new(netns::create_pinned(&netns_path)?);
+        let t_pin = t0.elapsed();
         let sandbox = Sandbox {
             pod: pod.into(),
             ip: Ipv4Addr::UNSPECIFIED,
@@ -140,7 +143,15 @@ impl Sandbox {
             _lock: lock,
         };
         match sandbox.configure(&host, bridge, &ipam).await {
-            Ok(ip) => Ok(Sandbox { ip, ..sandbox }),
+            Ok(ip) => {
+                tracing::debug!(
+                    pod,
+                    "sandbox: checks+bridge {t_bridge:.1?}, pin {:.1?}, lease+plumb {:.1?}",
+                    t_pin - t_bridge,
+                    t0.elapsed() - t_pin
+                );
+                Ok(Sandbox { ip, ..sandbox })
+            }
             Err(e) => {
                 if let Err(undo) = remove_parts(cfg, pod).await {
                     tracing::error!(pod, "cleanup after failed create: {undo}");
@@ -156,34 +167,23 @@ impl Sandbox {
         bridge: u32,
         ipam: &Ipam,
     ) -> Result<Ipv4Addr, SandboxError> {
+        let t0 = std::time::Instant::now();
         let ip = ipam.allocate(&self.pod)?;
-        host.create_veth_into(
-            &self.host_veth,
+        tracing::debug!(
+            pod = self.pod,
+            "sandbox: lease persisted in {:.1?}",
+            t0.elapsed()
+        );
+        plumb(
+            host,
             bridge,
-            POD_IFACE,
-            &*self.netns,
+            &self.netns,
+            &self.host_veth,
             &format!("peapod/{}", self.pod),
+            ip,
+            self.cfg.subnet.prefix_len(),
+            self.cfg.gateway(),
         )
-        .await?;
-        let prefix = self.cfg.subnet.prefix_len();
-        let gateway = self.cfg.gateway();
-        in_netns(self.netns.clone(), move || async move {
-            let nl =
-                Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
-            let lo = nl
-                .link_index("lo")
-                .await?
-                .ok_or_else(|| SandboxError::Other("no lo in pod namespace".into()))?;
-            nl.set_up(lo, "lo").await?;
-            let eth = nl
-                .link_index(POD_IFACE)
-                .await?
-                .ok_or_else(|| SandboxError::Other("veth peer missing in pod namespace".into()))?;
-            nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
-            nl.set_up(eth, POD_IFACE).await?;
-            nl.add_default_route(gateway).await?;
-            Ok(())
-        })
         .await?;
         Ok(ip)
     }
@@ -197,6 +197,41 @@ impl Sandbox {
         drop(netns);
         remove_parts(&cfg, &pod).await
     }
+}
+
+/// The kernel work of a sandbox, nothing else: a veth from bridge `bridge` into the namespace
+/// `netns` (peer created there as `eth0`), then, from inside, `lo` up, `ip/prefix` on `eth0`, `eth0`
+/// up and a default route via `gateway`. Benchmarks call it alone as the netlink floor.
+#[allow(clippy::too_many_arguments)]
+pub async fn plumb(
+    host: &Netlink,
+    bridge: u32,
+    netns: &Arc<OwnedFd>,
+    host_veth: &str,
+    alias: &str,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), SandboxError> {
+    host.create_veth_into(host_veth, bridge, POD_IFACE, &**netns, alias)
+        .await?;
+    in_netns(netns.clone(), move || async move {
+        let nl = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+        let lo = nl
+            .link_index("lo")
+            .await?
+            .ok_or_else(|| SandboxError::Other("no lo in pod namespace".into()))?;
+        nl.set_up(lo, "lo").await?;
+        let eth = nl
+            .link_index(POD_IFACE)
+            .await?
+            .ok_or_else(|| SandboxError::Other("veth peer missing in pod namespace".into()))?;
+        nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
+        nl.set_up(eth, POD_IFACE).await?;
+        nl.add_default_route(gateway).await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Removes every part of pod `pod`'s sandbox that exists, collecting all errors.

@@ -9,6 +9,9 @@
 //! spin                   busy-loop forever, never yielding
 //! sleep MS               sleep, then exit 0
 //! env                    print argv and environment, exit 0
+//! sink ADDR              accept one connection, read it to the end, print
+//!                        "received BYTES bytes in MICROS us", exit 0
+//! source ADDR MIB        connect (retrying up to 5s), send MIB mebibytes, exit 0
 //! ```
 
 use std::io::{Read, Write};
@@ -19,7 +22,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env ...");
+            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source ...");
             std::process::exit(2)
         })
     };
@@ -70,6 +73,37 @@ fn main() {
             }
         }
         "sleep" => std::thread::sleep(Duration::from_millis(arg(2).parse().expect("sleep MS"))),
+        "sink" => {
+            let l = TcpListener::bind(arg(2)).expect("sink: bind");
+            println!("sink listening on {}", arg(2));
+            let (mut c, _) = l.accept().expect("sink: accept");
+            let t0 = std::time::Instant::now();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total: u64 = 0;
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(e) => panic!("sink: read: {e}"),
+                }
+            }
+            println!("received {total} bytes in {} us", t0.elapsed().as_micros());
+        }
+        "source" => {
+            let addr = arg(2);
+            let mib: usize = arg(3).parse().expect("source ADDR MIB");
+            let mut c = (0..500)
+                .find_map(|_| {
+                    TcpStream::connect(addr)
+                        .inspect_err(|_| std::thread::sleep(Duration::from_millis(10)))
+                        .ok()
+                })
+                .expect("source: connect");
+            let chunk = vec![0x5au8; 256 * 1024];
+            for _ in 0..mib * 4 {
+                c.write_all(&chunk).expect("source: write");
+            }
+        }
         "env" => {
             println!("args: {:?}", &args);
             for (k, v) in std::env::vars() {

@@ -1,0 +1,369 @@
+//! peapod's own figures, measured in process through the library: the same code `peapod run` uses.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use peapod::config::Config;
+use peapod::executor::{Executor, Prepared};
+use peapod::logs::{LogSink, Stream};
+use peapod::pod::RunningPod;
+use peapod::spec::PodSpec;
+
+use crate::stats::Figure;
+
+pub struct Ctx {
+    pub cfg: Config,
+    pub exec: Executor,
+    pub dir: std::path::PathBuf,
+    pub iterations: usize,
+    pub pods: usize,
+    pub mib: usize,
+    seq: u32,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl Ctx {
+    pub fn new(
+        cfg: Config,
+        dir: std::path::PathBuf,
+        iterations: usize,
+        pods: usize,
+        mib: usize,
+    ) -> Result<Ctx> {
+        Ok(Ctx {
+            cfg,
+            exec: Executor::new().map_err(|e| anyhow!("{e:#}"))?,
+            dir,
+            iterations,
+            pods,
+            mib,
+            seq: 0,
+        })
+    }
+
+    fn name(&mut self, what: &str) -> String {
+        self.seq += 1;
+        format!("b{what}{}", self.seq)
+    }
+
+    /// A spec with `containers` as (name, module, args), restarting `Always` with no backoff.
+    fn spec(
+        &mut self,
+        what: &str,
+        policy: &str,
+        containers: &[(&str, &str, &[&str])],
+    ) -> Result<PodSpec> {
+        let name = self.name(what);
+        let mut text = format!(
+            "[pod]\nname = {name:?}\nrestart_policy = {policy:?}\n[pod.restart_backoff]\ninitial = \"0s\"\n"
+        );
+        for (c, module, args) in containers {
+            text.push_str(&format!(
+                "[[containers]]\nname = {c:?}\nmodule = {module:?}\nargs = {args:?}\n"
+            ));
+        }
+        Ok(PodSpec::parse(
+            &self.dir.join(format!("{name}.toml")),
+            &text,
+        )?)
+    }
+
+    fn demo_spec(&mut self) -> Result<PodSpec> {
+        self.spec(
+            "demo",
+            "Always",
+            &[
+                (
+                    "app",
+                    peapod_guests::KV_SERVER,
+                    &["--listen", "0.0.0.0:8080"],
+                ),
+                (
+                    "backup",
+                    peapod_guests::BACKUP,
+                    &["--app", "127.0.0.1:8080"],
+                ),
+            ],
+        )
+    }
+
+    fn compile(&self, spec: &PodSpec) -> Result<Vec<Prepared>> {
+        Ok(peapod::pod::compile(&self.exec, spec)?)
+    }
+
+    async fn start(
+        &self,
+        spec: &PodSpec,
+        modules: Vec<Prepared>,
+        sink: Option<LogSink>,
+    ) -> Result<RunningPod> {
+        Ok(RunningPod::start_with_logs(&self.cfg, &self.exec, spec, modules, sink).await?)
+    }
+
+    /// 1. Pod start, cold (compiling) and warm (compiled modules reused), split into its parts;
+    /// and 4. pod re-create. Returns the compiled demo modules for later figures.
+    pub async fn pod_start(&mut self, figures: &mut Vec<Figure>) -> Result<Vec<Prepared>> {
+        let (mut compile, mut sandbox, mut modules_t, mut cold, mut warm, mut stop, mut recreate) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut warm_modules = None;
+        for i in 0..self.iterations {
+            let spec = self.demo_spec()?;
+            let t0 = Instant::now();
+            let compiled = if i % 2 == 0 || warm_modules.is_none() {
+                let m = self.compile(&spec)?;
+                compile.push(ms(t0.elapsed()));
+                warm_modules = Some(m.clone());
+                m
+            } else {
+                warm_modules.clone().unwrap()
+            };
+            let t1 = Instant::now();
+            let pod = self.start(&spec, compiled.clone(), None).await?;
+            wait_accept(SocketAddr::from((pod.ip, 8080)))?;
+            let total = t1.elapsed();
+            sandbox.push(ms(pod.sandbox_time));
+            modules_t.push(ms(total - pod.sandbox_time));
+            if i % 2 == 0 {
+                cold.push(ms(t0.elapsed()));
+            } else {
+                warm.push(ms(total));
+            }
+            // 4. Re-create: delete, create again (warm), serving on the new IP.
+            let old_ip = pod.ip;
+            let t2 = Instant::now();
+            let report = pod.stop().await?;
+            stop.push(ms(t2.elapsed()));
+            if let Some(e) = report.teardown {
+                return Err(anyhow!("teardown: {e}"));
+            }
+            let again = self.start(&spec, compiled, None).await?;
+            wait_accept(SocketAddr::from((again.ip, 8080)))?;
+            recreate.push(ms(t2.elapsed()));
+            anyhow::ensure!(again.ip != old_ip, "re-created pod kept its IP");
+            again.stop().await?;
+        }
+        figures.push(Figure::new(
+            "pod start",
+            "compile 2 modules (cold)",
+            "ms",
+            &compile,
+        ));
+        figures.push(Figure::new(
+            "pod start",
+            "sandbox (netns+veth+IP+routes)",
+            "ms",
+            &sandbox,
+        ));
+        figures.push(Figure::new(
+            "pod start",
+            "modules: instantiate until accepting",
+            "ms",
+            &modules_t,
+        ));
+        figures.push(Figure::new("pod start", "total, cold compile", "ms", &cold));
+        figures.push(Figure::new(
+            "pod start",
+            "total, warm (compiled)",
+            "ms",
+            &warm,
+        ));
+        figures.push(Figure::new(
+            "pod re-create",
+            "stop (modules + teardown)",
+            "ms",
+            &stop,
+        ));
+        figures.push(Figure::new(
+            "pod re-create",
+            "delete + create -> serving on new IP",
+            "ms",
+            &recreate,
+        ));
+        Ok(warm_modules.expect("at least one iteration"))
+    }
+
+    /// 3. Restart in place: the app exits, the new instance accepts on the same port (backoff 0).
+    pub async fn restart(
+        &mut self,
+        modules: Vec<Prepared>,
+        figures: &mut Vec<Figure>,
+    ) -> Result<()> {
+        let spec = self.demo_spec()?;
+        let pod = self.start(&spec, modules, None).await?;
+        let addr = SocketAddr::from((pod.ip, 8080));
+        wait_accept(addr)?;
+        let mut samples = vec![];
+        for _ in 0..self.iterations {
+            let before = instance(addr)?;
+            let t0 = Instant::now();
+            http(addr, "POST", "/exit/0")?;
+            let deadline = t0 + Duration::from_secs(10);
+            loop {
+                if instance(addr).is_ok_and(|i| i != before) {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "app did not come back");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            samples.push(ms(t0.elapsed()));
+        }
+        pod.stop().await?;
+        figures.push(Figure::new(
+            "restart in place",
+            "exit -> new instance serving, same IP",
+            "ms",
+            &samples,
+        ));
+        Ok(())
+    }
+
+    /// 5. In-pod loopback throughput: a wasip2 sender and receiver over 127.0.0.1.
+    pub async fn throughput(&mut self, iterations: usize) -> Result<Vec<f64>> {
+        let mib = self.mib.to_string();
+        let toolbox = peapod_guests::TOOLBOX;
+        let mut samples = vec![];
+        for _ in 0..iterations {
+            let spec = self.spec(
+                "tput",
+                "Never",
+                &[
+                    ("rx", toolbox, &["sink", "127.0.0.1:5001"]),
+                    ("tx", toolbox, &["source", "127.0.0.1:5001", &mib]),
+                ],
+            )?;
+            let modules = self.compile(&spec)?;
+            let result = Arc::new(Mutex::new(None));
+            let r = result.clone();
+            let sink: LogSink = Arc::new(move |_, stream, line| {
+                if stream == Stream::Stdout && line.starts_with("received ") {
+                    *r.lock().unwrap() = Some(line.to_string());
+                }
+            });
+            let mut pod = self.start(&spec, modules, Some(sink)).await?;
+            tokio::time::timeout(Duration::from_secs(120), pod.wait())
+                .await
+                .context("throughput pod did not finish")?;
+            pod.stop().await?;
+            let line = result
+                .lock()
+                .unwrap()
+                .take()
+                .context("no result from the sink")?;
+            // "received BYTES bytes in MICROS us"
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let bytes: f64 = w[1].parse()?;
+            let micros: f64 = w[4].parse()?;
+            samples.push(bytes / micros); // bytes per µs == MB/s
+        }
+        Ok(samples)
+    }
+
+    /// 6. Density: N pods of two modules each, started one after another; RSS before and after.
+    pub async fn density(
+        &mut self,
+        modules: Vec<Prepared>,
+        figures: &mut Vec<Figure>,
+    ) -> Result<()> {
+        let before = rss_kib()?;
+        let t0 = Instant::now();
+        let mut pods = vec![];
+        for _ in 0..self.pods {
+            let spec = self.demo_spec()?;
+            pods.push(self.start(&spec, modules.clone(), None).await?);
+        }
+        for p in &pods {
+            wait_accept(SocketAddr::from((p.ip, 8080)))?;
+        }
+        let took = t0.elapsed();
+        // Let every sidecar take its first snapshot, so its memory is counted.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let after = rss_kib()?;
+        let ips: std::collections::HashSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+        anyhow::ensure!(ips.len() == pods.len(), "two pods shared an IP");
+        for p in pods {
+            p.stop().await?;
+        }
+        let n = self.pods as f64;
+        figures.push(Figure::new(
+            "density",
+            format!("start {} pods, all serving", self.pods),
+            "ms",
+            &[ms(took)],
+        ));
+        figures.push(Figure::new(
+            "density",
+            "start time per pod",
+            "ms",
+            &[ms(took) / n],
+        ));
+        figures.push(Figure::new(
+            "density",
+            "process RSS before",
+            "KiB",
+            &[before],
+        ));
+        figures.push(Figure::new(
+            "density",
+            format!("process RSS with {} pods", self.pods),
+            "KiB",
+            &[after],
+        ));
+        figures.push(Figure::new(
+            "density",
+            "memory per pod (2 modules)",
+            "KiB",
+            &[(after - before) / n],
+        ));
+        Ok(())
+    }
+}
+
+/// Connects until something accepts at `addr` (at most 30 s).
+pub fn wait_accept(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{addr} never accepted");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// A one-shot HTTP request to the demo app; returns (status line, head).
+fn http(addr: SocketAddr, method: &str, path: &str) -> Result<String> {
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut s = String::new();
+    c.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+/// The app's instance id (X-Instance).
+fn instance(addr: SocketAddr) -> Result<String> {
+    let r = http(addr, "GET", "/healthz")?;
+    r.lines()
+        .find_map(|l| l.strip_prefix("X-Instance: "))
+        .map(str::to_string)
+        .context("no X-Instance")
+}
+
+/// This process' resident set, KiB.
+pub fn rss_kib() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}

@@ -1,0 +1,100 @@
+//! Figures: named samples, summarized as min / median / max.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub n: usize,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    pub fn of(samples: &[f64]) -> Option<Summary> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut s = samples.to_vec();
+        s.sort_by(|a, b| a.total_cmp(b));
+        let mid = s.len() / 2;
+        let median = if s.len() % 2 == 1 {
+            s[mid]
+        } else {
+            (s[mid - 1] + s[mid]) / 2.0
+        };
+        Some(Summary {
+            n: s.len(),
+            min: s[0],
+            median,
+            max: s[s.len() - 1],
+        })
+    }
+}
+
+/// One measured quantity, for peapod and (when measured) its peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub group: &'static str,
+    pub name: String,
+    pub unit: &'static str,
+    pub peapod: Option<Summary>,
+    /// What it is compared against: the kernel floor, iperf3, or podman.
+    pub peer_name: Option<&'static str>,
+    pub peer: Option<Summary>,
+    /// `why` a figure is missing, when it is.
+    pub note: Option<String>,
+}
+
+impl Figure {
+    pub fn new(
+        group: &'static str,
+        name: impl Into<String>,
+        unit: &'static str,
+        samples: &[f64],
+    ) -> Self {
+        Figure {
+            group,
+            name: name.into(),
+            unit,
+            peapod: Summary::of(samples),
+            peer_name: None,
+            peer: None,
+            note: None,
+        }
+    }
+
+    pub fn against(mut self, peer: &'static str, samples: &[f64]) -> Self {
+        self.peer_name = Some(peer);
+        self.peer = Summary::of(samples);
+        self
+    }
+
+    pub fn noted(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
+
+    /// peapod's median over the peer's median.
+    pub fn ratio(&self) -> Option<f64> {
+        match (&self.peapod, &self.peer) {
+            (Some(a), Some(b)) if b.median != 0.0 => Some(a.median / b.median),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary() {
+        let s = Summary::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.n, s.min, s.median, s.max), (3, 1.0, 2.0, 3.0));
+        assert_eq!(Summary::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+        assert!(Summary::of(&[]).is_none());
+        let f = Figure::new("g", "x", "ms", &[2.0]).against("peer", &[4.0]);
+        assert_eq!(f.ratio(), Some(0.5));
+    }
+}
