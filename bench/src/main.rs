@@ -63,7 +63,7 @@ impl Place {
                 .stdout,
         )?;
         let third = (0..=255u32)
-            .map(|k| (nanos as u32 + k) % 256)
+            .map(|k| (nanos + k) % 256)
             .find(|x| !routes.contains(&format!("10.199.{x}.")))
             .context("no free /24 in 10.199.0.0/16")?;
         let dir = tempfile::Builder::new().prefix("peapod-bench").tempdir()?;
@@ -188,7 +188,7 @@ async fn measure(args: &Args, place: &Place, figures: &mut Vec<Figure>) -> Resul
         );
     } else {
         eprintln!("bench: podman");
-        podman::compare(&place.tag, place.dir.path(), args.iterations, figures)?;
+        podman::compare(&place.tag, place.dir.path(), args.iterations, figures);
     }
     Ok(())
 }
@@ -213,7 +213,9 @@ fn main() -> Result<()> {
     anyhow::ensure!(args.iterations >= 2, "--iterations must be at least 2");
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(std::env::var("PEAPOD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            std::env::var("PEAPOD_LOG").unwrap_or_else(|_| "warn,peapod::supervisor=error".into()),
+        )
         .init();
     let place = Place::new()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

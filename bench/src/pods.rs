@@ -106,8 +106,8 @@ impl Ctx {
         Ok(RunningPod::start_with_logs(&self.cfg, &self.exec, spec, modules, sink).await?)
     }
 
-    /// 1. Pod start, cold (compiling) and warm (compiled modules reused), split into its parts;
-    /// and 4. pod re-create. Returns the compiled demo modules for later figures.
+    /// Pod start (figure 1), cold (compiling) and warm (compiled modules reused), split into its
+    /// parts, and pod re-create (figure 4). Returns the compiled demo modules for later figures.
     pub async fn pod_start(&mut self, figures: &mut Vec<Figure>) -> Result<Vec<Prepared>> {
         let (mut compile, mut sandbox, mut modules_t, mut cold, mut warm, mut stop, mut recreate) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, State};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -168,6 +168,43 @@ impl Netlink {
                 })
             })
             .collect())
+    }
+
+    /// Waits until link `name` is operationally up: the kernel has activated its queueing (done by
+    /// linkwatch, which may lag up to a second behind `set_up`; until then frames are dropped and
+    /// a first TCP connection to the pod would stall for a SYN retransmit).
+    pub async fn wait_oper_up(
+        &self,
+        name: &str,
+        limit: std::time::Duration,
+    ) -> Result<(), NetError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut links = self
+                .handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute();
+            let up = match links.try_next().await {
+                Ok(Some(m)) => m
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up))),
+                Ok(None) => false,
+                Err(e) => return Err(NetError::new(format!("look up link {name}"), e)),
+            };
+            if up {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NetError {
+                    op: format!("wait for {name} to come up"),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {

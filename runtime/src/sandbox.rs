@@ -201,7 +201,8 @@ impl Sandbox {
 
 /// The kernel work of a sandbox, nothing else: a veth from bridge `bridge` into the namespace
 /// `netns` (peer created there as `eth0`), then, from inside, `lo` up, `ip/prefix` on `eth0`, `eth0`
-/// up and a default route via `gateway`. Benchmarks call it alone as the netlink floor.
+/// up and a default route via `gateway`; returns once both ends pass traffic. Benchmarks call it
+/// alone as the netlink floor.
 #[allow(clippy::too_many_arguments)]
 pub async fn plumb(
     host: &Netlink,
@@ -229,10 +230,17 @@ pub async fn plumb(
         nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
         nl.set_up(eth, POD_IFACE).await?;
         nl.add_default_route(gateway).await?;
+        nl.wait_oper_up(POD_IFACE, LINK_UP_LIMIT).await?;
         Ok(())
     })
-    .await
+    .await?;
+    host.wait_oper_up(host_veth, LINK_UP_LIMIT).await?;
+    Ok(())
 }
+
+/// How long a fresh veth may take to become operationally up (linkwatch runs at least once a
+/// second).
+const LINK_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Removes every part of pod `pod`'s sandbox that exists, collecting all errors.
 async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
