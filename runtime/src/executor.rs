@@ -24,6 +24,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::artifact::{self, Cache};
 use crate::logs::{ContainerLog, Stream};
 
 /// How often a running module yields to its siblings.
@@ -43,6 +44,19 @@ pub enum LoadError {
     Compile { path: PathBuf, message: String },
     #[error("{} cannot run here: {message}", path.display())]
     Link { path: PathBuf, message: String },
+    #[error("{} is a precompiled module that cannot be loaded: {message}", path.display())]
+    Precompiled { path: PathBuf, message: String },
+}
+
+/// Where a loaded module's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Compiled from wasm just now.
+    Compiled,
+    /// Read from the on-disk compile cache.
+    Cache,
+    /// A `.cwasm` made by `peapod compile`.
+    Precompiled,
 }
 
 /// How a run of a container ended.
@@ -124,14 +138,38 @@ pub struct Executor {
     engine: Engine,
     p2: Arc<Linker<P2State>>,
     p1: Arc<wasmtime::Linker<P1State>>,
+    cache: Option<Cache>,
+}
+
+/// The engine settings every peapod engine uses. Precompiled artifacts must be made with the same
+/// settings to load, so `peapod compile` uses this too (with a target).
+pub fn engine_config(target: Option<&str>) -> wasmtime::Result<Config> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if let Some(t) = target {
+        config.target(t)?;
+    }
+    Ok(config)
+}
+
+/// Compiles wasm bytes ahead of time for `target` (the host when `None`) into a sealed `.cwasm`.
+pub fn precompile(bytes: &[u8], target: Option<&str>) -> wasmtime::Result<Vec<u8>> {
+    use wasmtime::wasmparser::Parser;
+    let engine = Engine::new(&engine_config(target)?)?;
+    let artifact = if Parser::is_component(bytes) {
+        engine.precompile_component(bytes)?
+    } else if Parser::is_core_wasm(bytes) {
+        engine.precompile_module(bytes)?
+    } else {
+        wasmtime::bail!("not a WebAssembly module or component (no \\0asm header)");
+    };
+    Ok(artifact::seal(artifact))
 }
 
 impl Executor {
     /// Builds the engine and starts its epoch ticker (which stops when the engine is dropped).
     pub fn new() -> wasmtime::Result<Executor> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&engine_config(None)?)?;
         let mut p2 = Linker::new(&engine);
         // Includes `exit-with-code` (WASI 0.2.12) for components that report an exact code;
         // plain `exit` only says ok (0) or err (reported as 1).
@@ -153,15 +191,22 @@ impl Executor {
             engine,
             p2: Arc::new(p2),
             p1: Arc::new(p1),
+            cache: None,
         })
+    }
+
+    /// Keeps compiled modules in `dir` across runs of the process.
+    pub fn with_cache(mut self, dir: PathBuf) -> Self {
+        self.cache = Some(Cache::new(dir, &self.engine));
+        self
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// Reads, compiles and links a module file.
-    pub fn load(&self, path: &Path) -> Result<Prepared, LoadError> {
+    /// Reads, compiles (or loads precompiled code) and links a module file.
+    pub fn load(&self, path: &Path) -> Result<(Prepared, Source), LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.into(),
             source,
@@ -169,35 +214,110 @@ impl Executor {
         self.prepare(path, &bytes)
     }
 
-    /// Compiles and links module bytes (`path` is for messages).
-    pub fn prepare(&self, path: &Path, bytes: &[u8]) -> Result<Prepared, LoadError> {
+    /// Compiles and links module bytes, or loads a `.cwasm` (`path` is for messages).
+    pub fn prepare(&self, path: &Path, bytes: &[u8]) -> Result<(Prepared, Source), LoadError> {
         use wasmtime::wasmparser::Parser;
+        let precompiled = |message: String| LoadError::Precompiled {
+            path: path.into(),
+            message,
+        };
+        if artifact::is_sealed(bytes) {
+            let code = artifact::unseal(bytes).map_err(|e| precompiled(e.to_string()))?;
+            let p = self.deserialize(path, code).map_err(|e| {
+                precompiled(format!(
+                    "made for another target, wasmtime version or engine settings: {}",
+                    first_line(&e)
+                ))
+            })?;
+            return Ok((p, Source::Precompiled));
+        }
+        if Engine::detect_precompiled(bytes).is_some() {
+            return Err(precompiled(artifact::ArtifactError::NotSealed.to_string()));
+        }
+        let component = Parser::is_component(bytes);
+        if !component && !Parser::is_core_wasm(bytes) {
+            return Err(LoadError::NotWasm { path: path.into() });
+        }
+        if let Some(cache) = &self.cache
+            && let Some(sealed) = cache.get(bytes)
+        {
+            match artifact::unseal(&sealed)
+                .map_err(wasmtime::Error::from)
+                .and_then(|code| self.deserialize(path, code))
+            {
+                Ok(p) => return Ok((p, Source::Cache)),
+                Err(e) => tracing::warn!(
+                    "{}: ignoring compile cache entry: {e}",
+                    cache.path(bytes).display()
+                ),
+            }
+        }
         let compile = |e: wasmtime::Error| LoadError::Compile {
             path: path.into(),
             message: first_line(&e),
         };
+        let prepared = if component {
+            let c = Component::new(&self.engine, bytes).map_err(compile)?;
+            self.store_in_cache(bytes, c.serialize());
+            self.link_component(path, &c)?
+        } else {
+            let m = Module::new(&self.engine, bytes).map_err(compile)?;
+            self.store_in_cache(bytes, m.serialize());
+            self.link_module(path, &m)?
+        };
+        Ok((prepared, Source::Compiled))
+    }
+
+    fn store_in_cache(&self, wasm: &[u8], artifact: wasmtime::Result<Vec<u8>>) {
+        if let Some(cache) = &self.cache {
+            let stored = artifact
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|a| cache.put(wasm, a));
+            if let Err(e) = stored {
+                tracing::warn!("compile cache {}: {e}", cache.dir().display());
+            }
+        }
+    }
+
+    fn deserialize(&self, path: &Path, code: &[u8]) -> wasmtime::Result<Prepared> {
+        let link = |e: LoadError| wasmtime::Error::msg(e.to_string());
+        // SAFETY: `code` passed peapod's integrity check, so it is exactly what wasmtime wrote
+        // (`peapod compile` or this cache); wasmtime itself refuses artifacts of another target,
+        // version or engine configuration.
+        match Engine::detect_precompiled(code) {
+            Some(wasmtime::Precompiled::Component) => {
+                let c = unsafe { Component::deserialize(&self.engine, code)? };
+                self.link_component(path, &c).map_err(link)
+            }
+            Some(wasmtime::Precompiled::Module) => {
+                let m = unsafe { Module::deserialize(&self.engine, code)? };
+                self.link_module(path, &m).map_err(link)
+            }
+            None => wasmtime::bail!("not a wasmtime artifact"),
+        }
+    }
+
+    fn link_component(&self, path: &Path, c: &Component) -> Result<Prepared, LoadError> {
         let link = |e: wasmtime::Error| LoadError::Link {
             path: path.into(),
             message: format!("{e:#}"),
         };
-        if Parser::is_component(bytes) {
-            let component = Component::new(&self.engine, bytes).map_err(compile)?;
-            let pre = self.p2.instantiate_pre(&component).map_err(link)?;
-            Ok(Prepared::Component(CommandPre::new(pre).map_err(link)?))
-        } else if Parser::is_core_wasm(bytes) {
-            let module = Module::new(&self.engine, bytes).map_err(compile)?;
-            if module.get_export("_start").is_none() {
-                return Err(LoadError::Link {
-                    path: path.into(),
-                    message: "a core module must export `_start` (a wasip1 command)".into(),
-                });
-            }
-            Ok(Prepared::Core(
-                self.p1.instantiate_pre(&module).map_err(link)?,
-            ))
-        } else {
-            Err(LoadError::NotWasm { path: path.into() })
+        let pre = self.p2.instantiate_pre(c).map_err(link)?;
+        Ok(Prepared::Component(CommandPre::new(pre).map_err(link)?))
+    }
+
+    fn link_module(&self, path: &Path, m: &Module) -> Result<Prepared, LoadError> {
+        if m.get_export("_start").is_none() {
+            return Err(LoadError::Link {
+                path: path.into(),
+                message: "a core module must export `_start` (a wasip1 command)".into(),
+            });
         }
+        let pre = self.p1.instantiate_pre(m).map_err(|e| LoadError::Link {
+            path: path.into(),
+            message: format!("{e:#}"),
+        })?;
+        Ok(Prepared::Core(pre))
     }
 
     /// Runs one instance of `module` to its end.

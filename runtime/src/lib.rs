@@ -5,11 +5,13 @@
 //! - [`config`]: where pins and leases live, which bridge and subnet pods use.
 //! - [`sandbox`] (the pause role): pinned namespace ([`netns`]), veth, lease ([`ipam`]),
 //!   routes, all through [`net`] (rtnetlink).
-//! - [`executor`]: the wasmtime engine, compiled modules, one store per run.
+//! - [`executor`]: the wasmtime engine, compiled modules, one store per run; [`artifact`]:
+//!   precompiled `.cwasm` files and the compile cache.
 //! - [`supervisor`]: restart policy and backoff of one container.
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
 //! - [`logs`]: container output into the log.
 
+pub mod artifact;
 pub mod config;
 pub mod executor;
 pub mod ipam;

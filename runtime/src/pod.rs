@@ -29,7 +29,10 @@ pub fn compile(exec: &Executor, spec: &PodSpec) -> Result<Vec<Prepared>, SpecErr
     let mut problems = Vec::new();
     for c in &spec.containers {
         match exec.load(&c.module) {
-            Ok(m) => modules.push(m),
+            Ok((m, source)) => {
+                tracing::debug!("{}/{}: module {:?}", spec.name, c.name, source);
+                modules.push(m)
+            }
             Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
         }
     }

@@ -1,5 +1,6 @@
 //! Subcommands and the options they share.
 
+mod compile;
 mod run;
 
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Run(run::Run),
+    Compile(compile::Compile),
 }
 
 impl Cli {
@@ -69,5 +71,6 @@ pub fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Run(r) => r.exec(config),
+        Command::Compile(c) => c.exec(),
     }
 }

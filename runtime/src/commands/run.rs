@@ -34,7 +34,8 @@ impl Run {
         };
         let exec = Executor::new()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .context("create wasm engine")?;
+            .context("create wasm engine")?
+            .with_cache(config.state_dir.join("cache"));
         let t0 = std::time::Instant::now();
         let modules = match pod::compile(&exec, &spec) {
             Ok(m) => {

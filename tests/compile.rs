@@ -1,0 +1,128 @@
+//! `peapod compile` and precompiled modules: a .cwasm runs without compiling; one for another
+//! target, a modified one, or one without peapod's trailer is refused with a clear error and
+//! nothing is created; `peapod run` keeps compiled modules in `<state_dir>/cache`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::*;
+
+fn compile(env: &Env, module: &str, out: &Path, target: Option<&str>) {
+    let mut args = vec!["compile", module, "-o", out.to_str().unwrap()];
+    if let Some(t) = target {
+        args.extend(["--target", t]);
+    }
+    let o = env.peapod(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn spec_for(env: &Env, file: &str, pod: &str, module: &Path, args: &str) -> std::path::PathBuf {
+    env.spec(
+        file,
+        &format!(
+            "[pod]\nname = {pod:?}\nrestart_policy = \"Never\"\n[[containers]]\nname = \"c\"\nmodule = {:?}\nargs = {args}\n",
+            module.display().to_string()
+        ),
+    )
+}
+
+#[test]
+fn a_precompiled_module_runs_and_bad_ones_are_refused() {
+    if !root_or_skip("a_precompiled_module_runs_and_bad_ones_are_refused") {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.dir.path();
+    let good = dir.join("kv.cwasm");
+    compile(&env, KV_SERVER, &good, None);
+
+    let spec = spec_for(
+        &env,
+        "good.toml",
+        "aot",
+        &good,
+        "[\"--listen\", \"0.0.0.0:8080\"]",
+    );
+    let mut p = env.start(&spec);
+    let s = p.started("aot");
+    wait_healthy(SocketAddr::from((s.ip, 8080)));
+    assert!(p.terminate().success());
+
+    let arm = dir.join("kv-arm.cwasm");
+    compile(&env, KV_SERVER, &arm, Some("aarch64-unknown-linux-gnu"));
+    let mut tampered = std::fs::read(&good).unwrap();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0xff;
+    std::fs::write(dir.join("tampered.cwasm"), tampered).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(dir.join("bare.cwasm"), &bytes[..bytes.len() - 40]).unwrap();
+
+    let cases = [
+        (
+            arm,
+            "made for another target, wasmtime version or engine settings",
+        ),
+        (dir.join("tampered.cwasm"), "modified after it was written"),
+        (dir.join("bare.cwasm"), "no PEAPODC1 trailer"),
+    ];
+    for (i, (module, want)) in cases.iter().enumerate() {
+        let spec = spec_for(&env, &format!("bad{i}.toml"), "aot", module, "[]");
+        let out = env
+            .peapod(&["run", spec.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}:6: containers[0].module:", spec.display())),
+            "{stderr}"
+        );
+        assert!(stderr.contains(want), "want {want:?}: {stderr}");
+        assert!(!env.run_dir().join("netns/aot").exists());
+    }
+    assert!(env.leases().is_empty());
+}
+
+#[test]
+fn peapod_run_compiles_each_module_once_across_runs() {
+    if !root_or_skip("peapod_run_compiles_each_module_once_across_runs") {
+        return;
+    }
+    let env = Env::new();
+    let spec = spec_for(
+        &env,
+        "job.toml",
+        "cached",
+        Path::new(TOOLBOX),
+        "[\"exit\", \"0\"]",
+    );
+    let cache = env.state_dir().join("cache");
+    let run = || {
+        let out = env
+            .peapod(&["run", spec.to_str().unwrap()])
+            .env("PEAPOD_LOG", "peapod=debug")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let first = run();
+    assert!(first.contains("cached/c: module Compiled"), "{first}");
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1, "one cache entry for one module");
+    let second = run();
+    assert!(second.contains("cached/c: module Cache"), "{second}");
+
+    // A damaged entry is ignored (and replaced), never run.
+    let entry = entries[0].path();
+    let mut b = std::fs::read(&entry).unwrap();
+    b[100] ^= 0xff;
+    std::fs::write(&entry, b).unwrap();
+    let third = run();
+    assert!(third.contains("ignoring compile cache entry"), "{third}");
+    assert!(third.contains("cached/c: module Compiled"), "{third}");
+    assert!(run().contains("cached/c: module Cache"));
+}
