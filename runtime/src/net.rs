@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, State};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, State,
+};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -55,8 +57,8 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// The index of link `name`, if it exists.
-    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+    /// Link `name`, if it exists.
+    async fn link(&self, name: &str) -> Result<Option<LinkMessage>, NetError> {
         let mut links = self
             .handle
             .link()
@@ -64,10 +66,15 @@ impl Netlink {
             .match_name(name.to_string())
             .execute();
         match links.try_next().await {
-            Ok(m) => Ok(m.map(|m| m.header.index)),
+            Ok(m) => Ok(m),
             Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
             Err(e) => Err(NetError::new(format!("look up link {name}"), e)),
         }
+    }
+
+    /// The index of link `name`, if it exists.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+        Ok(self.link(name).await?.map(|m| m.header.index))
     }
 
     /// Makes sure bridge `name` exists, is up and has `addr/prefix`; returns its index.
@@ -180,20 +187,11 @@ impl Netlink {
     ) -> Result<(), NetError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let mut links = self
-                .handle
-                .link()
-                .get()
-                .match_name(name.to_string())
-                .execute();
-            let up = match links.try_next().await {
-                Ok(Some(m)) => m
-                    .attributes
+            let up = self.link(name).await?.is_some_and(|m| {
+                m.attributes
                     .iter()
-                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up))),
-                Ok(None) => false,
-                Err(e) => return Err(NetError::new(format!("look up link {name}"), e)),
-            };
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+            });
             if up {
                 return Ok(());
             }

@@ -127,6 +127,30 @@ impl Env {
         c
     }
 
+    /// Runs `peapod run SPEC`, which must refuse it as invalid input (exit 2) having created
+    /// nothing; returns its stderr.
+    pub fn refused(&self, spec: &Path) -> String {
+        let out = self
+            .peapod(&["run", spec.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", spec.display());
+        assert!(!stderr.contains(" started:"), "{stderr}");
+        assert!(
+            !self.link_exists(&self.bridge),
+            "{}: bridge created",
+            spec.display()
+        );
+        assert!(
+            !self.run_dir().join("netns").exists(),
+            "{}: pin dir created",
+            spec.display()
+        );
+        assert!(self.leases().is_empty(), "{}: lease taken", spec.display());
+        stderr
+    }
+
     /// Starts `peapod run SPEC` in the background, its output going to a log file.
     pub fn start(&self, spec: &Path) -> Peapod {
         let log = self.dir.path().join(format!("{}.log", unique("run")));
