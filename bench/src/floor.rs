@@ -13,9 +13,7 @@ use peapod::net::Netlink;
 use peapod::netns;
 use peapod::sandbox::{SandboxError, in_netns, plumb};
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use crate::stats::ms;
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")

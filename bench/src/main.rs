@@ -32,7 +32,7 @@ struct Args {
     /// MiB sent per throughput run
     #[arg(long, default_value_t = 512)]
     mib: usize,
-    /// A run of under a minute (3 iterations, 5 pods, 32 MiB): proves the bench works
+    /// A run of under a minute (2 iterations, 5 pods, 32 MiB): proves the bench works
     #[arg(long)]
     quick: bool,
     /// Skip podman even when it is installed
@@ -202,7 +202,7 @@ pub fn which(prog: &str) -> bool {
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.quick {
-        args.iterations = 3;
+        args.iterations = 2;
         args.pods = 5;
         args.mib = 32;
     }

@@ -11,12 +11,12 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 
 use crate::pods::wait_accept;
-use crate::stats::Figure;
+use crate::stats::{Figure, ms, rss_kib};
 
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -42,10 +42,6 @@ fn podman(tag: &str, args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn setup(tag: &str, dir: &Path) -> Result<()> {
@@ -133,15 +129,6 @@ fn create(tag: &str, i: usize) -> Result<Pod> {
 
 fn remove(tag: &str, pod: &Pod) -> Result<()> {
     podman(tag, &["pod", "rm", "-f", "-t", "0", &pod.name]).map(|_| ())
-}
-
-fn rss_kib(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// RSS of the pod's processes: conmon and the main process of the infra and app containers.

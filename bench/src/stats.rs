@@ -1,6 +1,23 @@
 //! Figures: named samples, summarized as min / median / max.
 
+use std::time::Duration;
+
 use serde::Serialize;
+
+/// A duration in milliseconds, the unit of every timed figure.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Resident set of process `pid` ("self" for this one), KiB; 0 if it is gone.
+pub fn rss_kib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
