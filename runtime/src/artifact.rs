@@ -70,25 +70,24 @@ impl Cache {
         }
     }
 
-    /// Where the artifact for `wasm` lives.
-    pub fn path(&self, wasm: &[u8]) -> PathBuf {
+    /// Where the artifact for `wasm` lives (hashes the module: compute it once per load).
+    pub fn entry(&self, wasm: &[u8]) -> PathBuf {
         let sum = Sha256::digest(wasm);
         let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
         self.dir.join(format!("{hex}-{:016x}.cwasm", self.engine))
     }
 
-    /// The sealed artifact for `wasm`, if cached.
-    pub fn get(&self, wasm: &[u8]) -> Option<Vec<u8>> {
-        std::fs::read(self.path(wasm)).ok()
+    /// The sealed artifact at `entry`, if cached.
+    pub fn get(&self, entry: &Path) -> Option<Vec<u8>> {
+        std::fs::read(entry).ok()
     }
 
     /// Stores an artifact (atomically: temp file, then rename).
-    pub fn put(&self, wasm: &[u8], artifact: Vec<u8>) -> std::io::Result<()> {
+    pub fn put(&self, entry: &Path, artifact: Vec<u8>) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let path = self.path(wasm);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, seal(artifact))?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, entry)
     }
 
     pub fn dir(&self) -> &Path {

@@ -238,18 +238,16 @@ impl Executor {
         if !component && !Parser::is_core_wasm(bytes) {
             return Err(LoadError::NotWasm { path: path.into() });
         }
-        if let Some(cache) = &self.cache
-            && let Some(sealed) = cache.get(bytes)
+        let entry = self.cache.as_ref().map(|c| c.entry(bytes));
+        if let (Some(cache), Some(entry)) = (&self.cache, &entry)
+            && let Some(sealed) = cache.get(entry)
         {
             match artifact::unseal(&sealed)
                 .map_err(wasmtime::Error::from)
                 .and_then(|code| self.deserialize(path, code))
             {
                 Ok(p) => return Ok((p, Source::Cache)),
-                Err(e) => tracing::warn!(
-                    "{}: ignoring compile cache entry: {e}",
-                    cache.path(bytes).display()
-                ),
+                Err(e) => tracing::warn!("{}: ignoring compile cache entry: {e}", entry.display()),
             }
         }
         let compile = |e: wasmtime::Error| LoadError::Compile {
@@ -258,21 +256,21 @@ impl Executor {
         };
         let prepared = if component {
             let c = Component::new(&self.engine, bytes).map_err(compile)?;
-            self.store_in_cache(bytes, c.serialize());
+            self.store_in_cache(entry.as_deref(), c.serialize());
             self.link_component(path, &c)?
         } else {
             let m = Module::new(&self.engine, bytes).map_err(compile)?;
-            self.store_in_cache(bytes, m.serialize());
+            self.store_in_cache(entry.as_deref(), m.serialize());
             self.link_module(path, &m)?
         };
         Ok((prepared, Source::Compiled))
     }
 
-    fn store_in_cache(&self, wasm: &[u8], artifact: wasmtime::Result<Vec<u8>>) {
-        if let Some(cache) = &self.cache {
+    fn store_in_cache(&self, entry: Option<&Path>, artifact: wasmtime::Result<Vec<u8>>) {
+        if let (Some(cache), Some(entry)) = (&self.cache, entry) {
             let stored = artifact
                 .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|a| cache.put(wasm, a));
+                .and_then(|a| cache.put(entry, a));
             if let Err(e) = stored {
                 tracing::warn!("compile cache {}: {e}", cache.dir().display());
             }
