@@ -72,6 +72,9 @@ impl Place {
             state_dir: dir.path().join("state"),
             bridge: format!("ppbench{tag}"),
             subnet: format!("10.199.{third}.0/24").parse()?,
+            socket: dir.path().join("run/peapod.sock"),
+            pods_dir: dir.path().join("pods"),
+            ..Config::default()
         };
         Ok(Place { tag, dir, cfg })
     }

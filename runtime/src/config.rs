@@ -5,10 +5,17 @@
 //!
 //! ```toml
 //! run_dir = "/run/peapod"        # namespace pins: <run_dir>/netns/<pod>
-//! state_dir = "/var/lib/peapod"  # IP leases
+//! state_dir = "/var/lib/peapod"  # IP leases, compile cache, pods created through the API
+//! socket = "/run/peapod/peapod.sock"  # the daemon's API [default: <run_dir>/peapod.sock]
+//! pods_dir = "/etc/peapod/pods"  # pod specs the daemon keeps running
 //! [network]
 //! bridge = "peapod0"
 //! subnet = "10.66.0.0/24"        # the bridge takes the first address, pods the rest
+//! [logs]
+//! dir = "/var/lib/peapod/logs"   # container logs (CRI format) [default: <state_dir>/logs]
+//! max_size = "10MiB"             # rotate a container's log past this size
+//! max_files = 5                  # files kept per container
+//! level = "info"                 # the daemon's own log level (PEAPOD_LOG wins)
 //! ```
 
 use std::net::Ipv4Addr;
@@ -17,10 +24,15 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
+use crate::crilog::LogSettings;
+
 pub const DEFAULT_CONFIG: &str = "/etc/peapod/peapod.toml";
 pub const DEFAULT_RUN_DIR: &str = "/run/peapod";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/peapod";
 pub const DEFAULT_BRIDGE: &str = "peapod0";
+pub const DEFAULT_PODS_DIR: &str = "/etc/peapod/pods";
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_LOG_MAX_FILES: u32 = 5;
 /// Clear of podman (10.88.0.0/16, and 10.89.x.0/24 for its extra networks), docker
 /// (172.17.0.0/16 and up), k3s (10.42.0.0/16, 10.43.0.0/16) and common home LANs.
 pub const DEFAULT_SUBNET: &str = "10.66.0.0/24";
@@ -32,6 +44,13 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bridge: String,
     pub subnet: Ipv4Net,
+    /// The daemon's API socket.
+    pub socket: PathBuf,
+    /// Pod specs the daemon keeps running.
+    pub pods_dir: PathBuf,
+    pub logs: LogSettings,
+    /// The daemon's log level (a tracing filter), unless PEAPOD_LOG is set.
+    pub log_level: String,
 }
 
 impl Default for Config {
@@ -41,6 +60,14 @@ impl Default for Config {
             state_dir: DEFAULT_STATE_DIR.into(),
             bridge: DEFAULT_BRIDGE.into(),
             subnet: DEFAULT_SUBNET.parse().expect("default subnet"),
+            socket: Path::new(DEFAULT_RUN_DIR).join("peapod.sock"),
+            pods_dir: DEFAULT_PODS_DIR.into(),
+            logs: LogSettings {
+                dir: Path::new(DEFAULT_STATE_DIR).join("logs"),
+                max_size: DEFAULT_LOG_MAX_SIZE,
+                max_files: DEFAULT_LOG_MAX_FILES,
+            },
+            log_level: "info".into(),
         }
     }
 }
@@ -62,8 +89,51 @@ pub enum ConfigError {
 struct RawConfig {
     run_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    pods_dir: Option<PathBuf>,
     #[serde(default)]
     network: RawNetwork,
+    #[serde(default)]
+    logs: RawLogs,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    dir: Option<PathBuf>,
+    max_size: Option<Size>,
+    max_files: Option<u32>,
+    level: Option<String>,
+}
+
+/// A size: a number of bytes, or a string with a unit ("512KiB", "10MiB", "1G").
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"10MiB\""))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Deserialize, Default)]
@@ -80,6 +150,8 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub bridge: Option<String>,
     pub subnet: Option<String>,
+    pub socket: Option<PathBuf>,
+    pub pods_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -119,17 +191,54 @@ impl Config {
                 "network.bridge: {bridge:?} is not a valid interface name (1-15 characters, no '/', ':' or space)"
             )));
         }
+        let run_dir = overrides
+            .run_dir
+            .clone()
+            .or(raw.run_dir)
+            .unwrap_or(d.run_dir);
+        let state_dir = overrides
+            .state_dir
+            .clone()
+            .or(raw.state_dir)
+            .unwrap_or(d.state_dir);
+        let max_size = match raw.logs.max_size {
+            None => DEFAULT_LOG_MAX_SIZE,
+            Some(Size::Bytes(n)) => n,
+            Some(Size::Text(t)) => {
+                parse_size(&t).map_err(|m| invalid(format!("logs.max_size: {m}")))?
+            }
+        };
+        let max_files = raw.logs.max_files.unwrap_or(DEFAULT_LOG_MAX_FILES);
+        if max_files == 0 {
+            return Err(invalid(
+                "logs.max_files: must be at least 1 (the live file)".into(),
+            ));
+        }
+        let log_level = raw.logs.level.unwrap_or(d.log_level);
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(invalid(format!(
+                "logs.level: {log_level:?} is not a level (error, warn, info, debug, trace)"
+            )));
+        }
         Ok(Config {
-            run_dir: overrides
-                .run_dir
+            socket: overrides
+                .socket
                 .clone()
-                .or(raw.run_dir)
-                .unwrap_or(d.run_dir),
-            state_dir: overrides
-                .state_dir
+                .or(raw.socket)
+                .unwrap_or_else(|| run_dir.join("peapod.sock")),
+            pods_dir: overrides
+                .pods_dir
                 .clone()
-                .or(raw.state_dir)
-                .unwrap_or(d.state_dir),
+                .or(raw.pods_dir)
+                .unwrap_or(d.pods_dir),
+            logs: LogSettings {
+                dir: raw.logs.dir.unwrap_or_else(|| state_dir.join("logs")),
+                max_size,
+                max_files,
+            },
+            log_level,
+            run_dir,
+            state_dir,
             bridge,
             subnet,
         })
@@ -205,6 +314,33 @@ mod tests {
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 9, 0, 1));
         assert_eq!(c.netns_path("p"), Path::new("/run/peapod/netns/p"));
+        assert_eq!(c.socket, Path::new("/run/peapod/peapod.sock"));
+        assert_eq!(c.logs.dir, Path::new("/tmp/s/logs"));
+        assert_eq!(c.logs.max_size, DEFAULT_LOG_MAX_SIZE);
+    }
+
+    #[test]
+    fn log_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("peapod.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Config::load(Some(&f), &Overrides::default())
+        };
+        let c = load("[logs]\nmax_size = \"512KiB\"\nmax_files = 2\nlevel = \"debug\"\n").unwrap();
+        assert_eq!((c.logs.max_size, c.logs.max_files), (512 * 1024, 2));
+        assert_eq!(
+            load("[logs]\nmax_size = 4096\n").unwrap().logs.max_size,
+            4096
+        );
+        for (bad, field) in [
+            ("[logs]\nmax_size = \"10 parsecs\"\n", "logs.max_size"),
+            ("[logs]\nmax_files = 0\n", "logs.max_files"),
+            ("[logs]\nlevel = \"loud=[\"\n", "logs.level"),
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("peapod.toml"), "{e}");
+        }
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -197,16 +196,9 @@ impl Ipam {
 
     fn write(&self, f: &LeaseFile) -> Result<(), IpamError> {
         let path = self.file();
-        let tmp = self.dir.join(format!(".{}.json.tmp", self.bridge));
         let mut bytes = serde_json::to_vec_pretty(f).expect("lease file serializes");
         bytes.push(b'\n');
-        let mut file = File::create(&tmp).map_err(self.io(&tmp))?;
-        file.write_all(&bytes).map_err(self.io(&tmp))?;
-        file.sync_all().map_err(self.io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(self.io(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.io(&self.dir))
+        crate::durable::write(&path, &bytes).map_err(self.io(&path))
     }
 }
 

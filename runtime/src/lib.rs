@@ -9,10 +9,15 @@
 //!   precompiled `.cwasm` files and the compile cache.
 //! - [`supervisor`]: restart policy and backoff of one container.
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
-//! - [`logs`]: container output into the log.
+//! - [`logs`]: container output into the log; [`crilog`]: CRI-format log files with rotation.
+//! - [`daemon`]: `peapod daemon`, its pods, its API; [`client`]: the API's client (the CLI).
 
 pub mod artifact;
+pub mod client;
 pub mod config;
+pub mod crilog;
+pub mod daemon;
+pub mod durable;
 pub mod executor;
 pub mod ipam;
 pub mod logs;

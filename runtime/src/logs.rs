@@ -1,9 +1,12 @@
-//! Container output: a module's stdout and stderr, cut into lines and sent to the log with the pod
-//! and container names (`demo/app: hello`).
+//! Container output: a module's stdout and stderr, cut into lines. Each line goes to the
+//! container's log file in the CRI format when the pod has one (the daemon, see [`crate::crilog`]),
+//! else to the process log with the pod and container names (`demo/app: hello`).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+
+use crate::crilog::CriFile;
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
@@ -37,6 +40,7 @@ pub struct ContainerLog {
     /// `pod/container`
     id: Arc<str>,
     sink: Option<LogSink>,
+    file: Option<Arc<CriFile>>,
 }
 
 impl std::fmt::Debug for ContainerLog {
@@ -52,7 +56,14 @@ impl ContainerLog {
         ContainerLog {
             id: format!("{pod}/{container}").into(),
             sink,
+            file: None,
         }
+    }
+
+    /// Lines go to `file` instead of the process log.
+    pub fn with_file(mut self, file: Arc<CriFile>) -> Self {
+        self.file = Some(file);
+        self
     }
 
     /// `pod/container`, for messages about this container.
@@ -60,10 +71,17 @@ impl ContainerLog {
         &self.id
     }
 
-    /// Records one line (without its newline).
-    pub fn line(&self, stream: Stream, line: &str) {
+    /// Records one line (without its newline); `partial` when the line goes on in the next call
+    /// (a line longer than [`MAX_LINE`], or output cut off by the end of the run).
+    pub fn line(&self, stream: Stream, line: &str, partial: bool) {
         if let Some(sink) = &self.sink {
             sink(&self.id, stream, line);
+        }
+        if let Some(file) = &self.file {
+            if let Err(e) = file.write(stream, line, partial) {
+                tracing::warn!("{}: log file: {e}", self.id);
+            }
+            return;
         }
         match stream {
             Stream::Stdout => tracing::info!(target: "peapod::container", "{}: {line}", self.id),
@@ -115,8 +133,11 @@ impl LineWriter {
     fn emit(&mut self, upto: usize) {
         let line: Vec<u8> = self.buf.drain(..upto).collect();
         let text = String::from_utf8_lossy(&line);
-        self.log
-            .line(self.stream, text.strip_suffix('\n').unwrap_or(&text));
+        let (text, partial) = match text.strip_suffix('\n') {
+            Some(t) => (t, false),
+            None => (&*text, true),
+        };
+        self.log.line(self.stream, text, partial);
     }
 
     fn push(&mut self, bytes: &[u8]) {

@@ -45,6 +45,13 @@ fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
 }
 
 /// A netlink connection in the namespace of the thread that opened it.
+/// A link attached to a bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub name: String,
+    pub alias: Option<String>,
+}
+
 pub struct Netlink {
     handle: Handle,
 }
@@ -152,7 +159,7 @@ impl Netlink {
     }
 
     /// Names of the links attached to bridge `controller`.
-    pub async fn ports_of(&self, controller: u32) -> Result<Vec<String>, NetError> {
+    pub async fn ports_of(&self, controller: u32) -> Result<Vec<Port>, NetError> {
         let links: Vec<_> = self
             .handle
             .link()
@@ -169,10 +176,16 @@ impl Netlink {
                     .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == controller))
             })
             .filter_map(|l| {
-                l.attributes.into_iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n),
-                    _ => None,
-                })
+                let mut name = None;
+                let mut alias = None;
+                for a in l.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => name = Some(n),
+                        LinkAttribute::IfAlias(a) => alias = Some(a),
+                        _ => {}
+                    }
+                }
+                Some(Port { name: name?, alias })
             })
             .collect())
     }

@@ -16,12 +16,13 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::crilog::LogSettings;
 use crate::executor::{Executor, Prepared, RunSpec};
 use crate::logs::{ContainerLog, LogSink};
 use crate::netns;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::spec::{PodSpec, SpecError};
-use crate::supervisor::{Final, supervise};
+use crate::supervisor::{Control, Final, Status, supervise};
 
 /// Compiles every module of `spec`. All problems are reported at once, as spec problems.
 pub fn compile(exec: &Executor, spec: &PodSpec) -> Result<Vec<Prepared>, SpecError> {
@@ -53,6 +54,24 @@ pub enum PodError {
     },
     #[error("pod {pod}: pod thread: {message}")]
     Thread { pod: String, message: String },
+    #[error("pod {pod}: log file: {source}")]
+    Log {
+        pod: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a pod's containers are run, beyond their spec.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Every output line is also handed to this.
+    pub sink: Option<LogSink>,
+    /// Output goes to CRI log files here instead of the process log.
+    pub logs: Option<LogSettings>,
+    /// Containers that ended for good wait for a restart request instead of ending the pod (the
+    /// daemon keeps pods until they are deleted).
+    pub linger: bool,
 }
 
 /// A pod whose containers are running.
@@ -63,6 +82,7 @@ pub struct RunningPod {
     /// How long creating the sandbox took (namespace, veth, lease, addresses, routes).
     pub sandbox_time: Duration,
     sandbox: Sandbox,
+    controls: Vec<Control>,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     results: oneshot::Receiver<Result<Vec<Final>, String>>,
@@ -115,24 +135,52 @@ impl RunningPod {
                     pod: spec.name.clone(),
                     source,
                 })?;
-        let sandbox_time = t0.elapsed();
+        let opts = Options {
+            sink,
+            ..Options::default()
+        };
+        Self::launch(sandbox, t0.elapsed(), exec, spec, modules, &opts).await
+    }
+
+    /// Starts every container of `spec` in `sandbox` (made by [`Sandbox::create`] or
+    /// [`Sandbox::recover`]). If that fails the sandbox is removed.
+    pub async fn launch(
+        sandbox: Sandbox,
+        sandbox_time: Duration,
+        exec: &Executor,
+        spec: &PodSpec,
+        modules: Vec<Prepared>,
+        opts: &Options,
+    ) -> Result<RunningPod, PodError> {
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
-        let containers: Vec<_> = spec
-            .containers
-            .iter()
-            .zip(modules)
-            .map(|(c, module)| {
-                let run = RunSpec {
-                    name: c.name.clone(),
-                    args: c.args.clone(),
-                    env: c.env.clone(),
-                    memory_limit: c.memory_limit,
-                    log: ContainerLog::new(&spec.name, &c.name, sink.clone()),
-                };
-                (module, run, c.restart_policy)
-            })
-            .collect();
+        let mut controls = Vec::new();
+        let mut containers = Vec::new();
+        for (c, module) in spec.containers.iter().zip(modules) {
+            let mut log = ContainerLog::new(&spec.name, &c.name, opts.sink.clone());
+            if let Some(settings) = &opts.logs {
+                match settings.open(&spec.name, &c.name) {
+                    Ok(f) => log = log.with_file(Arc::new(f)),
+                    Err(source) => {
+                        let pod = spec.name.clone();
+                        if let Err(undo) = sandbox.destroy().await {
+                            tracing::error!(pod, "cleanup after failed start: {undo}");
+                        }
+                        return Err(PodError::Log { pod, source });
+                    }
+                }
+            }
+            let run = RunSpec {
+                name: c.name.clone(),
+                args: c.args.clone(),
+                env: c.env.clone(),
+                memory_limit: c.memory_limit,
+                log,
+            };
+            let control = Control::new(&c.name, opts.linger);
+            controls.push(control.clone());
+            containers.push((module, run, c.restart_policy, control));
+        }
         let thread = {
             let fd = sandbox.netns.clone();
             let exec = exec.clone();
@@ -144,7 +192,7 @@ impl RunningPod {
                     let r = pod_thread(fd, move || async move {
                         let tasks: Vec<_> = containers
                             .into_iter()
-                            .map(|(m, run, policy)| {
+                            .map(|(m, run, policy, control)| {
                                 tokio::spawn(supervise(
                                     exec.clone(),
                                     m,
@@ -152,6 +200,7 @@ impl RunningPod {
                                     policy,
                                     backoff,
                                     stop.clone(),
+                                    control,
                                 ))
                             })
                             .collect();
@@ -191,6 +240,7 @@ impl RunningPod {
             netns_path: sandbox.netns_path.clone(),
             sandbox_time,
             sandbox,
+            controls,
             stop,
             thread: Some(thread),
             results,
@@ -201,6 +251,23 @@ impl RunningPod {
     /// The namespace's identity (inode), stable across container restarts.
     pub fn netns_inode(&self) -> std::io::Result<u64> {
         netns::inode(&*self.sandbox.netns)
+    }
+
+    /// Every container's status, in spec order.
+    pub fn statuses(&self) -> Vec<Status> {
+        self.controls.iter().map(Control::status).collect()
+    }
+
+    /// Restarts container `name` in place (same namespace, same IP). False if there is no such
+    /// container.
+    pub fn restart_container(&self, name: &str) -> bool {
+        match self.controls.iter().find(|c| c.status().name == name) {
+            Some(c) => {
+                c.restart();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Waits until every container has ended for good (by its restart policy).
@@ -214,7 +281,17 @@ impl RunningPod {
     }
 
     /// Stops the containers (if still running), joins the pod thread and removes the sandbox.
-    pub async fn stop(mut self) -> Result<PodReport, PodError> {
+    pub async fn stop(self) -> Result<PodReport, PodError> {
+        self.stop_and(true).await
+    }
+
+    /// Stops the containers but keeps the sandbox (namespace, veth, lease) for
+    /// [`Sandbox::recover`]: the pod keeps its IP across a restart of the daemon.
+    pub async fn stop_keep_sandbox(self) -> Result<PodReport, PodError> {
+        self.stop_and(false).await
+    }
+
+    async fn stop_and(mut self, remove: bool) -> Result<PodReport, PodError> {
         self.stop.cancel();
         let thread = self.thread.take().expect("joined once");
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -222,17 +299,24 @@ impl RunningPod {
         let containers = match self.finished.take().expect("waited") {
             Ok(finals) => finals,
             Err(message) => {
-                let _ = self.sandbox.destroy().await;
+                if remove {
+                    let _ = self.sandbox.destroy().await;
+                }
                 return Err(PodError::Thread {
                     pod: self.name,
                     message,
                 });
             }
         };
-        let teardown = self.sandbox.destroy().await.err();
+        let teardown = if remove {
+            self.sandbox.destroy().await.err()
+        } else {
+            tracing::info!("pod {} stopped; sandbox kept (ip {})", self.name, self.ip);
+            None
+        };
         if let Some(e) = &teardown {
             tracing::error!("pod {}: teardown: {e}", self.name);
-        } else {
+        } else if remove {
             tracing::info!("pod {} removed", self.name);
         }
         Ok(PodReport {

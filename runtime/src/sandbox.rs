@@ -82,6 +82,15 @@ fn lock_pod(cfg: &Config, pod: &str) -> Result<Flock<File>, SandboxError> {
     })
 }
 
+/// Test hook for crash recovery: with `PEAPOD_CRASH_AT=<point>` in its environment the process
+/// kills itself with SIGKILL at that point, as a power cut or the OOM killer would.
+fn crash_point(point: &str) {
+    if std::env::var("PEAPOD_CRASH_AT").is_ok_and(|v| v == point) {
+        tracing::warn!("PEAPOD_CRASH_AT={point}: killing myself");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Runs `work` on a fresh thread inside the namespace `fd`, with its own current-thread runtime
 /// (so netlink sockets it opens act in that namespace). The thread ends with `work`.
 pub async fn in_netns<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, SandboxError>
@@ -161,6 +170,56 @@ impl Sandbox {
         }
     }
 
+    /// Takes over the sandbox an earlier process left for pod `pod` (after a crash or a clean stop
+    /// of the daemon): when its pinned namespace and its lease both survived, the pod keeps that
+    /// namespace and that IP; its veth is made anew (whatever state it was left in) and the inside
+    /// configured again. Anything less (a process killed half-way through creating the pod) is
+    /// removed and the sandbox created afresh. Returns the sandbox and whether it was recovered.
+    pub async fn recover(cfg: &Config, pod: &str) -> Result<(Sandbox, bool), SandboxError> {
+        let lock = lock_pod(cfg, pod)?;
+        let netns_path = cfg.netns_path(pod);
+        let ipam = Ipam::new(cfg);
+        let lease = ipam.leases()?.get(pod).copied();
+        let (Some(ip), true) = (lease, netns::is_pinned(&netns_path)) else {
+            drop(lock);
+            return Ok((Sandbox::create(cfg, pod).await?, false));
+        };
+        let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+        let bridge = host
+            .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
+            .await?;
+        let fd = Arc::new(netns::open(&netns_path)?);
+        let sandbox = Sandbox {
+            pod: pod.into(),
+            ip,
+            netns_path,
+            netns: fd,
+            host_veth: host_veth_name(&cfg.bridge, pod),
+            cfg: cfg.clone(),
+            _lock: lock,
+        };
+        // Deleting the host end takes the peer (and its address and route) with it.
+        host.delete_link(&sandbox.host_veth).await?;
+        plumb(
+            &host,
+            bridge,
+            &sandbox.netns,
+            &sandbox.host_veth,
+            &format!("peapod/{pod}"),
+            ip,
+            cfg.subnet.prefix_len(),
+            cfg.gateway(),
+        )
+        .await?;
+        Ok((sandbox, true))
+    }
+
+    /// Removes whatever is left of pod `pod`'s sandbox (a pod that is not running here).
+    pub async fn remove(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
+        let _lock = lock_pod(cfg, pod)?;
+        remove_parts(cfg, pod).await
+    }
+
     async fn configure(
         &self,
         host: &Netlink,
@@ -169,6 +228,7 @@ impl Sandbox {
     ) -> Result<Ipv4Addr, SandboxError> {
         let t0 = std::time::Instant::now();
         let ip = ipam.allocate(&self.pod)?;
+        crash_point("sandbox-after-lease");
         tracing::debug!(
             pod = self.pod,
             "sandbox: lease persisted in {:.1?}",
@@ -241,6 +301,55 @@ pub async fn plumb(
 /// How long a fresh veth may take to become operationally up (linkwatch runs at least once a
 /// second).
 const LINK_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Removes the sandbox parts of every pod not in `keep` and not running in another process (its
+/// lock is free): pins without a pod, host veths on the bridge without a pod, leases without a
+/// pin. Returns the pods whose parts were removed.
+pub async fn collect_orphans(
+    cfg: &Config,
+    keep: &std::collections::BTreeSet<String>,
+) -> Result<Vec<String>, SandboxError> {
+    let mut names = std::collections::BTreeSet::new();
+    match std::fs::read_dir(cfg.netns_dir()) {
+        Ok(dir) => {
+            for e in dir.flatten() {
+                names.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(SandboxError::Other(format!(
+                "{}: {e}",
+                cfg.netns_dir().display()
+            )));
+        }
+    }
+    let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+    if let Some(bridge) = host.link_index(&cfg.bridge).await? {
+        for port in host.ports_of(bridge).await? {
+            if let Some(pod) = port
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix("peapod/"))
+                && port.name == host_veth_name(&cfg.bridge, pod)
+            {
+                names.insert(pod.to_string());
+            }
+        }
+    }
+    names.extend(Ipam::new(cfg).leases()?.into_keys());
+    let mut removed = Vec::new();
+    for pod in names.into_iter().filter(|p| !keep.contains(p)) {
+        // A pod run by another process (`peapod run`) holds its lock: not an orphan.
+        let Ok(lock) = lock_pod(cfg, &pod) else {
+            continue;
+        };
+        remove_parts(cfg, &pod).await?;
+        drop(lock);
+        removed.push(pod);
+    }
+    Ok(removed)
+}
 
 /// Removes every part of pod `pod`'s sandbox that exists, collecting all errors.
 async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {

@@ -5,8 +5,11 @@
 //! restart, is capped at `max`, and falls back to `initial` after a run of at least `reset_after`
 //! (what Kubernetes does for CrashLoopBackOff).
 
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use serde::Serialize;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, Outcome, Prepared, RunSpec};
@@ -58,7 +61,82 @@ pub struct Final {
     pub stopped: bool,
 }
 
-/// Runs a container until its policy says it is done, or `stop` is cancelled.
+/// Where a container is in its life, as `ps` and `inspect` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Not started yet, or waiting out its backoff before a restart.
+    Waiting,
+    Running,
+    /// Ended for good by its restart policy (a restart request starts it again).
+    Exited,
+}
+
+/// A container's live status, shared between its supervisor and whoever asks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub state: State,
+    pub restarts: u32,
+    /// When the current (or last) run started.
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub started_at: Option<SystemTime>,
+    /// How the last run ended, e.g. "exited with code 0" or "trapped: ...".
+    pub last: Option<String>,
+    /// The last run's exit code (absent for a trap).
+    pub exit_code: Option<i32>,
+}
+
+fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The handle a pod keeps on one supervised container: its status and a way to restart it.
+#[derive(Debug, Clone)]
+pub struct Control {
+    status: Arc<Mutex<Status>>,
+    restart: Arc<Notify>,
+    /// Keep the supervisor alive after the container ended for good, so a restart request can start
+    /// it again (the daemon); without it the supervisor returns (`peapod run`).
+    linger: bool,
+}
+
+impl Control {
+    pub fn new(name: &str, linger: bool) -> Self {
+        Control {
+            status: Arc::new(Mutex::new(Status {
+                name: name.into(),
+                state: State::Waiting,
+                restarts: 0,
+                started_at: None,
+                last: None,
+                exit_code: None,
+            })),
+            restart: Arc::new(Notify::new()),
+            linger,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    /// Ends the current run (if any) and starts the container again at once, in place: same pod,
+    /// same namespace, same IP. Counts as a restart.
+    pub fn restart(&self) {
+        self.restart.notify_one();
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().expect("status lock"));
+    }
+}
+
+/// Runs a container until its policy says it is done (or, lingering, until stopped), or `stop` is
+/// cancelled.
 pub async fn supervise(
     exec: Executor,
     module: Prepared,
@@ -66,6 +144,7 @@ pub async fn supervise(
     policy: RestartPolicy,
     backoff: Backoff,
     stop: CancellationToken,
+    control: Control,
 ) -> Final {
     let mut backoff = BackoffState::new(backoff);
     let mut done = Final {
@@ -77,33 +156,68 @@ pub async fn supervise(
     let id = spec.log.id();
     loop {
         let started = Instant::now();
+        control.update(|s| {
+            s.state = State::Running;
+            s.started_at = Some(SystemTime::now());
+        });
         let outcome = tokio::select! {
-            o = exec.run(&module, &spec) => o,
+            o = exec.run(&module, &spec) => Some(o),
+            _ = control.restart.notified() => None,
             _ = stop.cancelled() => {
                 done.stopped = true;
                 return done;
             }
         };
-        let restart = should_restart(policy, &outcome);
-        done.last = Some(outcome.clone());
-        if !restart {
-            tracing::info!("{id} {outcome}; not restarting (restart_policy {policy:?})");
-            return done;
-        }
-        let delay = backoff.delay_after(started.elapsed());
-        tracing::warn!(
-            "{id} {outcome}; restarting in {} (restart {})",
-            humantime::format_duration(delay),
-            done.restarts + 1
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => {
-                done.stopped = true;
-                return done;
+        let requested = match outcome {
+            Some(outcome) => {
+                control.update(|s| {
+                    s.last = Some(outcome.to_string());
+                    s.exit_code = match outcome {
+                        Outcome::Exited(c) => Some(c),
+                        Outcome::Trapped(_) => None,
+                    };
+                });
+                let restart = should_restart(policy, &outcome);
+                done.last = Some(outcome.clone());
+                if restart {
+                    let delay = backoff.delay_after(started.elapsed());
+                    tracing::warn!(
+                        "{id} {outcome}; restarting in {} (restart {})",
+                        humantime::format_duration(delay),
+                        done.restarts + 1
+                    );
+                    control.update(|s| s.state = State::Waiting);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        _ = control.restart.notified() => true,
+                        _ = stop.cancelled() => {
+                            done.stopped = true;
+                            return done;
+                        }
+                    }
+                } else {
+                    tracing::info!("{id} {outcome}; not restarting (restart_policy {policy:?})");
+                    control.update(|s| s.state = State::Exited);
+                    if !control.linger {
+                        return done;
+                    }
+                    tokio::select! {
+                        _ = control.restart.notified() => true,
+                        _ = stop.cancelled() => {
+                            done.stopped = true;
+                            return done;
+                        }
+                    }
+                }
             }
+            None => true,
+        };
+        if requested {
+            tracing::info!("{id}: restarting in place on request");
+            control.update(|s| s.last = Some("restarted on request".into()));
         }
         done.restarts += 1;
+        control.update(|s| s.restarts = done.restarts);
     }
 }
 

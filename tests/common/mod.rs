@@ -18,6 +18,22 @@ pub use peapod_guests::{BACKUP, HELLO_P1, KV_SERVER, TOOLBOX};
 
 pub const PEAPOD: &str = env!("CARGO_BIN_EXE_peapod");
 
+/// The `peapod` binary as a command. `PEAPOD_TEST_RUNNER` (e.g. `qemu-aarch64 -L
+/// /usr/aarch64-linux-gnu`) runs it through an emulator: a test binary running under qemu-user
+/// cannot exec a foreign binary itself without binfmt_misc.
+pub fn peapod_command() -> Command {
+    let runner = std::env::var("PEAPOD_TEST_RUNNER").unwrap_or_default();
+    let mut parts = runner.split_whitespace();
+    match parts.next() {
+        Some(prog) => {
+            let mut c = Command::new(prog);
+            c.args(parts).arg(PEAPOD);
+            c
+        }
+        None => Command::new(PEAPOD),
+    }
+}
+
 /// Returns `None` (after saying so) when not root; with `CI=true` a skip is a failure.
 pub fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -84,18 +100,32 @@ impl Env {
         self.dir.path().join("state")
     }
 
+    /// The daemon's pods directory.
+    pub fn pods_dir(&self) -> PathBuf {
+        self.dir.path().join("pods")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir().join("peapod.sock")
+    }
+
     pub fn pin(&self, pod: &str) -> PathBuf {
         self.run_dir().join("netns").join(pod)
     }
 
     /// The library config matching this environment.
     pub fn config(&self) -> peapod::config::Config {
-        peapod::config::Config {
+        let mut c = peapod::config::Config {
             run_dir: self.run_dir(),
             state_dir: self.state_dir(),
             bridge: self.bridge.clone(),
             subnet: self.subnet.parse().unwrap(),
-        }
+            socket: self.socket(),
+            pods_dir: self.pods_dir(),
+            ..Default::default()
+        };
+        c.logs.dir = self.state_dir().join("logs");
+        c
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
@@ -111,8 +141,10 @@ impl Env {
 
     /// `peapod <global flags> ARGS`, as a command (not started).
     pub fn peapod(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(PEAPOD);
-        c.arg("--run-dir")
+        let mut c = peapod_command();
+        c.arg("--pods-dir")
+            .arg(self.pods_dir())
+            .arg("--run-dir")
             .arg(self.run_dir())
             .arg("--state-dir")
             .arg(self.state_dir())
@@ -123,6 +155,10 @@ impl Env {
             .args(args)
             .env("PEAPOD_CONFIG", "/dev/null")
             .env_remove("PEAPOD_LOG")
+            .env_remove("PEAPOD_SOCKET")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null());
         c
     }
@@ -165,6 +201,87 @@ impl Env {
             child: Some(child),
             log,
         }
+    }
+
+    /// Starts `peapod daemon` and waits until it is ready.
+    pub fn daemon(&self) -> Peapod {
+        self.daemon_with(|_| {})
+    }
+
+    /// [`Env::daemon`], with changes to the command (environment) before it starts.
+    pub fn daemon_with(&self, f: impl FnOnce(&mut Command)) -> Peapod {
+        let mut d = self.spawn_daemon(f);
+        d.wait_for("ready in", Duration::from_secs(120));
+        d
+    }
+
+    /// Starts `peapod daemon` without waiting.
+    pub fn spawn_daemon(&self, f: impl FnOnce(&mut Command)) -> Peapod {
+        std::fs::create_dir_all(self.pods_dir()).unwrap();
+        let log = self.dir.path().join(format!("{}.log", unique("daemon")));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut c = self.peapod(&["daemon"]);
+        c.stdout(out.try_clone().unwrap()).stderr(out);
+        f(&mut c);
+        Peapod {
+            child: Some(c.spawn().unwrap()),
+            log,
+        }
+    }
+
+    /// Runs a CLI command against this env's daemon: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.peapod(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A CLI command that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ctl(args);
+        assert_eq!(code, 0, "peapod {args:?}: {out}{err}");
+        out
+    }
+
+    /// `peapod ps -o json`, as pod name -> pod.
+    pub fn ps(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let out = self.ctl_ok(&["ps", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
+            .collect()
+    }
+
+    /// Waits until `ps` shows pod `name` with every container running; returns its IP.
+    pub fn wait_running(&self, name: &str) -> Ipv4Addr {
+        eventually(Duration::from_secs(60), &format!("{name} running"), || {
+            let p = self.ps().remove(name)?;
+            (p["status"] == "running").then(|| p["ip"].as_str().unwrap().parse().unwrap())
+        })
+    }
+
+    /// A kv-server pod spec (app on :8080), `extra` appended to its container.
+    pub fn kv_spec(&self, name: &str, extra: &str) -> String {
+        format!(
+            "[pod]\nname = \"{name}\"\nrestart_backoff = {{ initial = \"0s\" }}\n\n\
+             [[containers]]\nname = \"app\"\nmodule = {KV_SERVER:?}\n\
+             args = [\"--listen\", \"0.0.0.0:8080\"]\n{extra}\n"
+        )
+    }
+
+    /// Writes a file into the daemon's pods directory (atomically, as an editor's save would).
+    pub fn pod_file(&self, file: &str, toml: &str) -> PathBuf {
+        std::fs::create_dir_all(self.pods_dir()).unwrap();
+        let p = self.pods_dir().join(file);
+        let tmp = self.dir.path().join(format!("{file}.tmp"));
+        std::fs::write(&tmp, toml).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        p
     }
 
     /// Runs `peapod run SPEC` to its end (at most `limit`); returns the status and the output.

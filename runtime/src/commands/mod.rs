@@ -1,6 +1,8 @@
 //! Subcommands and the options they share.
 
 mod compile;
+mod ctl;
+mod daemon;
 mod run;
 
 use std::path::PathBuf;
@@ -37,6 +39,12 @@ pub struct Cli {
     /// IPv4 subnet of the bridge [default: 10.66.0.0/24]
     #[arg(long, global = true, env = "PEAPOD_SUBNET")]
     subnet: Option<String>,
+    /// The daemon's API socket [default: <run-dir>/peapod.sock]
+    #[arg(long, global = true, env = "PEAPOD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Pod specs the daemon keeps running [default: /etc/peapod/pods]
+    #[arg(long, global = true, env = "PEAPOD_PODS_DIR")]
+    pods_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +53,13 @@ pub struct Cli {
 enum Command {
     Run(run::Run),
     Compile(compile::Compile),
+    Daemon(daemon::Daemon),
+    Apply(ctl::Apply),
+    Ps(ctl::Ps),
+    Inspect(ctl::Inspect),
+    Logs(ctl::Logs),
+    Restart(ctl::Restart),
+    Delete(ctl::Delete),
 }
 
 impl Cli {
@@ -56,21 +71,33 @@ impl Cli {
                 state_dir: self.state_dir.clone(),
                 bridge: self.bridge.clone(),
                 subnet: self.subnet.clone(),
+                socket: self.socket.clone(),
+                pods_dir: self.pods_dir.clone(),
             },
         )
     }
 }
 
+/// Loads the config (exit 2 if it is invalid), sets up logging, runs the command.
 pub fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = match cli.config() {
         Ok(c) => c,
         Err(e) => {
+            crate::logging::init("info");
             eprintln!("{e}");
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
+    crate::logging::init(&config.log_level);
     match cli.command {
         Command::Run(r) => r.exec(config),
         Command::Compile(c) => c.exec(),
+        Command::Daemon(d) => d.exec(config),
+        Command::Apply(c) => c.exec(config),
+        Command::Ps(c) => c.exec(config),
+        Command::Inspect(c) => c.exec(config),
+        Command::Logs(c) => c.exec(config),
+        Command::Restart(c) => c.exec(config),
+        Command::Delete(c) => c.exec(config),
     }
 }

@@ -1,0 +1,337 @@
+//! The commands that talk to the daemon: `apply`, `ps`, `inspect`, `logs`, `restart`, `delete`.
+//!
+//! Exit status: 0 done; 1 the daemon refused (no such pod, conflict, failure); 2 invalid input
+//! (a spec that does not validate, bad arguments); 3 the daemon cannot be reached.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use http_body_util::BodyExt;
+use hyper::{Method, StatusCode};
+use peapod::client::{Client, ClientError};
+use peapod::config::Config;
+use peapod::crilog;
+use serde_json::json;
+
+use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
+
+/// Create or update a pod from a spec file (re-created when its spec or modules changed).
+#[derive(clap::Args, Debug)]
+pub struct Apply {
+    /// The pod spec (TOML)
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+}
+
+/// List pods: status, IP, age, restarts.
+#[derive(clap::Args, Debug)]
+pub struct Ps {
+    /// Output format: table or json
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
+}
+
+/// Show one pod as JSON.
+#[derive(clap::Args, Debug)]
+pub struct Inspect {
+    pod: String,
+}
+
+/// Print a container's log (kept in CRI format, so exited containers have one too).
+#[derive(clap::Args, Debug)]
+pub struct Logs {
+    /// POD or POD/CONTAINER (the container may be left out when the pod has one)
+    target: String,
+    /// Keep printing new lines until interrupted (or the pod is deleted)
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines
+    #[arg(long)]
+    tail: Option<usize>,
+    /// Prefix each line with its time (RFC 3339)
+    #[arg(long)]
+    timestamps: bool,
+}
+
+/// Re-create a pod (new namespace, new IP), or restart one container in place (same IP).
+#[derive(clap::Args, Debug)]
+pub struct Restart {
+    /// POD (re-create) or POD/CONTAINER (restart in place)
+    target: String,
+}
+
+/// Delete a pod created with `apply`: its modules stop, its namespace, IP and logs are freed.
+#[derive(clap::Args, Debug)]
+pub struct Delete {
+    pod: String,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("create runtime")
+}
+
+/// Prints a client error and picks the exit status.
+fn fail(e: ClientError) -> ExitCode {
+    match &e {
+        // An invalid spec: its `file:line: field: ...` lines, as `peapod run` prints them.
+        ClientError::Api { problems, .. } if !problems.is_empty() => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+        }
+        _ => eprintln!("peapod: {e}"),
+    }
+    ExitCode::from(match e {
+        ClientError::Api {
+            status: StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST,
+            ..
+        } => EXIT_INVALID,
+        ClientError::Api { .. } => EXIT_FAILED,
+        _ => EXIT_RUNTIME,
+    })
+}
+
+fn done<T>(r: Result<T, ClientError>, then: impl FnOnce(T)) -> ExitCode {
+    match r {
+        Ok(v) => {
+            then(v);
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Splits `pod/container`.
+fn split(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('/') {
+        Some((p, c)) => (p, Some(c)),
+        None => (target, None),
+    }
+}
+
+impl Apply {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let text = match std::fs::read_to_string(&self.file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: cannot read pod spec: {e}", self.file.display());
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        };
+        let source = std::path::absolute(&self.file).context("absolute path")?;
+        let body = json!({"source": source, "spec": text});
+        let r = runtime()?.block_on(Client::new(&config.socket).json(
+            Method::POST,
+            "/v1/pods",
+            Some(&body),
+        ));
+        Ok(done(r, |v| {
+            let ip = v["pod"]["ip"].as_str().unwrap_or("-");
+            let name = v["pod"]["name"].as_str().unwrap_or("?");
+            let action = v["action"].as_str().unwrap_or("applied");
+            println!("pod/{name} {action} (ip {ip})");
+        }))
+    }
+}
+
+/// `5s`, `3m`, `2h`, `4d`, as kubectl prints ages.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+impl Ps {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let r = runtime()?.block_on(Client::new(&config.socket).get("/v1/pods"));
+        Ok(done(r, |v| {
+            if self.output == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["pods"]).unwrap_or_default()
+                );
+                return;
+            }
+            let empty = Vec::new();
+            let pods = v["pods"].as_array().unwrap_or(&empty);
+            let mut rows = vec![[
+                "NAME".to_string(),
+                "STATUS".into(),
+                "IP".into(),
+                "READY".into(),
+                "RESTARTS".into(),
+                "AGE".into(),
+                "SOURCE".into(),
+            ]];
+            for p in pods {
+                let containers = p["containers"].as_array().unwrap_or(&empty);
+                let ready = containers
+                    .iter()
+                    .filter(|c| c["state"] == "running")
+                    .count();
+                rows.push([
+                    p["name"].as_str().unwrap_or("?").into(),
+                    p["status"].as_str().unwrap_or("?").into(),
+                    p["ip"].as_str().unwrap_or("-").into(),
+                    format!("{ready}/{}", containers.len()),
+                    p["restarts"].to_string(),
+                    age(p["age_seconds"].as_u64().unwrap_or(0)),
+                    p["source"].as_str().unwrap_or("?").into(),
+                ]);
+            }
+            let widths: Vec<usize> = (0..7)
+                .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+                .collect();
+            for r in rows {
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
+            }
+            for problem in v["problems"].as_array().unwrap_or(&empty) {
+                eprintln!("warning: {}", problem.as_str().unwrap_or_default());
+            }
+        }))
+    }
+}
+
+impl Inspect {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let r =
+            runtime()?.block_on(Client::new(&config.socket).get(&format!("/v1/pods/{}", self.pod)));
+        Ok(done(r, |v| {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+        }))
+    }
+}
+
+impl Restart {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let client = Client::new(&config.socket);
+        let rt = runtime()?;
+        Ok(match split(&self.target) {
+            (pod, Some(c)) => done(
+                rt.block_on(client.json(
+                    Method::POST,
+                    &format!("/v1/pods/{pod}/containers/{c}/restart"),
+                    None,
+                )),
+                |_| println!("{pod}/{c} restarted in place"),
+            ),
+            (pod, None) => done(
+                rt.block_on(client.json(Method::POST, &format!("/v1/pods/{pod}/restart"), None)),
+                |v| {
+                    println!(
+                        "pod/{pod} re-created (ip {})",
+                        v["ip"].as_str().unwrap_or("-")
+                    )
+                },
+            ),
+        })
+    }
+}
+
+impl Delete {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let r = runtime()?.block_on(Client::new(&config.socket).json(
+            Method::DELETE,
+            &format!("/v1/pods/{}", self.pod),
+            None,
+        ));
+        Ok(done(r, |_| println!("pod/{} deleted", self.pod)))
+    }
+}
+
+impl Logs {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let (pod, container) = split(&self.target);
+        let mut path = format!("/v1/pods/{pod}/logs?follow={}", self.follow);
+        if let Some(c) = container {
+            path.push_str(&format!("&container={c}"));
+        }
+        if let Some(n) = self.tail {
+            path.push_str(&format!("&tail={n}"));
+        }
+        let client = Client::new(&config.socket);
+        let timestamps = self.timestamps;
+        runtime()?.block_on(async move {
+            let resp = match client.send(Method::GET, &path, None).await {
+                Ok(r) => r,
+                Err(e) => return Ok(fail(e)),
+            };
+            let mut body = resp.into_body();
+            let mut pending = Vec::new();
+            let mut out = std::io::stdout().lock();
+            loop {
+                let frame = tokio::select! {
+                    f = body.frame() => f,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                let Some(frame) = frame else { break };
+                let frame = frame.context("reading the log stream")?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                pending.extend_from_slice(data);
+                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    let line = String::from_utf8_lossy(&line[..nl]);
+                    print_record(&mut out, &line, timestamps)?;
+                }
+                out.flush()?;
+            }
+            Ok(ExitCode::from(EXIT_OK))
+        })
+    }
+}
+
+/// Prints one CRI record as the container wrote it: a partial record without its newline.
+fn print_record(out: &mut impl Write, line: &str, timestamps: bool) -> std::io::Result<()> {
+    let Some(r) = crilog::parse(line) else {
+        return writeln!(out, "{line}");
+    };
+    if timestamps {
+        write!(out, "{} ", r.time)?;
+    }
+    if r.partial {
+        write!(out, "{}", r.text)
+    } else {
+        writeln!(out, "{}", r.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_like_kubectl() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(600), "10m");
+        assert_eq!(age(3 * 3600), "3h");
+        assert_eq!(age(3 * 86400), "3d");
+    }
+
+    #[test]
+    fn records_print_as_written() {
+        let mut out = Vec::new();
+        for l in [
+            "2026-11-25T10:00:00.000000001Z stdout P hel",
+            "2026-11-25T10:00:00.000000002Z stdout F lo",
+            "2026-11-25T10:00:00.000000003Z stderr F oops",
+        ] {
+            print_record(&mut out, l, false).unwrap();
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "hello\noops\n");
+    }
+}

@@ -1,0 +1,33 @@
+//! `peapod daemon`: see the library's `daemon` module.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use peapod::config::Config;
+use peapod::executor::Executor;
+
+use super::EXIT_OK;
+
+/// Run pods as a service: the pods directory and the pods applied through the API, kept running;
+/// the control API on a unix socket; systemd notification and watchdog.
+///
+/// SIGHUP (or any change in the pods directory) reloads the pods directory. SIGTERM stops the
+/// modules but keeps every pod's namespace and IP for the next start.
+#[derive(clap::Args, Debug)]
+pub struct Daemon {}
+
+impl Daemon {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let exec = Executor::new()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("create wasm engine")?
+            .with_cache(config.state_dir.join("cache"));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("create runtime")?;
+        rt.block_on(peapod::daemon::run(config, exec))?;
+        Ok(ExitCode::from(EXIT_OK))
+    }
+}

@@ -1,0 +1,253 @@
+//! The control API: HTTP/1.1 + JSON on the daemon's unix socket. Routes (all under `/v1`):
+//!
+//! | method and path                               | does                                      |
+//! |-----------------------------------------------|-------------------------------------------|
+//! | `GET /v1/healthz`                             | `{"status":"ok"}` once the daemon is up   |
+//! | `GET /v1/pods`                                | every pod, with its containers            |
+//! | `POST /v1/pods` `{"source":PATH,"spec":TOML}` | apply: create, re-create or leave a pod   |
+//! | `GET /v1/pods/{pod}`                          | one pod                                   |
+//! | `DELETE /v1/pods/{pod}`                       | delete a pod created through the API      |
+//! | `POST /v1/pods/{pod}/restart`                 | re-create the pod (new sandbox, new IP)   |
+//! | `POST /v1/pods/{pod}/containers/{c}/restart`  | restart one container in place (same IP)  |
+//! | `GET /v1/pods/{pod}/logs?container=C&tail=N&follow=true` | CRI log lines, text/plain      |
+//! | `POST /v1/reload`                             | re-read the pods directory (as SIGHUP)    |
+//!
+//! Errors are JSON, `{"error": message, "problems": [...]}` (problems for an invalid spec), with
+//! 400 (bad request), 404 (no such pod or container), 409 (conflict: e.g. the pod belongs to a
+//! file), 422 (invalid spec) or 500.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use super::pods::{OpError, Pods};
+use crate::crilog;
+use crate::spec::SpecError;
+
+pub type Shared = Arc<Mutex<Pods>>;
+
+pub fn router(pods: Shared) -> Router {
+    Router::new()
+        .route(
+            "/v1/healthz",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .route(
+            "/v1/version",
+            get(|| async { Json(json!({"version": env!("CARGO_PKG_VERSION")})) }),
+        )
+        .route("/v1/pods", get(list).post(apply))
+        .route("/v1/pods/{pod}", get(inspect).delete(delete))
+        .route("/v1/pods/{pod}/restart", post(restart))
+        .route(
+            "/v1/pods/{pod}/containers/{container}/restart",
+            post(restart_container),
+        )
+        .route("/v1/pods/{pod}/logs", get(logs))
+        .route("/v1/reload", post(reload))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route (see GET /v1/pods)") })
+        .with_state(pods)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+impl IntoResponse for OpError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            OpError::NotFound(_) | OpError::NoContainer { .. } => StatusCode::NOT_FOUND,
+            OpError::Conflict(_) => StatusCode::CONFLICT,
+            OpError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            OpError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let (message, problems): (String, Vec<String>) = match &self {
+            OpError::Invalid(e @ SpecError::Invalid { path, .. }) => (
+                format!("invalid pod spec {}", path.display()),
+                e.to_string().lines().map(str::to_string).collect(),
+            ),
+            _ => (self.to_string(), Vec::new()),
+        };
+        (
+            status,
+            Json(json!({"error": message, "problems": problems})),
+        )
+            .into_response()
+    }
+}
+
+async fn list(State(pods): State<Shared>) -> Response {
+    let pods = pods.lock().await;
+    Json(json!({"pods": pods.views(), "problems": pods.problems()})).into_response()
+}
+
+async fn inspect(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
+    match pods.lock().await.view(&pod) {
+        Some(v) => Json(v).into_response(),
+        None => OpError::NotFound(pod).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ApplyBody {
+    /// The spec file's path on the client's machine: relative module paths are resolved
+    /// against it, and messages name it.
+    source: PathBuf,
+    spec: String,
+}
+
+/// The body is read as JSON whatever its content type says (so `curl -d` works).
+async fn apply(State(pods): State<Shared>, body: axum::body::Bytes) -> Response {
+    let body: ApplyBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "body must be JSON {{\"source\": \"/abs/pod.toml\", \"spec\": \"<toml text>\"}}: {e}"
+                ),
+            );
+        }
+    };
+    if !body.source.is_absolute() {
+        return error(StatusCode::BAD_REQUEST, "source: must be an absolute path");
+    }
+    let mut pods = pods.lock().await;
+    match pods.apply(&body.source, &body.spec).await {
+        Ok((action, view)) => {
+            let status = if action == super::pods::Action::Created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(json!({"action": action, "pod": view}))).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn delete(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
+    match pods.lock().await.delete(&pod).await {
+        Ok(()) => Json(json!({"deleted": pod})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn restart(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
+    match pods.lock().await.restart(&pod).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn restart_container(
+    State(pods): State<Shared>,
+    Path((pod, container)): Path<(String, String)>,
+) -> Response {
+    match pods.lock().await.restart_container(&pod, &container) {
+        Ok(()) => Json(json!({"restarted": format!("{pod}/{container}")})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn reload(State(pods): State<Shared>) -> Response {
+    let problems = pods.lock().await.reload().await;
+    Json(json!({"problems": problems})).into_response()
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    container: Option<String>,
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs(
+    State(pods): State<Shared>,
+    Path(pod): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let path = {
+        let pods = pods.lock().await;
+        let containers = match pods.containers(&pod) {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
+        let container = match (q.container, containers.len()) {
+            (Some(c), _) if containers.contains(&c) => c,
+            (Some(c), _) => {
+                return OpError::NoContainer {
+                    pod,
+                    container: c,
+                    have: containers.join(", "),
+                }
+                .into_response();
+            }
+            (None, 1) => containers[0].clone(),
+            (None, _) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "pod {pod:?} has {} containers ({}): name one, as {pod}/CONTAINER",
+                        containers.len(),
+                        containers.join(", ")
+                    ),
+                );
+            }
+        };
+        pods.log_settings().path(&pod, &container)
+    };
+    // The follower starts at the end now, so nothing between the tail and it is lost or doubled.
+    let follower = q.follow.then(|| crilog::Follower::from_end(&path));
+    let head = match crilog::tail(&path, q.tail) {
+        Ok(lines) => lines,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}: {e}", path.display()),
+            );
+        }
+    };
+    let mut text = String::new();
+    for l in head {
+        text.push_str(&l);
+        text.push('\n');
+    }
+    let body = match follower {
+        None => Body::from(text),
+        Some(f) => {
+            let first = futures::stream::once(async move { Ok::<_, std::io::Error>(text) });
+            let rest = futures::stream::unfold((f, path), |(mut f, path)| async move {
+                loop {
+                    // The pod was deleted (its logs with it): the stream ends.
+                    if !path.parent().is_some_and(|d| d.exists()) {
+                        return None;
+                    }
+                    match f.poll() {
+                        Ok(lines) if !lines.is_empty() => {
+                            let mut chunk = lines.join("\n");
+                            chunk.push('\n');
+                            return Some((Ok(chunk), (f, path)));
+                        }
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(e) => return Some((Err(e), (f, path))),
+                    }
+                }
+            });
+            Body::from_stream(futures::StreamExt::chain(first, rest))
+        }
+    };
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}

@@ -1,0 +1,170 @@
+//! `peapod daemon`: many pods at once, kept equal to the pods directory and to what was applied
+//! through the API, controlled over a unix socket, under systemd.
+//!
+//! Start-up: take the daemon lock, serve the API (requests wait until the pods are up), remove
+//! orphaned sandbox parts, take over the sandboxes the last run left (same namespace, same IP)
+//! and start the pods, then tell systemd `READY=1`. The main loop reloads on SIGHUP and on changes
+//! in the pods directory, and pings the watchdog. SIGTERM/SIGINT: `STOPPING=1`, the modules stop,
+//! the sandboxes stay (a restarted daemon gives every pod its IP back).
+
+pub mod api;
+pub mod pods;
+pub mod store;
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
+use notify::Watcher;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::executor::Executor;
+use pods::Pods;
+
+/// The group that may use the API socket besides root (if it exists).
+pub const SOCKET_GROUP: &str = "peapod";
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let _lock = lock_daemon(&cfg)?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+
+    std::fs::create_dir_all(&cfg.pods_dir)
+        .with_context(|| format!("create {}", cfg.pods_dir.display()))?;
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = changed_tx.send(());
+        }
+    })
+    .context("watch the pods directory")?;
+    watcher
+        .watch(&cfg.pods_dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watch {}", cfg.pods_dir.display()))?;
+
+    let pods = Arc::new(Mutex::new(Pods::new(cfg.clone(), exec)));
+    // Hold the pods while starting them: API requests wait for the start-up to finish.
+    let mut starting = pods.clone().lock_owned().await;
+    let listener = bind(&cfg.socket)?;
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(
+        axum::serve(listener, api::router(pods.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    starting.start_all().await;
+    let count = starting.views().len();
+    drop(starting);
+    Client::new(&cfg.socket)
+        .get("/v1/healthz")
+        .await
+        .context("the API does not answer on its own socket")?;
+    let status = format!("{count} pods; api on {}", cfg.socket.display());
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    tracing::info!("ready in {:.1?}: {status}", t0.elapsed());
+
+    let mut watchdog = watchdog_interval().map(tokio::time::interval);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", cfg.pods_dir.display());
+                pods.lock().await.reload().await;
+            }
+            Some(()) = changed.recv() => {
+                // Editors write in several steps: wait for the directory to settle.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while changed.try_recv().is_ok() {}
+                tracing::info!("{} changed: reloading", cfg.pods_dir.display());
+                pods.lock().await.reload().await;
+            }
+            _ = async { watchdog.as_mut().expect("some").tick().await }, if watchdog.is_some() => {
+                notify(&[NotifyState::Watchdog]);
+            }
+        }
+    }
+    tracing::info!("stopping: modules stop, sandboxes and leases stay");
+    notify(&[NotifyState::Stopping]);
+    drop(watcher);
+    shutdown.cancel();
+    pods.lock().await.stop_all().await;
+    // Streams (logs -f) may keep the server busy: give it a moment, then go.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = std::fs::remove_file(&cfg.socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!("sd_notify: {e}");
+    }
+}
+
+/// Half the watchdog period systemd asked for, if it asked: `WATCHDOG_USEC`, for this process
+/// when `WATCHDOG_PID` names it or is absent (as sd_watchdog_enabled(3) reads them).
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse() != Ok(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+fn lock_daemon(cfg: &Config) -> anyhow::Result<Flock<File>> {
+    std::fs::create_dir_all(&cfg.run_dir)
+        .with_context(|| format!("create {}", cfg.run_dir.display()))?;
+    let path = cfg.run_dir.join("daemon.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        nix::Error::EWOULDBLOCK => anyhow::anyhow!(
+            "another peapod daemon is running with run_dir {} (its lock {} is held)",
+            cfg.run_dir.display(),
+            path.display()
+        ),
+        e => anyhow::anyhow!("lock {}: {e}", path.display()),
+    })
+}
+
+/// Binds the API socket: mode 0660, group `peapod` when that group exists. A socket file left by
+/// a dead daemon is replaced; one a live daemon answers on is not.
+fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{}: another daemon answers on this socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    if let Ok(Some(group)) = nix::unistd::Group::from_name(SOCKET_GROUP) {
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), Some(group.gid))
+            .with_context(|| format!("chown {} to root:{SOCKET_GROUP}", path.display()))?;
+    }
+    Ok(listener)
+}

@@ -1,0 +1,609 @@
+//! The daemon's pods: what should run (the pods directory and the pods created through the API)
+//! and what runs, kept equal.
+//!
+//! A pod is identified by its name. Its *digest* covers its spec text and its modules' bytes: when
+//! either changes, the pod is re-created (new sandbox, new IP). A pod whose start failed stays
+//! listed with its error and is tried again on the next reload.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::store::{Record, Store};
+use crate::config::Config;
+use crate::executor::{Executor, Prepared};
+use crate::pod::{Options, RunningPod};
+use crate::sandbox::{self, Sandbox};
+use crate::spec::{PodSpec, Problem, SpecError};
+use crate::supervisor::{State, Status};
+
+/// Where a pod's spec comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file of the pods directory.
+    File(PathBuf),
+    /// `peapod apply` (kept in the state dir).
+    Api,
+}
+
+/// A validated spec with its compiled modules.
+pub struct Loaded {
+    pub spec: PodSpec,
+    pub modules: Vec<Prepared>,
+    pub digest: String,
+    /// Module bytes, in spec order (stored for API pods).
+    pub bytes: Vec<Vec<u8>>,
+}
+
+/// Reads the modules of `spec`.
+fn read_modules(spec: &PodSpec) -> Result<Vec<Vec<u8>>, SpecError> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for c in &spec.containers {
+        match std::fs::read(&c.module) {
+            Ok(b) => out.push(b),
+            Err(e) => problems.push(spec.problem(
+                c,
+                "module",
+                format!("cannot read {}: {e}", c.module.display()),
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(SpecError::invalid(&spec.source, problems))
+    }
+}
+
+fn digest(text: &str, modules: &[Vec<u8>]) -> String {
+    let mut h = Sha256::new();
+    h.update(Sha256::digest(text.as_bytes()));
+    for m in modules {
+        h.update(Sha256::digest(m));
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A validated spec with its module bytes and digest, not compiled yet.
+pub struct Parsed {
+    pub spec: PodSpec,
+    pub bytes: Vec<Vec<u8>>,
+    pub digest: String,
+}
+
+/// Validates spec text from `source`; `modules` replaces the module paths (stored copies).
+pub fn parse(source: &Path, text: &str, modules: Option<&[PathBuf]>) -> Result<Parsed, SpecError> {
+    let mut spec = PodSpec::parse(source, text)?;
+    if let Some(paths) = modules {
+        if paths.len() != spec.containers.len() {
+            return Err(SpecError::invalid(
+                source,
+                vec![Problem {
+                    line: None,
+                    field: "containers".into(),
+                    message: "stored record does not match its spec".into(),
+                }],
+            ));
+        }
+        for (c, p) in spec.containers.iter_mut().zip(paths) {
+            c.module = p.clone();
+        }
+    }
+    let bytes = read_modules(&spec)?;
+    let digest = digest(text, &bytes);
+    Ok(Parsed {
+        spec,
+        bytes,
+        digest,
+    })
+}
+
+/// Compiles what [`parse`] returned.
+pub fn compile(
+    exec: &Executor,
+    Parsed {
+        spec,
+        bytes,
+        digest,
+    }: Parsed,
+) -> Result<Loaded, SpecError> {
+    let mut modules = Vec::new();
+    let mut problems = Vec::new();
+    for (c, b) in spec.containers.iter().zip(&bytes) {
+        match exec.prepare(&c.module, b) {
+            Ok((m, _)) => modules.push(m),
+            Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(SpecError::invalid(&spec.source, problems));
+    }
+    Ok(Loaded {
+        spec,
+        modules,
+        digest,
+        bytes,
+    })
+}
+
+struct Entry {
+    origin: Origin,
+    spec: PodSpec,
+    modules: Vec<Prepared>,
+    digest: String,
+    created: SystemTime,
+    running: Option<RunningPod>,
+    error: Option<String>,
+}
+
+/// A pod as `ps` and `inspect` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodView {
+    pub name: String,
+    /// running, restarting, succeeded, failed
+    pub status: String,
+    pub ip: Option<Ipv4Addr>,
+    pub netns: Option<PathBuf>,
+    /// `file:<path>` or `api`
+    pub source: String,
+    pub created: String,
+    pub age_seconds: u64,
+    pub restarts: u32,
+    pub containers: Vec<Status>,
+    pub error: Option<String>,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Created,
+    Recreated,
+    Unchanged,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("no pod named {0:?}")]
+    NotFound(String),
+    #[error("pod {pod:?} has no container named {container:?} (it has: {have})")]
+    NoContainer {
+        pod: String,
+        container: String,
+        have: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub struct Pods {
+    cfg: Config,
+    exec: Executor,
+    store: Store,
+    entries: BTreeMap<String, Entry>,
+    /// Problems of the last reload of the pods directory (file -> message).
+    problems: BTreeMap<PathBuf, String>,
+}
+
+impl Pods {
+    pub fn new(cfg: Config, exec: Executor) -> Self {
+        Pods {
+            store: Store::new(&cfg.state_dir),
+            cfg,
+            exec,
+            entries: BTreeMap::new(),
+            problems: BTreeMap::new(),
+        }
+    }
+
+    pub fn log_settings(&self) -> &crate::crilog::LogSettings {
+        &self.cfg.logs
+    }
+
+    /// At daemon start: removes the sandbox parts of pods that are neither in the pods directory
+    /// nor stored (orphans), then starts the stored pods and the directory's, taking over the
+    /// sandboxes they left (same namespace, same IP).
+    pub async fn start_all(&mut self) {
+        let (records, bad) = self.store.load_all();
+        for b in bad {
+            tracing::error!("stored pod: {b}");
+        }
+        let mut keep: BTreeSet<String> = records.iter().map(|(n, _)| n.clone()).collect();
+        for (path, text) in self.pod_files() {
+            if let Ok(Ok(spec)) = text.map(|t| PodSpec::parse(&path, &t)) {
+                keep.insert(spec.name);
+            }
+        }
+        match sandbox::collect_orphans(&self.cfg, &keep).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!("removed orphaned sandbox parts of {}", removed.join(", "))
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("collecting orphans: {e}"),
+        }
+        for (name, r) in records {
+            let loaded =
+                parse(&r.source, &r.text, Some(&r.modules)).and_then(|p| compile(&self.exec, p));
+            match loaded {
+                Ok(l) if l.spec.name == name => self.start(Origin::Api, l).await,
+                Ok(l) => tracing::error!(
+                    "stored pod {name}: its spec names pod {:?}; not started",
+                    l.spec.name
+                ),
+                Err(e) => tracing::error!("stored pod {name}: {e}"),
+            }
+        }
+        self.reload().await;
+    }
+
+    /// The `*.toml` files of the pods directory, sorted, with their text (or why not).
+    fn pod_files(&self) -> Vec<(PathBuf, Result<String, String>)> {
+        let dir = &self.cfg.pods_dir;
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect(),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!("{}: {e}", dir.display());
+                }
+                Vec::new()
+            }
+        };
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|p| {
+                let t = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
+                (p, t)
+            })
+            .collect()
+    }
+
+    /// Makes the running file pods equal to the pods directory. A file that does not validate is
+    /// reported and changes nothing: whatever pod it described keeps running as it was.
+    /// Returns the problems (one message per bad file).
+    pub async fn reload(&mut self) -> Vec<String> {
+        let mut problems: BTreeMap<PathBuf, String> = BTreeMap::new();
+        let mut found: BTreeMap<String, (PathBuf, Parsed)> = BTreeMap::new();
+        for (path, text) in self.pod_files() {
+            let parsed = text
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse(&path, &t, None).map_err(|e| e.to_string()));
+            let p = match parsed {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.insert(path, e);
+                    continue;
+                }
+            };
+            let name = p.spec.name.clone();
+            if let Some((other, _)) = found.get(&name) {
+                let msg = format!(
+                    "{}: pod.name: pod {name:?} is already defined by {}",
+                    path.display(),
+                    other.display()
+                );
+                problems.insert(path, msg);
+            } else if self
+                .entries
+                .get(&name)
+                .is_some_and(|e| e.origin == Origin::Api)
+            {
+                let msg = format!(
+                    "{}: pod.name: pod {name:?} exists already (created with `peapod apply`); delete it first",
+                    path.display()
+                );
+                problems.insert(path, msg);
+            } else {
+                found.insert(name, (path, p));
+            }
+        }
+        // Pods whose file is gone (or now names another pod) go, unless the file is only broken.
+        let gone: Vec<String> = self
+            .entries
+            .iter()
+            .filter_map(|(name, e)| match &e.origin {
+                Origin::File(p) if !problems.contains_key(p) => {
+                    let same = found.get(name).is_some_and(|(fp, _)| fp == p);
+                    (!same).then(|| name.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for name in gone {
+            tracing::info!("pod {name}: its file is gone; deleting");
+            self.remove(&name).await;
+        }
+        for (name, (path, p)) in found {
+            let current = self.entries.get(&name);
+            let unchanged = current.is_some_and(|e| e.digest == p.digest);
+            if unchanged && current.is_some_and(|e| e.running.is_some()) {
+                continue;
+            }
+            match compile(&self.exec, p) {
+                Ok(l) => {
+                    if current.is_some() {
+                        tracing::info!("pod {name}: {} changed; re-creating", path.display());
+                        self.remove(&name).await;
+                    }
+                    self.start(Origin::File(path), l).await;
+                }
+                Err(e) => {
+                    problems.insert(path, e.to_string());
+                }
+            }
+        }
+        for (path, msg) in &problems {
+            tracing::error!("{msg}; pods of {} left as they were", path.display());
+        }
+        let list = problems.values().cloned().collect();
+        self.problems = problems;
+        list
+    }
+
+    /// Starts a pod (taking over a sandbox it left, if any) and registers it, failed or not.
+    async fn start(&mut self, origin: Origin, l: Loaded) {
+        let name = l.spec.name.clone();
+        let opts = Options {
+            sink: None,
+            logs: Some(self.cfg.logs.clone()),
+            linger: true,
+        };
+        let t0 = std::time::Instant::now();
+        let result = match Sandbox::recover(&self.cfg, &name).await {
+            Ok((sandbox, recovered)) => {
+                if recovered {
+                    tracing::info!("pod {name}: recovered its sandbox (ip {})", sandbox.ip);
+                }
+                RunningPod::launch(
+                    sandbox,
+                    t0.elapsed(),
+                    &self.exec,
+                    &l.spec,
+                    l.modules.clone(),
+                    &opts,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("pod {name}: {e}")),
+        };
+        let (running, error) = match result {
+            Ok(p) => (Some(p), None),
+            Err(e) => {
+                tracing::error!("{e}");
+                (None, Some(e))
+            }
+        };
+        self.entries.insert(
+            name,
+            Entry {
+                origin,
+                spec: l.spec,
+                modules: l.modules,
+                digest: l.digest,
+                created: SystemTime::now(),
+                running,
+                error,
+            },
+        );
+    }
+
+    /// Stops a pod and removes its sandbox and logs (not its stored record).
+    async fn remove(&mut self, name: &str) {
+        let Some(e) = self.entries.remove(name) else {
+            return;
+        };
+        match e.running {
+            Some(p) => {
+                if let Err(err) = p.stop().await {
+                    tracing::error!("{err}");
+                }
+            }
+            None => {
+                if let Err(err) = Sandbox::remove(&self.cfg, name).await {
+                    tracing::error!("pod {name}: {err}");
+                }
+            }
+        }
+        if let Err(err) = self.cfg.logs.remove_pod(name) {
+            tracing::warn!("pod {name}: removing logs: {err}");
+        }
+    }
+
+    /// `peapod apply`: creates the pod, re-creates it if its spec or modules changed, or leaves it.
+    pub async fn apply(&mut self, source: &Path, text: &str) -> Result<(Action, PodView), OpError> {
+        let p = parse(source, text, None)?;
+        let name = p.spec.name.clone();
+        let current = self.entries.get(&name);
+        if let Some(Origin::File(f)) = current.map(|e| &e.origin) {
+            return Err(OpError::Conflict(format!(
+                "pod {name:?} is defined by {}; edit that file instead",
+                f.display()
+            )));
+        }
+        if current.is_some_and(|e| e.digest == p.digest && e.running.is_some()) {
+            return Ok((Action::Unchanged, self.view(&name).expect("exists")));
+        }
+        let l = compile(&self.exec, p)?;
+        let stored = l
+            .bytes
+            .iter()
+            .map(|b| self.store.put_module(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| OpError::Failed(format!("storing modules: {e}")))?;
+        self.store
+            .save(
+                &name,
+                &Record {
+                    source: source.to_path_buf(),
+                    text: text.to_string(),
+                    modules: stored.clone(),
+                },
+            )
+            .map_err(|e| OpError::Failed(format!("storing pod: {e}")))?;
+        let action = if self.entries.contains_key(&name) {
+            self.remove(&name).await;
+            Action::Recreated
+        } else {
+            Action::Created
+        };
+        let mut l = l;
+        for (c, p) in l.spec.containers.iter_mut().zip(stored) {
+            c.module = p;
+        }
+        self.start(Origin::Api, l).await;
+        let view = self.view(&name).expect("just started");
+        match &view.error {
+            Some(e) => Err(OpError::Failed(e.clone())),
+            None => Ok((action, view)),
+        }
+    }
+
+    /// `peapod delete`: pods created through the API only (a file's pod goes with its file).
+    pub async fn delete(&mut self, name: &str) -> Result<(), OpError> {
+        match self.entries.get(name).map(|e| &e.origin) {
+            None => Err(OpError::NotFound(name.into())),
+            Some(Origin::File(f)) => Err(OpError::Conflict(format!(
+                "pod {name:?} is defined by {}; remove that file to delete it",
+                f.display()
+            ))),
+            Some(Origin::Api) => {
+                self.store
+                    .remove(name)
+                    .map_err(|e| OpError::Failed(format!("forgetting pod: {e}")))?;
+                self.remove(name).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// `peapod restart POD`: a new sandbox (new IP), the containers from scratch.
+    pub async fn restart(&mut self, name: &str) -> Result<PodView, OpError> {
+        let e = self
+            .entries
+            .remove(name)
+            .ok_or_else(|| OpError::NotFound(name.into()))?;
+        let l = Loaded {
+            spec: e.spec.clone(),
+            modules: e.modules.clone(),
+            digest: e.digest.clone(),
+            bytes: Vec::new(),
+        };
+        let origin = e.origin.clone();
+        self.entries.insert(name.into(), e);
+        self.remove(name).await;
+        self.start(origin, l).await;
+        let view = self.view(name).expect("just started");
+        match &view.error {
+            Some(err) => Err(OpError::Failed(err.clone())),
+            None => Ok(view),
+        }
+    }
+
+    /// `peapod restart POD/CONTAINER`: in place, same namespace and IP.
+    pub fn restart_container(&self, name: &str, container: &str) -> Result<(), OpError> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| OpError::NotFound(name.into()))?;
+        let no_container = || OpError::NoContainer {
+            pod: name.into(),
+            container: container.into(),
+            have: e
+                .spec
+                .containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        if !e.spec.containers.iter().any(|c| c.name == container) {
+            return Err(no_container());
+        }
+        match &e.running {
+            Some(p) if p.restart_container(container) => Ok(()),
+            Some(_) => Err(no_container()),
+            None => Err(OpError::Conflict(format!(
+                "pod {name:?} is not running ({}); restart the pod",
+                e.error.as_deref().unwrap_or("failed")
+            ))),
+        }
+    }
+
+    /// Container names of a pod.
+    pub fn containers(&self, name: &str) -> Result<Vec<String>, OpError> {
+        self.entries
+            .get(name)
+            .map(|e| e.spec.containers.iter().map(|c| c.name.clone()).collect())
+            .ok_or_else(|| OpError::NotFound(name.into()))
+    }
+
+    pub fn view(&self, name: &str) -> Option<PodView> {
+        let e = self.entries.get(name)?;
+        let containers = e.running.as_ref().map(|p| p.statuses()).unwrap_or_default();
+        let status = match (&e.running, &e.error) {
+            (None, _) => "failed",
+            _ if containers.iter().all(|c| c.state == State::Running) => "running",
+            _ if containers.iter().any(|c| c.state == State::Waiting) => "restarting",
+            _ if containers.iter().all(|c| c.state == State::Exited) => {
+                if containers.iter().all(|c| c.exit_code == Some(0)) {
+                    "succeeded"
+                } else {
+                    "failed"
+                }
+            }
+            _ => "running",
+        };
+        let age = SystemTime::now()
+            .duration_since(e.created)
+            .unwrap_or(Duration::ZERO);
+        Some(PodView {
+            name: name.into(),
+            status: status.into(),
+            ip: e.running.as_ref().map(|p| p.ip),
+            netns: e.running.as_ref().map(|p| p.netns_path.clone()),
+            source: match &e.origin {
+                Origin::File(p) => format!("file:{}", p.display()),
+                Origin::Api => "api".into(),
+            },
+            created: humantime::format_rfc3339_seconds(e.created).to_string(),
+            age_seconds: age.as_secs(),
+            restarts: containers.iter().map(|c| c.restarts).sum(),
+            containers,
+            error: e.error.clone(),
+        })
+    }
+
+    pub fn views(&self) -> Vec<PodView> {
+        self.entries.keys().filter_map(|n| self.view(n)).collect()
+    }
+
+    /// Problems of the last reload of the pods directory.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.values().cloned().collect()
+    }
+
+    /// Clean stop of the daemon: the modules stop, the sandboxes stay (same IPs next start).
+    pub async fn stop_all(&mut self) {
+        for (name, e) in std::mem::take(&mut self.entries) {
+            if let Some(p) = e.running
+                && let Err(err) = p.stop_keep_sandbox().await
+            {
+                tracing::error!("pod {name}: {err}");
+            }
+        }
+    }
+}

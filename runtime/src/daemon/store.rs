@@ -1,0 +1,141 @@
+//! Pods created through the API, kept under the state dir so they survive a restart of the daemon:
+//! `<state_dir>/pods/<pod>.json` holds the spec text as applied (and the file it came from, for
+//! messages and relative paths), and each module is copied to `<state_dir>/modules/<sha256>.wasm`
+//! at apply time, so the pod does not depend on the client's files staying put.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::durable;
+
+/// One persisted pod.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// The spec file the client applied (paths in the spec were relative to it).
+    pub source: PathBuf,
+    /// The spec text.
+    pub text: String,
+    /// The stored copy of each container's module, in spec order.
+    pub modules: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pods: PathBuf,
+    modules: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Self {
+        Store {
+            pods: state_dir.join("pods"),
+            modules: state_dir.join("modules"),
+        }
+    }
+
+    fn record_path(&self, pod: &str) -> PathBuf {
+        self.pods.join(format!("{pod}.json"))
+    }
+
+    /// Every stored pod: (name, record), and the files that could not be read (with why).
+    pub fn load_all(&self) -> (Vec<(String, Record)>, Vec<String>) {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        let entries = match std::fs::read_dir(&self.pods) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return (ok, bad),
+            Err(e) => return (ok, vec![format!("{}: {e}", self.pods.display())]),
+        };
+        let mut paths: Vec<_> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            let name = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            match std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => ok.push((name, r)),
+                Err(e) => bad.push(format!("{}: {e}", p.display())),
+            }
+        }
+        (ok, bad)
+    }
+
+    /// Copies module bytes into the store (once per content) and returns the stored path.
+    pub fn put_module(&self, bytes: &[u8]) -> io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.modules)?;
+        let sha: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let path = self.modules.join(format!("{sha}.wasm"));
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
+            durable::write(&path, bytes)?;
+        }
+        Ok(path)
+    }
+
+    pub fn save(&self, pod: &str, record: &Record) -> io::Result<()> {
+        std::fs::create_dir_all(&self.pods)?;
+        let mut bytes = serde_json::to_vec_pretty(record).expect("record serializes");
+        bytes.push(b'\n');
+        durable::write(&self.record_path(pod), &bytes)
+    }
+
+    /// Forgets a pod, then drops module copies no stored pod uses any more.
+    pub fn remove(&self, pod: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.record_path(pod)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let (records, _) = self.load_all();
+        let used: BTreeSet<PathBuf> = records.into_iter().flat_map(|(_, r)| r.modules).collect();
+        if let Ok(entries) = std::fs::read_dir(&self.modules) {
+            for e in entries.flatten() {
+                if !used.contains(&e.path()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_unused_modules_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        let m1 = s.put_module(b"one").unwrap();
+        let m2 = s.put_module(b"two").unwrap();
+        assert_eq!(s.put_module(b"one").unwrap(), m1, "same bytes, same copy");
+        let r = |m: &PathBuf| Record {
+            source: "/x/pod.toml".into(),
+            text: "[pod]\n".into(),
+            modules: vec![m.clone()],
+        };
+        s.save("a", &r(&m1)).unwrap();
+        s.save("b", &r(&m2)).unwrap();
+        std::fs::write(dir.path().join("pods/broken.json"), "{").unwrap();
+        let (ok, bad) = s.load_all();
+        assert_eq!(ok, vec![("a".into(), r(&m1)), ("b".into(), r(&m2))]);
+        assert!(bad.len() == 1 && bad[0].contains("broken.json"), "{bad:?}");
+        s.remove("b").unwrap();
+        assert!(m1.exists() && !m2.exists());
+    }
+}
