@@ -166,12 +166,11 @@ impl Env {
     /// Runs `peapod run SPEC`, which must refuse it as invalid input (exit 2) having created
     /// nothing; returns its stderr.
     pub fn refused(&self, spec: &Path) -> String {
-        let out = self
-            .peapod(&["run", spec.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", spec.display());
+        // Bounded: a spec that is wrongly accepted would run its pod forever.
+        let mut p = self.start(spec);
+        let status = p.wait_exit(Duration::from_secs(120));
+        let stderr = p.output();
+        assert_eq!(status.code(), Some(2), "{}: {stderr}", spec.display());
         assert!(!stderr.contains(" started:"), "{stderr}");
         assert!(
             !self.link_exists(&self.bridge),
