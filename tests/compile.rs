@@ -126,3 +126,28 @@ fn peapod_run_compiles_each_module_once_across_runs() {
     assert!(third.contains("cached/c: module Compiled"), "{third}");
     assert!(run().contains("cached/c: module Cache"));
 }
+
+#[test]
+fn compile_names_the_targets_it_has() {
+    let env = Env::new();
+    let out = env.dir.path().join("x.cwasm");
+    let o = env
+        .peapod(&[
+            "compile",
+            HELLO_P1,
+            "--target",
+            "riscv64gc-unknown-linux-gnu",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--target riscv64gc-unknown-linux-gnu:")
+            && stderr.contains("this peapod compiles for x86_64 and aarch64"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

@@ -152,10 +152,22 @@ pub fn engine_config(target: Option<&str>) -> wasmtime::Result<Config> {
     Ok(config)
 }
 
+/// The architectures `peapod compile --target` builds for: Cranelift's backends in this build
+/// (see `cranelift-codegen` in the workspace Cargo.toml).
+pub const COMPILE_TARGETS: &[&str] = &["x86_64", "aarch64"];
+
 /// Compiles wasm bytes ahead of time for `target` (the host when `None`) into a sealed `.cwasm`.
 pub fn precompile(bytes: &[u8], target: Option<&str>) -> wasmtime::Result<Vec<u8>> {
     use wasmtime::wasmparser::Parser;
-    let engine = Engine::new(&engine_config(target)?)?;
+    let engine = engine_config(target)
+        .and_then(|c| Engine::new(&c))
+        .map_err(|e| match target {
+            Some(t) => wasmtime::Error::msg(format!(
+                "--target {t}: {e}; this peapod compiles for {}",
+                COMPILE_TARGETS.join(" and ")
+            )),
+            None => e,
+        })?;
     let artifact = if Parser::is_component(bytes) {
         engine.precompile_component(bytes)?
     } else if Parser::is_core_wasm(bytes) {
