@@ -9,13 +9,22 @@ use std::path::Path;
 
 use common::*;
 
-fn compile(env: &Env, module: &str, out: &Path, target: Option<&str>) {
+/// Runs `peapod compile`; returns its exit code and stderr.
+fn try_compile(env: &Env, module: &str, out: &Path, target: Option<&str>) -> (Option<i32>, String) {
     let mut args = vec!["compile", module, "-o", out.to_str().unwrap()];
     if let Some(t) = target {
         args.extend(["--target", t]);
     }
     let o = env.peapod(&args).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn compile(env: &Env, module: &str, out: &Path, target: Option<&str>) {
+    let (code, stderr) = try_compile(env, module, out, target);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 fn spec_for(env: &Env, file: &str, pod: &str, module: &Path, args: &str) -> std::path::PathBuf {
@@ -131,19 +140,8 @@ fn peapod_run_compiles_each_module_once_across_runs() {
 fn compile_names_the_targets_it_has() {
     let env = Env::new();
     let out = env.dir.path().join("x.cwasm");
-    let o = env
-        .peapod(&[
-            "compile",
-            HELLO_P1,
-            "--target",
-            "riscv64gc-unknown-linux-gnu",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = try_compile(&env, HELLO_P1, &out, Some("riscv64gc-unknown-linux-gnu"));
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("--target riscv64gc-unknown-linux-gnu:")
             && stderr.contains("this peapod compiles for x86_64 and aarch64"),
