@@ -125,13 +125,16 @@ fn peapod_run_compiles_each_module_once_across_runs() {
     let second = run();
     assert!(second.contains("cached/c: module Cache"), "{second}");
 
-    // A damaged entry is ignored (and replaced), never run.
+    // A damaged entry fails its MAC: it is dropped (and replaced), never run.
     let entry = entries[0].path();
     let mut b = std::fs::read(&entry).unwrap();
     b[100] ^= 0xff;
     std::fs::write(&entry, b).unwrap();
     let third = run();
-    assert!(third.contains("ignoring compile cache entry"), "{third}");
+    assert!(
+        third.contains("modified after it was written") && third.contains("compiling again"),
+        "{third}"
+    );
     assert!(third.contains("cached/c: module Compiled"), "{third}");
     assert!(run().contains("cached/c: module Cache"));
 }

@@ -19,27 +19,6 @@ fn inode(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()
 }
 
-/// One raw HTTP/1.1 request on the API socket, as curl --unix-socket sends it: (status, body).
-fn raw_api(env: &Env, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut c = std::os::unix::net::UnixStream::connect(env.socket()).unwrap();
-    write!(
-        c,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    c.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
-}
-
 /// Waits until nothing answers on `addr` any more (the pod or its module is gone).
 fn wait_gone(addr: SocketAddr) {
     eventually(Duration::from_secs(30), &format!("{addr} gone"), || {

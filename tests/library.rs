@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::*;
 use peapod::executor::Executor;
-use peapod::pod::{self, RunningPod};
+use peapod::pod::RunningPod;
 use peapod::spec::PodSpec;
 
 fn netns_inode(path: impl AsRef<Path>) -> Option<u64> {
@@ -48,7 +48,13 @@ async fn pod_threads_live_in_the_pod_namespace_and_end_with_it() {
     )
     .unwrap();
     let exec = Executor::new().unwrap();
-    let modules = pod::compile(&exec, &spec).unwrap();
+    let modules = peapod::loader::load(
+        &exec,
+        &spec,
+        peapod::module_file::DEFAULT_MAX_MODULE_SIZE,
+        peapod::module_file::Caller::myself(),
+    )
+    .unwrap();
     let host = netns_inode("/proc/thread-self/ns/net").unwrap();
 
     let pod = RunningPod::start(&env.config(), &exec, &spec, modules)

@@ -90,7 +90,12 @@ impl Ctx {
     }
 
     fn compile(&self, spec: &PodSpec) -> Result<Vec<Prepared>> {
-        Ok(peapod::pod::compile(&self.exec, spec)?)
+        Ok(peapod::loader::load(
+            &self.exec,
+            spec,
+            peapod::module_file::DEFAULT_MAX_MODULE_SIZE,
+            peapod::module_file::Caller::myself(),
+        )?)
     }
 
     async fn start(

@@ -16,6 +16,12 @@
 //! max_size = "10MiB"             # rotate a container's log past this size
 //! max_files = 5                  # files kept per container
 //! level = "info"                 # the daemon's own log level (PEAPOD_LOG wins)
+//! [limits]
+//! max_module_size = "64MiB"      # a module file larger than this is refused
+//! open_files = 1024              # open sockets/files/streams per container (spec:
+//!                                # open_files_limit wins)
+//! api_connections = 128          # concurrent API connections (the oldest idle one is
+//!                                # closed for a new one)
 //! ```
 
 use std::net::Ipv4Addr;
@@ -25,6 +31,8 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::crilog::LogSettings;
+use crate::limits::DEFAULT_OPEN_FILES;
+use crate::module_file::DEFAULT_MAX_MODULE_SIZE;
 
 pub const DEFAULT_CONFIG: &str = "/etc/peapod/peapod.toml";
 pub const DEFAULT_RUN_DIR: &str = "/run/peapod";
@@ -51,6 +59,31 @@ pub struct Config {
     pub logs: LogSettings,
     /// The daemon's log level (a tracing filter), unless PEAPOD_LOG is set.
     pub log_level: String,
+    pub limits: Limits,
+}
+
+/// Bounds on what pods and API clients may take (see [`crate::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest module file read.
+    pub max_module_size: u64,
+    /// Default cap on a container's open WASI handles.
+    pub open_files: usize,
+    /// Concurrent connections to the API.
+    pub api_connections: usize,
+}
+
+/// Default cap on concurrent API connections.
+pub const DEFAULT_API_CONNECTIONS: usize = 128;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_module_size: DEFAULT_MAX_MODULE_SIZE,
+            open_files: DEFAULT_OPEN_FILES,
+            api_connections: DEFAULT_API_CONNECTIONS,
+        }
+    }
 }
 
 impl Default for Config {
@@ -68,6 +101,7 @@ impl Default for Config {
                 max_files: DEFAULT_LOG_MAX_FILES,
             },
             log_level: "info".into(),
+            limits: Limits::default(),
         }
     }
 }
@@ -95,6 +129,16 @@ struct RawConfig {
     network: RawNetwork,
     #[serde(default)]
     logs: RawLogs,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_module_size: Option<Size>,
+    open_files: Option<usize>,
+    api_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -201,13 +245,31 @@ impl Config {
             .clone()
             .or(raw.state_dir)
             .unwrap_or(d.state_dir);
-        let max_size = match raw.logs.max_size {
-            None => DEFAULT_LOG_MAX_SIZE,
-            Some(Size::Bytes(n)) => n,
-            Some(Size::Text(t)) => {
-                parse_size(&t).map_err(|m| invalid(format!("logs.max_size: {m}")))?
-            }
+        let size = |v: Option<Size>, default: u64, field: &str| match v {
+            None => Ok(default),
+            Some(Size::Bytes(n)) => Ok(n),
+            Some(Size::Text(t)) => parse_size(&t).map_err(|m| invalid(format!("{field}: {m}"))),
         };
+        let max_size = size(raw.logs.max_size, DEFAULT_LOG_MAX_SIZE, "logs.max_size")?;
+        let dl = Limits::default();
+        let limits = Limits {
+            max_module_size: size(
+                raw.limits.max_module_size,
+                dl.max_module_size,
+                "limits.max_module_size",
+            )?,
+            open_files: raw.limits.open_files.unwrap_or(dl.open_files),
+            api_connections: raw.limits.api_connections.unwrap_or(dl.api_connections),
+        };
+        for (field, v) in [
+            ("limits.max_module_size", limits.max_module_size),
+            ("limits.open_files", limits.open_files as u64),
+            ("limits.api_connections", limits.api_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("{field}: must be at least 1")));
+            }
+        }
         let max_files = raw.logs.max_files.unwrap_or(DEFAULT_LOG_MAX_FILES);
         if max_files == 0 {
             return Err(invalid(
@@ -237,6 +299,7 @@ impl Config {
                 max_files,
             },
             log_level,
+            limits,
             run_dir,
             state_dir,
             bridge,
@@ -333,10 +396,20 @@ mod tests {
             load("[logs]\nmax_size = 4096\n").unwrap().logs.max_size,
             4096
         );
+        let l = load("[limits]\nmax_module_size = \"8MiB\"\nopen_files = 50\n")
+            .unwrap()
+            .limits;
+        assert_eq!((l.max_module_size, l.open_files), (8 << 20, 50));
+        assert_eq!(load("").unwrap().limits, Limits::default());
         for (bad, field) in [
             ("[logs]\nmax_size = \"10 parsecs\"\n", "logs.max_size"),
             ("[logs]\nmax_files = 0\n", "logs.max_files"),
             ("[logs]\nlevel = \"loud=[\"\n", "logs.level"),
+            (
+                "[limits]\nmax_module_size = \"big\"\n",
+                "limits.max_module_size",
+            ),
+            ("[limits]\nopen_files = 0\n", "limits.open_files"),
         ] {
             let e = load(bad).unwrap_err().to_string();
             assert!(e.contains(field) && e.contains("peapod.toml"), "{e}");

@@ -6,7 +6,7 @@
 //! works for exited containers; deleting the pod removes them.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -148,33 +148,99 @@ pub fn parse(line: &str) -> Option<Record<'_>> {
     })
 }
 
+/// A piece of one log file to send: its open file and a byte range.
+#[derive(Debug)]
+pub struct Span {
+    pub file: File,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Chunk size for reading log files (memory per reader stays about this).
+pub const CHUNK: usize = 64 * 1024;
+
 /// The last `n` records of a container (every record when `n` is `None`), oldest first, across
-/// its rotated files.
-pub fn tail(path: &Path, n: Option<usize>) -> io::Result<Vec<String>> {
+/// its rotated files, as spans of the files to stream from disk: finding them reads backwards
+/// in [`CHUNK`]s, so memory stays bounded whatever the files' size. The files are opened now
+/// and their lengths taken now: a rotation while the spans are sent does not disturb them.
+pub fn tail_spans(path: &Path, n: Option<usize>) -> io::Result<Vec<Span>> {
     let mut files = vec![path.to_path_buf()];
     let mut i = 1;
     while rotated(path, i).exists() {
         files.push(rotated(path, i));
         i += 1;
     }
-    let mut out: Vec<String> = Vec::new();
+    let mut spans = Vec::new();
+    let mut wanted = n;
     for f in files {
-        if n.is_some_and(|n| out.len() >= n) {
+        if wanted == Some(0) {
             break;
         }
-        let lines = match File::open(&f) {
-            Ok(file) => BufReader::new(file)
-                .lines()
-                .collect::<io::Result<Vec<_>>>()?,
+        let mut file = match File::open(&f) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let take = n.map_or(lines.len(), |n| (n - out.len()).min(lines.len()));
-        let mut older: Vec<String> = lines[lines.len() - take..].to_vec();
-        older.append(&mut out);
-        out = older;
+        let end = file.metadata()?.len();
+        let start = match wanted {
+            None => 0,
+            Some(k) => {
+                let (start, lines) = start_of_last_lines(&mut file, end, k)?;
+                wanted = Some(k - lines);
+                start
+            }
+        };
+        spans.push(Span { file, start, end });
     }
-    Ok(out)
+    spans.reverse();
+    Ok(spans)
+}
+
+/// Where the last `n` lines of the first `len` bytes of `file` begin, and how many lines that
+/// is (fewer than `n` when the file holds fewer: then the offset is 0).
+fn start_of_last_lines(file: &mut File, len: u64, n: usize) -> io::Result<(u64, usize)> {
+    if len == 0 || n == 0 {
+        return Ok((len, 0));
+    }
+    let mut buf = vec![0u8; CHUNK];
+    // The newline that ends the last line does not start a line.
+    let mut pos = len;
+    let mut skip_last = true;
+    let mut newlines = 0;
+    while pos > 0 {
+        let from = pos.saturating_sub(CHUNK as u64);
+        let chunk = &mut buf[..(pos - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(chunk)?;
+        for (i, b) in chunk.iter().enumerate().rev() {
+            if *b != b'\n' {
+                continue;
+            }
+            if skip_last && from + i as u64 == len - 1 {
+                skip_last = false;
+                continue;
+            }
+            newlines += 1;
+            if newlines == n {
+                return Ok((from + i as u64 + 1, n));
+            }
+        }
+        pos = from;
+    }
+    Ok((0, newlines + 1))
+}
+
+/// The last `n` records as lines, read whole (for tests and small files).
+pub fn tail(path: &Path, n: Option<usize>) -> io::Result<Vec<String>> {
+    let mut text = Vec::new();
+    for mut s in tail_spans(path, n)? {
+        s.file.seek(SeekFrom::Start(s.start))?;
+        (&mut s.file).take(s.end - s.start).read_to_end(&mut text)?;
+    }
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 /// Reads what is appended to a log file from a position on, across rotations.
@@ -291,8 +357,32 @@ mod tests {
         let mut sorted = texts.clone();
         sorted.sort();
         assert_eq!(texts, sorted);
-        let last5: Vec<_> = tail(&path, Some(5)).unwrap();
-        assert_eq!(last5, all[all.len() - 5..].to_vec());
+        // Every count, across file boundaries, matches the end of the whole.
+        for k in 0..=all.len() + 2 {
+            let got = tail(&path, Some(k)).unwrap();
+            assert_eq!(got, all[all.len().saturating_sub(k)..].to_vec(), "tail {k}");
+        }
+    }
+
+    #[test]
+    fn last_lines_of_files_larger_than_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.log");
+        let lines: Vec<String> = (0..20_000)
+            .map(|i| format!("{i:08} {}", "x".repeat(i % 13)))
+            .collect();
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        for k in [1, 2, 5000, 19_999, 20_000, 25_000] {
+            let got = tail(&p, Some(k)).unwrap();
+            assert_eq!(
+                got,
+                lines[20_000usize.saturating_sub(k)..].to_vec(),
+                "tail {k}"
+            );
+        }
+        // A last line without its newline still counts as a line.
+        std::fs::write(&p, "a\nb\nc").unwrap();
+        assert_eq!(tail(&p, Some(2)).unwrap(), ["b", "c"]);
     }
 
     #[test]

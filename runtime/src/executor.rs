@@ -8,7 +8,12 @@
 //!
 //! What a container is granted (see [`RunSpec`]): its declared args and env, TCP and UDP on any
 //! address and name lookup (the pod's network namespace is its boundary), stdout and stderr into
-//! the log. Nothing else: no files, no host environment, no stdin.
+//! the log. Nothing else: no files, no host environment, no stdin. What it may grow (memory,
+//! tables, instances, open handles) is bounded per run: see [`crate::limits`].
+//!
+//! Precompiled code is native code: [`Executor::prepare`] loads a `.cwasm` only when the caller
+//! says root vouches for the file (`trusted`), and the compile cache only entries that carry its
+//! key's MAC.
 //!
 //! Fairness: the engine's epoch is ticked every [`EPOCH_TICK`] by a background thread and every
 //! store yields to the async runtime at each tick, so a module in a busy loop cannot starve its
@@ -18,13 +23,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstancePre, Module, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::component::{Component, Linker, ResourceTable, ResourceTableError};
+use wasmtime::{Config, Engine, InstancePre, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::artifact::{self, Cache};
+use crate::limits::{LimitReached, Limiter};
 use crate::logs::{ContainerLog, Stream};
 
 /// How often a running module yields to its siblings.
@@ -66,11 +72,31 @@ pub enum Outcome {
     Exited(i32),
     /// Trapped (or failed to instantiate): the message.
     Trapped(String),
+    /// Ended because it hit one of its limits (memory, tables, open files).
+    Limit(LimitReached),
 }
 
 impl Outcome {
     pub fn success(&self) -> bool {
         *self == Outcome::Exited(0)
+    }
+
+    /// Kubernetes' word for how the run ended: Completed, Error, Trapped, OOMKilled or
+    /// LimitReached.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Outcome::Exited(0) => "Completed",
+            Outcome::Exited(_) => "Error",
+            Outcome::Trapped(_) => "Trapped",
+            Outcome::Limit(l) => l.reason(),
+        }
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Outcome::Exited(c) => Some(*c),
+            _ => None,
+        }
     }
 }
 
@@ -79,6 +105,7 @@ impl std::fmt::Display for Outcome {
         match self {
             Outcome::Exited(c) => write!(f, "exited with code {c}"),
             Outcome::Trapped(m) => write!(f, "trapped: {m}"),
+            Outcome::Limit(l) => write!(f, "{l}"),
         }
     }
 }
@@ -90,7 +117,10 @@ pub struct RunSpec {
     pub name: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Bytes of linear memory and tables, all together.
     pub memory_limit: u64,
+    /// Open WASI handles (sockets, files, streams).
+    pub open_files: usize,
     pub log: ContainerLog,
 }
 
@@ -115,7 +145,7 @@ impl Prepared {
 pub struct P2State {
     ctx: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
 }
 
 impl WasiView for P2State {
@@ -129,7 +159,7 @@ impl WasiView for P2State {
 
 pub struct P1State {
     ctx: WasiP1Ctx,
-    limits: StoreLimits,
+    limits: Limiter,
 }
 
 /// The engine and the linkers, shared by every pod of the process.
@@ -207,9 +237,14 @@ impl Executor {
         })
     }
 
-    /// Keeps compiled modules in `dir` across runs of the process.
-    pub fn with_cache(mut self, dir: PathBuf) -> Self {
-        self.cache = Some(Cache::new(dir, &self.engine));
+    /// Keeps compiled modules in `<state_dir>/cache` across runs of the process, authenticated
+    /// with the key in `<state_dir>/cache.key`.
+    pub fn with_cache(mut self, state_dir: &Path) -> Self {
+        self.cache = Some(Cache::new(
+            state_dir.join("cache"),
+            &state_dir.join("cache.key"),
+            &self.engine,
+        ));
         self
     }
 
@@ -217,23 +252,29 @@ impl Executor {
         &self.engine
     }
 
-    /// Reads, compiles (or loads precompiled code) and links a module file.
-    pub fn load(&self, path: &Path) -> Result<(Prepared, Source), LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.into(),
-            source,
-        })?;
-        self.prepare(path, &bytes)
-    }
-
-    /// Compiles and links module bytes, or loads a `.cwasm` (`path` is for messages).
-    pub fn prepare(&self, path: &Path, bytes: &[u8]) -> Result<(Prepared, Source), LoadError> {
+    /// Compiles and links module bytes, or loads a `.cwasm` (`path` is for messages) when
+    /// `trusted` (root vouches for the file: see [`crate::module_file`]).
+    pub fn prepare(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        trusted: bool,
+    ) -> Result<(Prepared, Source), LoadError> {
         use wasmtime::wasmparser::Parser;
         let precompiled = |message: String| LoadError::Precompiled {
             path: path.into(),
             message,
         };
         if artifact::is_sealed(bytes) {
+            if !trusted {
+                return Err(precompiled(
+                    "refused: precompiled code runs as native code in the daemon, so it is \
+                     loaded only from a file that root owns in a directory that root owns, \
+                     neither writable by others (or when root applies the pod); give the .wasm \
+                     instead"
+                        .into(),
+                ));
+            }
             let code = artifact::unseal(bytes).map_err(|e| precompiled(e.to_string()))?;
             let p = self.deserialize(path, code).map_err(|e| {
                 precompiled(format!(
@@ -252,12 +293,9 @@ impl Executor {
         }
         let entry = self.cache.as_ref().map(|c| c.entry(bytes));
         if let (Some(cache), Some(entry)) = (&self.cache, &entry)
-            && let Some(sealed) = cache.get(entry)
+            && let Some(code) = cache.get(entry)
         {
-            match artifact::unseal(&sealed)
-                .map_err(wasmtime::Error::from)
-                .and_then(|code| self.deserialize(path, code))
-            {
+            match self.deserialize(path, &code) {
                 Ok(p) => return Ok((p, Source::Cache)),
                 Err(e) => tracing::warn!("{}: ignoring compile cache entry: {e}", entry.display()),
             }
@@ -291,9 +329,10 @@ impl Executor {
 
     fn deserialize(&self, path: &Path, code: &[u8]) -> wasmtime::Result<Prepared> {
         let link = |e: LoadError| wasmtime::Error::msg(e.to_string());
-        // SAFETY: `code` passed peapod's integrity check, so it is exactly what wasmtime wrote
-        // (`peapod compile` or this cache); wasmtime itself refuses artifacts of another target,
-        // version or engine configuration.
+        // SAFETY: `code` is what wasmtime wrote: either a cache entry whose MAC (under a key
+        // only root can read) checked out, or a `.cwasm` whose checksum checked out and whose
+        // file root vouches for (`prepare` refuses it otherwise). wasmtime itself refuses
+        // artifacts of another target, version or engine configuration.
         match Engine::detect_precompiled(code) {
             Some(wasmtime::Precompiled::Component) => {
                 let c = unsafe { Component::deserialize(&self.engine, code)? };
@@ -342,14 +381,14 @@ impl Executor {
             .allow_udp(true)
             .allow_ip_name_lookup(true)
             .inherit_network();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(spec.memory_limit).unwrap_or(usize::MAX))
-            .build();
+        let limits = Limiter::new(spec.memory_limit);
         let result = match module {
             Prepared::Component(pre) => {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(spec.open_files);
                 let state = P2State {
                     ctx: wasi.build(),
-                    table: ResourceTable::new(),
+                    table,
                     limits,
                 };
                 let mut store = self.store(state, |s| &mut s.limits);
@@ -363,10 +402,9 @@ impl Executor {
                 }
             }
             Prepared::Core(pre) => {
-                let state = P1State {
-                    ctx: wasi.build_p1(),
-                    limits,
-                };
+                let mut ctx = wasi.build_p1();
+                ctx.ctx().table.set_max_capacity(spec.open_files);
+                let state = P1State { ctx, limits };
                 let mut store = self.store(state, |s| &mut s.limits);
                 match pre.instantiate_async(&mut store).await {
                     Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
@@ -379,14 +417,11 @@ impl Executor {
         };
         match result {
             Ok(code) => Outcome::Exited(code),
-            Err(e) => match e.downcast_ref::<I32Exit>() {
-                Some(exit) => Outcome::Exited(exit.0),
-                None => Outcome::Trapped(first_line(&e)),
-            },
+            Err(e) => classify(&e, spec),
         }
     }
 
-    fn store<T: 'static>(&self, state: T, limits: fn(&mut T) -> &mut StoreLimits) -> Store<T> {
+    fn store<T: 'static>(&self, state: T, limits: fn(&mut T) -> &mut Limiter) -> Store<T> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(move |s| limits(s) as &mut dyn wasmtime::ResourceLimiter);
         store.set_epoch_deadline(1);
@@ -395,15 +430,42 @@ impl Executor {
     }
 }
 
-/// The error's message without wasmtime's backtrace: the trap itself when there is one.
+/// How a run that returned an error ended: an exit, a limit, or a trap with its reason.
+fn classify(e: &wasmtime::Error, spec: &RunSpec) -> Outcome {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return Outcome::Exited(exit.0);
+    }
+    if let Some(limit) = e.downcast_ref::<LimitReached>() {
+        return Outcome::Limit(limit.clone());
+    }
+    if matches!(e.downcast_ref(), Some(ResourceTableError::Full)) {
+        return Outcome::Limit(LimitReached::OpenFiles(spec.open_files));
+    }
+    Outcome::Trapped(first_line(e))
+}
+
+/// The error's message without wasmtime's backtrace: the trap itself when there is one, else
+/// every cause in the chain (WASI's own errors, such as "unpermitted: argument exceeds
+/// permitted size", are causes behind a backtrace context).
 fn first_line(e: &wasmtime::Error) -> String {
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => trap.to_string(),
-        None => format!("{e:#}")
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return trap.to_string();
+    }
+    let parts: Vec<String> = e
+        .chain()
+        .filter_map(|c| {
+            let s = c.to_string();
+            let line = s
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())?
+                .to_string();
+            (!line.starts_with("error while executing at wasm backtrace")).then_some(line)
+        })
+        .collect();
+    if parts.is_empty() {
+        "error without a message".into()
+    } else {
+        parts.join(": ")
     }
 }

@@ -6,7 +6,9 @@
 //! - [`sandbox`] (the pause role): pinned namespace ([`netns`]), veth, lease ([`ipam`]),
 //!   routes, all through [`net`] (rtnetlink).
 //! - [`executor`]: the wasmtime engine, compiled modules, one store per run; [`artifact`]:
-//!   precompiled `.cwasm` files and the compile cache.
+//!   precompiled `.cwasm` files and the compile cache; [`limits`]: what a run may grow;
+//!   [`module_file`]: reading untrusted files (regular, capped, with the caller's rights);
+//!   [`loader`]: a pod's modules read and compiled.
 //! - [`supervisor`]: restart policy and backoff of one container.
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
 //! - [`logs`]: container output into the log; [`crilog`]: CRI-format log files with rotation.
@@ -20,7 +22,10 @@ pub mod daemon;
 pub mod durable;
 pub mod executor;
 pub mod ipam;
+pub mod limits;
+pub mod loader;
 pub mod logs;
+pub mod module_file;
 pub mod net;
 pub mod netns;
 pub mod pod;

@@ -18,31 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::crilog::LogSettings;
 use crate::executor::{Executor, Prepared, RunSpec};
+use crate::limits::DEFAULT_OPEN_FILES;
 use crate::logs::{ContainerLog, LogSink};
 use crate::netns;
 use crate::sandbox::{Sandbox, SandboxError};
-use crate::spec::{PodSpec, SpecError};
+use crate::spec::PodSpec;
 use crate::supervisor::{Control, Final, Status, supervise};
-
-/// Compiles every module of `spec`. All problems are reported at once, as spec problems.
-pub fn compile(exec: &Executor, spec: &PodSpec) -> Result<Vec<Prepared>, SpecError> {
-    let mut modules = Vec::new();
-    let mut problems = Vec::new();
-    for c in &spec.containers {
-        match exec.load(&c.module) {
-            Ok((m, source)) => {
-                tracing::debug!("{}/{}: module {:?}", spec.name, c.name, source);
-                modules.push(m)
-            }
-            Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
-        }
-    }
-    if problems.is_empty() {
-        Ok(modules)
-    } else {
-        Err(SpecError::invalid(&spec.source, problems))
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -72,6 +53,8 @@ pub struct Options {
     /// Containers that ended for good wait for a restart request instead of ending the pod (the
     /// daemon keeps pods until they are deleted).
     pub linger: bool,
+    /// Open-handle cap of containers whose spec sets none (`limits.open_files`).
+    pub open_files: Option<usize>,
 }
 
 /// A pod whose containers are running.
@@ -137,6 +120,7 @@ impl RunningPod {
                 })?;
         let opts = Options {
             sink,
+            open_files: Some(cfg.limits.open_files),
             ..Options::default()
         };
         Self::launch(sandbox, t0.elapsed(), exec, spec, modules, &opts).await
@@ -175,6 +159,10 @@ impl RunningPod {
                 args: c.args.clone(),
                 env: c.env.clone(),
                 memory_limit: c.memory_limit,
+                open_files: c
+                    .open_files
+                    .or(opts.open_files)
+                    .unwrap_or(DEFAULT_OPEN_FILES),
                 log,
             };
             let control = Control::new(&c.name, opts.linger);
@@ -339,6 +327,10 @@ where
     let for_blocking = fd.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Check for I/O after every task poll, not every 61st: a module that never yields on its
+        // own is still preempted at each epoch tick (10 ms), and with the default interval its
+        // siblings' sockets would wait 61 such slices (~600 ms) to be polled.
+        .event_interval(1)
         .on_thread_start(move || {
             // A blocking thread outside the pod would open sockets on the host: refuse to go on.
             if let Err(e) = netns::enter(&*for_blocking) {

@@ -11,6 +11,8 @@
 //! args = ["--port", "8080"]    # optional: argv[1..]
 //! env = { PORT = "8080" }      # optional
 //! restart_policy = "OnFailure" # optional override
+//! memory_limit_mib = 128       # optional: all linear memories and tables together
+//! open_files_limit = 1024      # optional: open sockets, files and streams [default: config]
 //! ```
 //!
 //! Every problem is reported as `file:line: field: what is wrong`, and all problems of a file are
@@ -52,6 +54,14 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// The shortest delay between two runs of a container: a module that exits at once cannot
+/// restart more than 100 times a second (a lower `initial` or `max` is raised to this, with a
+/// warning).
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+
+/// The largest `memory_limit_mib`: 64 GiB (a 32-bit wasm memory holds at most 4 GiB).
+pub const MAX_MEMORY_LIMIT_MIB: u64 = 64 << 10;
+
 /// Exponential backoff between restarts of one container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
@@ -85,6 +95,9 @@ pub struct PodSpec {
     pub restart_policy: RestartPolicy,
     pub backoff: Backoff,
     pub containers: Vec<ContainerSpec>,
+    /// Values that were accepted but changed (e.g. a backoff raised to [`MIN_BACKOFF`]), in the
+    /// form of problems: whoever loads the spec shows them.
+    pub warnings: Vec<Problem>,
 }
 
 /// One container (WASI module) of a pod, with the pod's defaults applied.
@@ -99,8 +112,10 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub restart_policy: RestartPolicy,
-    /// Cap on the linear memories and tables of the container's store, in bytes.
+    /// Cap on the linear memories and tables of a run, all together, in bytes.
     pub memory_limit: u64,
+    /// Cap on a run's open WASI handles; `None`: the runtime's default.
+    pub open_files: Option<usize>,
     /// Index in the file's `[[containers]]` list.
     pub index: usize,
 }
@@ -193,6 +208,7 @@ struct RawContainer {
     env: BTreeMap<String, String>,
     restart_policy: Option<RestartPolicy>,
     memory_limit_mib: Option<u64>,
+    open_files_limit: Option<usize>,
 }
 
 /// Is `s` a DNS-1123 label (what Kubernetes requires of pod and container names)?
@@ -212,9 +228,13 @@ const NAME_RULE: &str = "must be a DNS-1123 label: 1-63 characters of a-z, 0-9 a
 impl PodSpec {
     /// Reads and validates a spec file. Module files are not read here.
     pub fn load(path: &Path) -> Result<PodSpec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        use crate::module_file::{Caller, ReadError, read_text};
+        let text = read_text(path, Caller::myself()).map_err(|e| SpecError::Read {
             path: path.to_path_buf(),
-            source,
+            source: match e {
+                ReadError::Io { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            },
         })?;
         PodSpec::parse(path, &text)
     }
@@ -276,6 +296,23 @@ impl PodSpec {
                 }
             }
         }
+        let mut warnings = Vec::new();
+        for (field, slot) in [("initial", &mut backoff.initial), ("max", &mut backoff.max)] {
+            if *slot < MIN_BACKOFF {
+                let keys = [Key::F("pod"), Key::F("restart_backoff"), Key::F(field)];
+                warnings.push(Problem {
+                    line: line_of(&keys),
+                    field: render_keys(&keys),
+                    message: format!(
+                        "{} is below the floor of {}; using {}",
+                        humantime::format_duration(*slot),
+                        humantime::format_duration(MIN_BACKOFF),
+                        humantime::format_duration(MIN_BACKOFF)
+                    ),
+                });
+                *slot = MIN_BACKOFF;
+            }
+        }
         if backoff.initial > backoff.max {
             problem(
                 &[Key::F("pod"), Key::F("restart_backoff"), Key::F("initial")],
@@ -317,8 +354,19 @@ impl PodSpec {
                     );
                 }
             }
-            if c.memory_limit_mib == Some(0) {
-                problem(&at("memory_limit_mib"), "must be at least 1".into());
+            match c.memory_limit_mib {
+                Some(0) => problem(&at("memory_limit_mib"), "must be at least 1".into()),
+                Some(m) if m > MAX_MEMORY_LIMIT_MIB => problem(
+                    &at("memory_limit_mib"),
+                    format!("{m} is over the largest limit, {MAX_MEMORY_LIMIT_MIB} (64 GiB)"),
+                ),
+                _ => {}
+            }
+            if c.open_files_limit == Some(0) {
+                problem(
+                    &at("open_files_limit"),
+                    "must be at least 1 (stdout and stderr are handles too)".into(),
+                );
             }
             containers.push(ContainerSpec {
                 module: dir.join(&c.module),
@@ -327,7 +375,12 @@ impl PodSpec {
                 args: c.args,
                 env: c.env.into_iter().collect(),
                 restart_policy: c.restart_policy.unwrap_or(raw.pod.restart_policy),
-                memory_limit: c.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB) << 20,
+                memory_limit: c
+                    .memory_limit_mib
+                    .unwrap_or(DEFAULT_MEMORY_LIMIT_MIB)
+                    .min(MAX_MEMORY_LIMIT_MIB)
+                    << 20,
+                open_files: c.open_files_limit,
                 index: i,
             });
         }
@@ -341,7 +394,16 @@ impl PodSpec {
             restart_policy: raw.pod.restart_policy,
             backoff,
             containers,
+            warnings,
         })
+    }
+
+    /// The warnings, one line each, as `file:line: field: message`.
+    pub fn warning_lines(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|w| format!("{}:{w}", self.source.display()))
+            .collect()
     }
 
     /// A problem with one field of a container, found after parsing (e.g. its module does not
@@ -551,6 +613,44 @@ memory_limit_mib = 16
             .unwrap_err();
         assert_eq!(p[0].field, "pod.restart_backoff.initial");
         assert_eq!(p[0].line, Some(4));
+    }
+
+    #[test]
+    fn backoff_below_the_floor_is_raised_with_a_warning() {
+        let s = parse("[pod]\nname = \"a\"\n[pod.restart_backoff]\ninitial = \"0s\"\nmax = \"0s\"\n[[containers]]\nname = \"x\"\nmodule = \"m\"\n")
+            .unwrap();
+        assert_eq!(
+            (s.backoff.initial, s.backoff.max),
+            (MIN_BACKOFF, MIN_BACKOFF)
+        );
+        let w = s.warning_lines();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "/specs/pod.toml:4: pod.restart_backoff.initial: 0s is below the floor of 10ms"
+            ),
+            "{w:?}"
+        );
+        assert!(w[1].contains(":5: pod.restart_backoff.max"), "{w:?}");
+        assert!(parse(GOOD).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        let c = |extra: &str| {
+            parse(&format!(
+                "[pod]\nname = \"a\"\n[[containers]]\nname = \"x\"\nmodule = \"m\"\n{extra}\n"
+            ))
+        };
+        let p = c("memory_limit_mib = 17592186044416").unwrap_err();
+        assert_eq!(p[0].field, "containers[0].memory_limit_mib");
+        assert!(p[0].message.contains("over the largest limit"), "{p:?}");
+        let p = c("open_files_limit = 0").unwrap_err();
+        assert_eq!(p[0].field, "containers[0].open_files_limit");
+        assert_eq!(
+            c("open_files_limit = 64").unwrap().containers[0].open_files,
+            Some(64)
+        );
     }
 
     #[test]

@@ -81,10 +81,14 @@ pub struct Status {
     /// When the current (or last) run started.
     #[serde(serialize_with = "rfc3339_opt")]
     pub started_at: Option<SystemTime>,
-    /// How the last run ended, e.g. "exited with code 0" or "trapped: ...".
+    /// How the last run ended, e.g. "exited with code 0", "trapped: ..." or "memory limit
+    /// 16 MiB reached".
     pub last: Option<String>,
-    /// The last run's exit code (absent for a trap).
+    /// The last run's exit code (absent for a trap or a limit).
     pub exit_code: Option<i32>,
+    /// Why the last run ended, in Kubernetes' words: Completed, Error, Trapped, OOMKilled,
+    /// LimitReached (or Restarted, on request).
+    pub reason: Option<&'static str>,
 }
 
 fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -114,6 +118,7 @@ impl Control {
                 started_at: None,
                 last: None,
                 exit_code: None,
+                reason: None,
             })),
             restart: Arc::new(Notify::new()),
             linger,
@@ -172,10 +177,8 @@ pub async fn supervise(
             Some(outcome) => {
                 control.update(|s| {
                     s.last = Some(outcome.to_string());
-                    s.exit_code = match outcome {
-                        Outcome::Exited(c) => Some(c),
-                        Outcome::Trapped(_) => None,
-                    };
+                    s.exit_code = outcome.exit_code();
+                    s.reason = Some(outcome.reason());
                 });
                 let restart = should_restart(policy, &outcome);
                 done.last = Some(outcome.clone());
@@ -214,7 +217,10 @@ pub async fn supervise(
         };
         if requested {
             tracing::info!("{id}: restarting in place on request");
-            control.update(|s| s.last = Some("restarted on request".into()));
+            control.update(|s| {
+                s.last = Some("restarted on request".into());
+                s.reason = Some("Restarted");
+            });
         }
         done.restarts += 1;
         control.update(|s| s.restarts = done.restarts);

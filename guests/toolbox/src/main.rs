@@ -12,6 +12,9 @@
 //! sink ADDR              accept one connection, read it to the end, print
 //!                        "received BYTES bytes in MICROS us", exit 0
 //! source ADDR MIB        connect (retrying up to 5s), send MIB mebibytes, exit 0
+//! hog N                  bind up to N TCP listeners on 127.0.0.1 (ephemeral ports), printing
+//!                        "holding K sockets" every 100; then hold them forever (a hostile
+//!                        guest: its open-files limit ends it first)
 //! ```
 
 use std::io::{Read, Write};
@@ -22,11 +25,32 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source ...");
+            eprintln!(
+                "usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source|hog ..."
+            );
             std::process::exit(2)
         })
     };
     match arg(1) {
+        "hog" => {
+            let n: usize = arg(2).parse().unwrap_or(20_000);
+            let mut held = Vec::new();
+            while held.len() < n {
+                match TcpListener::bind("127.0.0.1:0") {
+                    Ok(l) => held.push(l),
+                    Err(e) => {
+                        println!("bind failed after {} sockets: {e}", held.len());
+                        break;
+                    }
+                }
+                if held.len() % 100 == 0 {
+                    println!("holding {} sockets", held.len());
+                }
+            }
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         "listen" => {
             let addr = arg(2);
             let text = args.get(3).cloned().unwrap_or(format!("hello from {addr}"));

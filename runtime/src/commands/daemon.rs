@@ -21,7 +21,7 @@ impl Daemon {
         let exec = Executor::new()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("create wasm engine")?
-            .with_cache(config.state_dir.join("cache"));
+            .with_cache(&config.state_dir);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

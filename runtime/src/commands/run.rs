@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use peapod::config::Config;
 use peapod::executor::Executor;
-use peapod::pod::{self, RunningPod};
+use peapod::loader;
+use peapod::module_file::Caller;
+use peapod::pod::RunningPod;
 use peapod::spec::PodSpec;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -32,12 +34,21 @@ impl Run {
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
         };
+        for w in spec.warning_lines() {
+            eprintln!("warning: {w}");
+        }
         let exec = Executor::new()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("create wasm engine")?
-            .with_cache(config.state_dir.join("cache"));
+            .with_cache(&config.state_dir);
         let t0 = std::time::Instant::now();
-        let modules = match pod::compile(&exec, &spec) {
+        // The user who runs `peapod run` is the caller: root may run a .cwasm of any owner.
+        let modules = match loader::load(
+            &exec,
+            &spec,
+            config.limits.max_module_size,
+            Caller::myself(),
+        ) {
             Ok(m) => {
                 tracing::info!(
                     "pod {}: compiled {} modules in {:.1?}",

@@ -13,8 +13,12 @@
 //! | `POST /v1/reload`                             | re-read the pods directory (as SIGHUP)    |
 //!
 //! Errors are JSON, `{"error": message, "problems": [...]}` (problems for an invalid spec), with
-//! 400 (bad request), 404 (no such pod or container), 409 (conflict: e.g. the pod belongs to a
-//! file), 422 (invalid spec) or 500.
+//! 400 (bad request), 404 (no such pod or container), 408 (the body did not arrive in time),
+//! 409 (conflict: e.g. the pod belongs to a file), 413 (body too large), 422 (invalid spec) or
+//! 500.
+//!
+//! The module files an apply names are read with the client's rights (its `SO_PEERCRED`, see
+//! [`super::server`]); logs are streamed from disk in chunks, never loaded whole.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,7 +37,13 @@ use tokio::sync::Mutex;
 
 use super::pods::{OpError, Pods};
 use crate::crilog;
+use crate::module_file::Caller;
 use crate::spec::SpecError;
+
+/// The body of an apply (spec text and paths) must arrive within this...
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// ...and be at most this large.
+pub const MAX_BODY: usize = 4 << 20;
 
 pub type Shared = Arc<Mutex<Pods>>;
 
@@ -108,7 +118,27 @@ struct ApplyBody {
 }
 
 /// The body is read as JSON whatever its content type says (so `curl -d` works).
-async fn apply(State(pods): State<Shared>, body: axum::body::Bytes) -> Response {
+async fn apply(
+    State(pods): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Response {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            );
+        }
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("reading the body (at most {MAX_BODY} bytes): {e}"),
+            );
+        }
+        Ok(Ok(b)) => b,
+    };
     let body: ApplyBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -124,7 +154,7 @@ async fn apply(State(pods): State<Shared>, body: axum::body::Bytes) -> Response 
         return error(StatusCode::BAD_REQUEST, "source: must be an absolute path");
     }
     let mut pods = pods.lock().await;
-    match pods.apply(&body.source, &body.spec).await {
+    match pods.apply(&body.source, &body.spec, caller).await {
         Ok((action, view)) => {
             let status = if action == super::pods::Action::Created {
                 StatusCode::CREATED
@@ -211,8 +241,8 @@ async fn logs(
     };
     // The follower starts at the end now, so nothing between the tail and it is lost or doubled.
     let follower = q.follow.then(|| crilog::Follower::from_end(&path));
-    let head = match crilog::tail(&path, q.tail) {
-        Ok(lines) => lines,
+    let spans = match crilog::tail_spans(&path, q.tail) {
+        Ok(spans) => spans,
         Err(e) => {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -220,15 +250,11 @@ async fn logs(
             );
         }
     };
-    let mut text = String::new();
-    for l in head {
-        text.push_str(&l);
-        text.push('\n');
-    }
+    let head = futures::StreamExt::flatten(futures::stream::iter(spans.into_iter().map(span)));
     let body = match follower {
-        None => Body::from(text),
+        None => Body::from_stream(head),
         Some(f) => {
-            let first = futures::stream::once(async move { Ok::<_, std::io::Error>(text) });
+            let first = head;
             let rest = futures::stream::unfold((f, path), |(mut f, path)| async move {
                 loop {
                     // The pod was deleted (its logs with it): the stream ends.
@@ -239,7 +265,7 @@ async fn logs(
                         Ok(lines) if !lines.is_empty() => {
                             let mut chunk = lines.join("\n");
                             chunk.push('\n');
-                            return Some((Ok(chunk), (f, path)));
+                            return Some((Ok(axum::body::Bytes::from(chunk)), (f, path)));
                         }
                         Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                         Err(e) => return Some((Err(e), (f, path))),
@@ -250,4 +276,23 @@ async fn logs(
         }
     };
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// One span of a log file as a stream of chunks read as they are sent.
+fn span(s: crilog::Span) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> + Send {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    futures::StreamExt::flatten(futures::stream::once(async move {
+        let mut f = tokio::fs::File::from_std(s.file);
+        let reader = match f.seek(std::io::SeekFrom::Start(s.start)).await {
+            Ok(_) => Ok(f.take(s.end - s.start)),
+            Err(e) => Err(e),
+        };
+        match reader {
+            Ok(r) => futures::future::Either::Left(tokio_util::io::ReaderStream::with_capacity(
+                r,
+                crilog::CHUNK,
+            )),
+            Err(e) => futures::future::Either::Right(futures::stream::once(async { Err(e) })),
+        }
+    }))
 }

@@ -8,7 +8,9 @@
 //! the sandboxes stay (a restarted daemon gives every pod its IP back).
 
 pub mod api;
+pub mod crashguard;
 pub mod pods;
+pub mod server;
 pub mod store;
 
 use std::fs::File;
@@ -59,11 +61,12 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let mut starting = pods.clone().lock_owned().await;
     let listener = bind(&cfg.socket)?;
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(
-        axum::serve(listener, api::router(pods.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
+    let server = tokio::spawn(server::serve(
+        listener,
+        api::router(pods.clone()),
+        cfg.limits.api_connections,
+        shutdown.clone(),
+    ));
     starting.start_all().await;
     let count = starting.views().len();
     drop(starting);
@@ -76,8 +79,10 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     tracing::info!("ready in {:.1?}: {status}", t0.elapsed());
 
     let mut watchdog = watchdog_interval().map(tokio::time::interval);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = tick.tick() => pods.lock().await.tick().await,
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {

@@ -3,19 +3,23 @@
 //!
 //! A pod is identified by its name. Its *digest* covers its spec text and its modules' bytes: when
 //! either changes, the pod is re-created (new sandbox, new IP). A pod whose start failed stays
-//! listed with its error and is tried again on the next reload.
+//! listed with its error and is tried again on the next reload. A pod the daemon died for, more
+//! than once in a row, waits out a backoff before it starts ([`super::crashguard`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::crashguard::CrashGuard;
 use super::store::{Record, Store};
 use crate::config::Config;
 use crate::executor::{Executor, Prepared};
+use crate::loader;
+use crate::module_file::{self, Caller, Read};
 use crate::pod::{Options, RunningPod};
 use crate::sandbox::{self, Sandbox};
 use crate::spec::{PodSpec, Problem, SpecError};
@@ -39,28 +43,7 @@ pub struct Loaded {
     pub bytes: Vec<Vec<u8>>,
 }
 
-/// Reads the modules of `spec`.
-fn read_modules(spec: &PodSpec) -> Result<Vec<Vec<u8>>, SpecError> {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for c in &spec.containers {
-        match std::fs::read(&c.module) {
-            Ok(b) => out.push(b),
-            Err(e) => problems.push(spec.problem(
-                c,
-                "module",
-                format!("cannot read {}: {e}", c.module.display()),
-            )),
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(SpecError::invalid(&spec.source, problems))
-    }
-}
-
-fn digest(text: &str, modules: &[Vec<u8>]) -> String {
+fn digest(text: &str, modules: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     h.update(Sha256::digest(text.as_bytes()));
     for m in modules {
@@ -72,12 +55,21 @@ fn digest(text: &str, modules: &[Vec<u8>]) -> String {
 /// A validated spec with its module bytes and digest, not compiled yet.
 pub struct Parsed {
     pub spec: PodSpec,
-    pub bytes: Vec<Vec<u8>>,
+    pub modules: Vec<Read>,
     pub digest: String,
+    /// The caller is root: precompiled modules of any owner may be loaded.
+    pub root_asks: bool,
 }
 
 /// Validates spec text from `source`; `modules` replaces the module paths (stored copies).
-pub fn parse(source: &Path, text: &str, modules: Option<&[PathBuf]>) -> Result<Parsed, SpecError> {
+/// Module files are read with the rights of `caller` (see [`crate::module_file`]).
+pub fn parse(
+    source: &Path,
+    text: &str,
+    modules: Option<&[PathBuf]>,
+    caller: Caller,
+    max_module_size: u64,
+) -> Result<Parsed, SpecError> {
     let mut spec = PodSpec::parse(source, text)?;
     if let Some(paths) = modules {
         if paths.len() != spec.containers.len() {
@@ -94,40 +86,25 @@ pub fn parse(source: &Path, text: &str, modules: Option<&[PathBuf]>) -> Result<P
             c.module = p.clone();
         }
     }
-    let bytes = read_modules(&spec)?;
+    let read = loader::read_modules(&spec, max_module_size, caller)?;
+    let bytes: Vec<&[u8]> = read.iter().map(|r| r.bytes.as_slice()).collect();
     let digest = digest(text, &bytes);
     Ok(Parsed {
         spec,
-        bytes,
+        modules: read,
         digest,
+        root_asks: caller.is_root() && modules.is_none(),
     })
 }
 
 /// Compiles what [`parse`] returned.
-pub fn compile(
-    exec: &Executor,
-    Parsed {
-        spec,
-        bytes,
-        digest,
-    }: Parsed,
-) -> Result<Loaded, SpecError> {
-    let mut modules = Vec::new();
-    let mut problems = Vec::new();
-    for (c, b) in spec.containers.iter().zip(&bytes) {
-        match exec.prepare(&c.module, b) {
-            Ok((m, _)) => modules.push(m),
-            Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(SpecError::invalid(&spec.source, problems));
-    }
+pub fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
+    let modules = loader::compile(exec, &p.spec, &p.modules, p.root_asks)?;
     Ok(Loaded {
-        spec,
+        spec: p.spec,
         modules,
-        digest,
-        bytes,
+        digest: p.digest,
+        bytes: p.modules.into_iter().map(|r| r.bytes).collect(),
     })
 }
 
@@ -139,6 +116,8 @@ struct Entry {
     created: SystemTime,
     running: Option<RunningPod>,
     error: Option<String>,
+    /// Held back by the crash guard until then.
+    delayed: Option<Instant>,
 }
 
 /// A pod as `ps` and `inspect` show it.
@@ -192,12 +171,14 @@ pub struct Pods {
     entries: BTreeMap<String, Entry>,
     /// Problems of the last reload of the pods directory (file -> message).
     problems: BTreeMap<PathBuf, String>,
+    guard: CrashGuard,
 }
 
 impl Pods {
     pub fn new(cfg: Config, exec: Executor) -> Self {
         Pods {
             store: Store::new(&cfg.state_dir),
+            guard: CrashGuard::load(&cfg.state_dir),
             cfg,
             exec,
             entries: BTreeMap::new(),
@@ -230,9 +211,11 @@ impl Pods {
             Ok(_) => {}
             Err(e) => tracing::error!("collecting orphans: {e}"),
         }
+        let me = Caller::myself();
+        let max = self.cfg.limits.max_module_size;
         for (name, r) in records {
-            let loaded =
-                parse(&r.source, &r.text, Some(&r.modules)).and_then(|p| compile(&self.exec, p));
+            let loaded = parse(&r.source, &r.text, Some(&r.modules), me, max)
+                .and_then(|p| compile(&self.exec, p));
             match loaded {
                 Ok(l) if l.spec.name == name => self.start(Origin::Api, l).await,
                 Ok(l) => tracing::error!(
@@ -265,7 +248,8 @@ impl Pods {
         paths
             .into_iter()
             .map(|p| {
-                let t = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
+                // Not blocking on a FIFO, not reading a device: the main loop waits on this.
+                let t = module_file::read_text(&p, Caller::myself()).map_err(|e| e.to_string());
                 (p, t)
             })
             .collect()
@@ -277,10 +261,15 @@ impl Pods {
     pub async fn reload(&mut self) -> Vec<String> {
         let mut problems: BTreeMap<PathBuf, String> = BTreeMap::new();
         let mut found: BTreeMap<String, (PathBuf, Parsed)> = BTreeMap::new();
+        let me = Caller::myself();
+        let max = self.cfg.limits.max_module_size;
         for (path, text) in self.pod_files() {
-            let parsed = text
-                .map_err(|e| e.to_string())
-                .and_then(|t| parse(&path, &t, None).map_err(|e| e.to_string()));
+            let parsed = text.and_then(|t| {
+                // Files of the pods directory: their .cwasm modules must be root's own files.
+                let mut p = parse(&path, &t, None, me, max).map_err(|e| e.to_string())?;
+                p.root_asks = false;
+                Ok(p)
+            });
             let p = match parsed {
                 Ok(p) => p,
                 Err(e) => {
@@ -353,30 +342,64 @@ impl Pods {
         list
     }
 
-    /// Starts a pod (taking over a sandbox it left, if any) and registers it, failed or not.
+    /// Registers a pod and starts it (taking over a sandbox it left, if any), failed or not; a
+    /// pod the crash guard holds back is registered as waiting and started by [`Pods::tick`].
     async fn start(&mut self, origin: Origin, l: Loaded) {
         let name = l.spec.name.clone();
+        for w in l.spec.warning_lines() {
+            tracing::warn!("{w}");
+        }
+        let delay = self.guard.delay(&name);
+        let delayed = (!delay.is_zero()).then(|| {
+            tracing::warn!(
+                "pod {name}: the daemon stopped {} times in a row within {}s of starting it; \
+                 starting it in {} (delete it meanwhile if it is the cause)",
+                self.guard.deaths(&name),
+                super::crashguard::STABLE_AFTER.as_secs(),
+                humantime::format_duration(delay)
+            );
+            Instant::now() + delay
+        });
+        self.entries.insert(
+            name.clone(),
+            Entry {
+                origin,
+                spec: l.spec,
+                modules: l.modules,
+                digest: l.digest,
+                created: SystemTime::now(),
+                running: None,
+                error: None,
+                delayed,
+            },
+        );
+        if delayed.is_none() {
+            self.launch(&name).await;
+        }
+    }
+
+    /// Starts the containers of a registered pod.
+    async fn launch(&mut self, name: &str) {
+        let Some(e) = self.entries.get(name) else {
+            return;
+        };
+        let (spec, modules) = (e.spec.clone(), e.modules.clone());
         let opts = Options {
             sink: None,
             logs: Some(self.cfg.logs.clone()),
             linger: true,
+            open_files: Some(self.cfg.limits.open_files),
         };
+        self.guard.starting(name);
         let t0 = std::time::Instant::now();
-        let result = match Sandbox::recover(&self.cfg, &name).await {
+        let result = match Sandbox::recover(&self.cfg, name).await {
             Ok((sandbox, recovered)) => {
                 if recovered {
                     tracing::info!("pod {name}: recovered its sandbox (ip {})", sandbox.ip);
                 }
-                RunningPod::launch(
-                    sandbox,
-                    t0.elapsed(),
-                    &self.exec,
-                    &l.spec,
-                    l.modules.clone(),
-                    &opts,
-                )
-                .await
-                .map_err(|e| e.to_string())
+                RunningPod::launch(sandbox, t0.elapsed(), &self.exec, &spec, modules, &opts)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Err(e) => Err(format!("pod {name}: {e}")),
         };
@@ -384,21 +407,32 @@ impl Pods {
             Ok(p) => (Some(p), None),
             Err(e) => {
                 tracing::error!("{e}");
+                self.guard.forget(name);
                 (None, Some(e))
             }
         };
-        self.entries.insert(
-            name,
-            Entry {
-                origin,
-                spec: l.spec,
-                modules: l.modules,
-                digest: l.digest,
-                created: SystemTime::now(),
-                running,
-                error,
-            },
-        );
+        if let Some(e) = self.entries.get_mut(name) {
+            e.running = running;
+            e.error = error;
+            e.delayed = None;
+            e.created = SystemTime::now();
+        }
+    }
+
+    /// Now and then (the main loop's tick): clears the crash guard's marks of pods that run
+    /// stably and starts the pods whose crash-guard delay is over.
+    pub async fn tick(&mut self) {
+        self.guard.tick();
+        let due: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.delayed.is_some_and(|t| t <= Instant::now()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            tracing::info!("pod {name}: crash-guard delay over; starting");
+            self.launch(&name).await;
+        }
     }
 
     /// Stops a pod and removes its sandbox and logs (not its stored record).
@@ -406,6 +440,7 @@ impl Pods {
         let Some(e) = self.entries.remove(name) else {
             return;
         };
+        self.guard.forget(name);
         match e.running {
             Some(p) => {
                 if let Err(err) = p.stop().await {
@@ -424,8 +459,15 @@ impl Pods {
     }
 
     /// `peapod apply`: creates the pod, re-creates it if its spec or modules changed, or leaves it.
-    pub async fn apply(&mut self, source: &Path, text: &str) -> Result<(Action, PodView), OpError> {
-        let p = parse(source, text, None)?;
+    /// Module files are read with the rights of `caller`, the API client.
+    pub async fn apply(
+        &mut self,
+        source: &Path,
+        text: &str,
+        caller: Caller,
+    ) -> Result<(Action, PodView), OpError> {
+        let max = self.cfg.limits.max_module_size;
+        let p = tokio::task::block_in_place(|| parse(source, text, None, caller, max))?;
         let name = p.spec.name.clone();
         let current = self.entries.get(&name);
         if let Some(Origin::File(f)) = current.map(|e| &e.origin) {
@@ -502,6 +544,10 @@ impl Pods {
             digest: e.digest.clone(),
             bytes: Vec::new(),
         };
+        if e.delayed.is_some() {
+            // An explicit restart is the user's word: the crash-guard delay ends.
+            self.guard.forget(name);
+        }
         let origin = e.origin.clone();
         self.entries.insert(name.into(), e);
         self.remove(name).await;
@@ -538,7 +584,11 @@ impl Pods {
             Some(_) => Err(no_container()),
             None => Err(OpError::Conflict(format!(
                 "pod {name:?} is not running ({}); restart the pod",
-                e.error.as_deref().unwrap_or("failed")
+                e.error.as_deref().unwrap_or(if e.delayed.is_some() {
+                    "held back by the crash guard"
+                } else {
+                    "failed"
+                })
             ))),
         }
     }
@@ -555,6 +605,7 @@ impl Pods {
         let e = self.entries.get(name)?;
         let containers = e.running.as_ref().map(|p| p.statuses()).unwrap_or_default();
         let status = match (&e.running, &e.error) {
+            (None, None) if e.delayed.is_some() => "waiting",
             (None, _) => "failed",
             _ if containers.iter().all(|c| c.state == State::Running) => "running",
             _ if containers.iter().any(|c| c.state == State::Waiting) => "restarting",
@@ -583,7 +634,16 @@ impl Pods {
             age_seconds: age.as_secs(),
             restarts: containers.iter().map(|c| c.restarts).sum(),
             containers,
-            error: e.error.clone(),
+            error: e.error.clone().or_else(|| {
+                e.delayed.map(|t| {
+                    format!(
+                        "crash-loop backoff: the daemon stopped {} times in a row soon after \
+                         starting this pod; it starts in {}s",
+                        self.guard.deaths(name),
+                        t.saturating_duration_since(Instant::now()).as_secs()
+                    )
+                })
+            }),
         })
     }
 
@@ -598,6 +658,7 @@ impl Pods {
 
     /// Clean stop of the daemon: the modules stop, the sandboxes stay (same IPs next start).
     pub async fn stop_all(&mut self) {
+        self.guard.clear();
         for (name, e) in std::mem::take(&mut self.entries) {
             if let Some(p) = e.running
                 && let Err(err) = p.stop_keep_sandbox().await

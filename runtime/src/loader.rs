@@ -1,0 +1,62 @@
+//! A pod's modules, read ([`crate::module_file`]) and compiled ([`crate::executor`]): the one
+//! loader of `peapod run` and the daemon. Every problem is reported as a problem of the spec's
+//! `module` field, all at once.
+
+use crate::executor::{Executor, Prepared};
+use crate::module_file::{self, Caller, Read};
+use crate::spec::{PodSpec, SpecError};
+
+/// Reads every module of `spec` (at most `max` bytes each) with the rights of `caller`.
+pub fn read_modules(spec: &PodSpec, max: u64, caller: Caller) -> Result<Vec<Read>, SpecError> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for c in &spec.containers {
+        match module_file::read(&c.module, max, caller) {
+            Ok(r) => out.push(r),
+            Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(SpecError::invalid(&spec.source, problems))
+    }
+}
+
+/// Compiles (or loads from the cache) what [`read_modules`] read. A `.cwasm` is loaded only
+/// when its file is root's ([`Read::trusted`]) or `root_asks` (the caller is root).
+pub fn compile(
+    exec: &Executor,
+    spec: &PodSpec,
+    modules: &[Read],
+    root_asks: bool,
+) -> Result<Vec<Prepared>, SpecError> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (c, m) in spec.containers.iter().zip(modules) {
+        match exec.prepare(&c.module, &m.bytes, m.trusted || root_asks) {
+            Ok((p, source)) => {
+                tracing::debug!("{}/{}: module {source:?}", spec.name, c.name);
+                out.push(p)
+            }
+            Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(SpecError::invalid(&spec.source, problems))
+    }
+}
+
+/// [`read_modules`] then [`compile`], for a caller loading its own pod (`peapod run`, the
+/// bench): root may load a `.cwasm` of any owner.
+pub fn load(
+    exec: &Executor,
+    spec: &PodSpec,
+    max: u64,
+    caller: Caller,
+) -> Result<Vec<Prepared>, SpecError> {
+    let modules = read_modules(spec, max, caller)?;
+    compile(exec, spec, &modules, caller.is_root())
+}
