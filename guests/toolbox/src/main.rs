@@ -25,9 +25,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!(
-                "usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source|hog ..."
-            );
+            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source|hog ...");
             std::process::exit(2)
         })
     };
