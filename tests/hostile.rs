@@ -435,7 +435,7 @@ fn a_spinning_sibling_adds_at_most_a_tick_of_latency() {
     // bound leaves room for slow (emulated) machines.
     let median = times[times.len() / 2];
     assert!(
-        median < Duration::from_millis(150),
+        median < Duration::from_millis(300),
         "median {median:?}: {times:?}"
     );
     p.terminate();

@@ -162,6 +162,9 @@ async fn measure(args: &Args, place: &Place, figures: &mut Vec<Figure>) -> Resul
     eprintln!("bench: restart in place");
     ctx.restart(modules.clone(), figures).await?;
 
+    eprintln!("bench: latency next to a spinning sibling");
+    ctx.sibling_latency(figures).await?;
+
     eprintln!("bench: loopback throughput ({} MiB a run)", args.mib);
     let runs = args.iterations.clamp(1, 5);
     let wasm = ctx.throughput(runs).await?;

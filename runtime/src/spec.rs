@@ -54,9 +54,9 @@ pub enum RestartPolicy {
     Never,
 }
 
-/// The shortest delay between two runs of a container: a module that exits at once cannot
-/// restart more than 100 times a second (a lower `initial` or `max` is raised to this, with a
-/// warning).
+/// The shortest time from one start of a container to the next: a module that exits at once
+/// cannot restart more than 100 times a second (a lower `initial` or `max` is raised to this,
+/// with a warning). A run that lasted longer than this is restarted at once.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
 
 /// The largest `memory_limit_mib`: 64 GiB (a 32-bit wasm memory holds at most 4 GiB).
@@ -304,8 +304,9 @@ impl PodSpec {
                     line: line_of(&keys),
                     field: render_keys(&keys),
                     message: format!(
-                        "{} is below the floor of {}; using {}",
+                        "{} is below the floor of {}; using {} (a container starts at most once per {})",
                         humantime::format_duration(*slot),
+                        humantime::format_duration(MIN_BACKOFF),
                         humantime::format_duration(MIN_BACKOFF),
                         humantime::format_duration(MIN_BACKOFF)
                     ),

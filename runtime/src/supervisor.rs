@@ -3,7 +3,8 @@
 //! A restart is in place: same pod thread, same namespace, same IP, the same compiled module; only
 //! the store is new. The delay before a restart starts at the pod's `initial`, doubles on each
 //! restart, is capped at `max`, and falls back to `initial` after a run of at least `reset_after`
-//! (what Kubernetes does for CrashLoopBackOff).
+//! (what Kubernetes does for CrashLoopBackOff). Whatever the settings, a container starts at most
+//! once per [`MIN_BACKOFF`] (10 ms): a module that exits at once cannot spin the pod's thread.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, Outcome, Prepared, RunSpec};
-use crate::spec::{Backoff, RestartPolicy};
+use crate::spec::{Backoff, MIN_BACKOFF, RestartPolicy};
 
 /// Whether a container that ended with `outcome` is started again.
 pub fn should_restart(policy: RestartPolicy, outcome: &Outcome) -> bool {
@@ -183,7 +184,14 @@ pub async fn supervise(
                 let restart = should_restart(policy, &outcome);
                 done.last = Some(outcome.clone());
                 if restart {
-                    let delay = backoff.delay_after(started.elapsed());
+                    let ran = started.elapsed();
+                    let delay = match backoff.delay_after(ran) {
+                        // At the floor, the floor is from start to start: a container starts
+                        // at most once per MIN_BACKOFF, and one that ran longer comes back at
+                        // once (restart in place stays fast).
+                        d if d <= MIN_BACKOFF => MIN_BACKOFF.saturating_sub(ran),
+                        d => d,
+                    };
                     tracing::warn!(
                         "{id} {outcome}; restarting in {} (restart {})",
                         humantime::format_duration(delay),

@@ -267,7 +267,7 @@ impl Env {
     /// A kv-server pod spec (app on :8080), `extra` appended to its container.
     pub fn kv_spec(&self, name: &str, extra: &str) -> String {
         format!(
-            "[pod]\nname = \"{name}\"\nrestart_backoff = {{ initial = \"0s\" }}\n\n\
+            "[pod]\nname = \"{name}\"\nrestart_backoff = {{ initial = \"10ms\", max = \"10ms\" }}\n\n\
              [[containers]]\nname = \"app\"\nmodule = {KV_SERVER:?}\n\
              args = [\"--listen\", \"0.0.0.0:8080\"]\n{extra}\n"
         )

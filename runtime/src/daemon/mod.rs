@@ -39,6 +39,7 @@ pub const SOCKET_GROUP: &str = "peapod";
 pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let _lock = lock_daemon(&cfg)?;
+    raise_fd_limit();
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -111,6 +112,20 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open fds to the hard one (as Go daemons do): every pod's sockets
+/// are this process's fds. Each container has its own cap (`open_files_limit`) below it.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!("open files limit raised from {soft} to {hard}"),
+            Err(e) => tracing::warn!("cannot raise the open files limit from {soft}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("open files limit: {e}"),
+    }
 }
 
 fn notify(state: &[NotifyState]) {
