@@ -4,23 +4,13 @@
 
 use crate::executor::{Executor, Prepared};
 use crate::module_file::{self, Caller, Read};
-use crate::spec::{PodSpec, SpecError};
+use crate::spec::{ContainerSpec, PodSpec, SpecError};
 
 /// Reads every module of `spec` (at most `max` bytes each) with the rights of `caller`.
 pub fn read_modules(spec: &PodSpec, max: u64, caller: Caller) -> Result<Vec<Read>, SpecError> {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for c in &spec.containers {
-        match module_file::read(&c.module, max, caller) {
-            Ok(r) => out.push(r),
-            Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(SpecError::invalid(&spec.source, problems))
-    }
+    each_module(spec, spec.containers.iter().map(|_| ()), |c, ()| {
+        module_file::read(&c.module, max, caller).map_err(|e| e.to_string())
+    })
 }
 
 /// Compiles (or loads from the cache) what [`read_modules`] read. A `.cwasm` is loaded only
@@ -31,15 +21,28 @@ pub fn compile(
     modules: &[Read],
     root_asks: bool,
 ) -> Result<Vec<Prepared>, SpecError> {
+    each_module(spec, modules.iter(), |c, m| {
+        let (p, source) = exec
+            .prepare(&c.module, &m.bytes, m.trusted || root_asks)
+            .map_err(|e| e.to_string())?;
+        tracing::debug!("{}/{}: module {source:?}", spec.name, c.name);
+        Ok(p)
+    })
+}
+
+/// `f` for each container of `spec` with its item, in order; every failure becomes a problem of
+/// that container's `module` field, all reported at once.
+fn each_module<I, T>(
+    spec: &PodSpec,
+    items: impl Iterator<Item = I>,
+    mut f: impl FnMut(&ContainerSpec, I) -> Result<T, String>,
+) -> Result<Vec<T>, SpecError> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    for (c, m) in spec.containers.iter().zip(modules) {
-        match exec.prepare(&c.module, &m.bytes, m.trusted || root_asks) {
-            Ok((p, source)) => {
-                tracing::debug!("{}/{}: module {source:?}", spec.name, c.name);
-                out.push(p)
-            }
-            Err(e) => problems.push(spec.problem(c, "module", e.to_string())),
+    for (c, item) in spec.containers.iter().zip(items) {
+        match f(c, item) {
+            Ok(v) => out.push(v),
+            Err(e) => problems.push(spec.problem(c, "module", e)),
         }
     }
     if problems.is_empty() {
