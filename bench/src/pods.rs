@@ -189,8 +189,8 @@ impl Ctx {
         Ok(warm_modules.expect("at least one iteration"))
     }
 
-    /// 3. Restart in place: the app exits, the new instance accepts on the same port (backoff at its
-    /// 10 ms floor, which a run longer than 10 ms does not wait).
+    /// 3. Restart in place: the app exits, the new instance accepts on the same port (backoff at
+    ///    its 10 ms floor, which a run longer than 10 ms does not wait).
     pub async fn restart(
         &mut self,
         modules: Vec<Prepared>,
