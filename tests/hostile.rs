@@ -115,6 +115,7 @@ fn table_growth_is_bounded_by_the_memory_limit() {
     });
     still_serving(good);
     let (rss, _) = rss_kib(d.pid());
+    eprintln!("figure: table attacks: daemon RSS {rss0} -> {rss} KiB");
     assert!(
         rss < rss0 + 100 * 1024,
         "daemon RSS grew from {rss0} to {rss} KiB"
@@ -155,6 +156,7 @@ fn all_memories_of_a_container_share_its_limit() {
     assert_eq!(c["last"], "memory limit 128 MiB reached", "{c}");
     still_serving(good);
     let (rss, _) = rss_kib(d.pid());
+    eprintln!("figure: 8 memories: daemon RSS {rss0} -> {rss} KiB");
     assert!(
         rss < rss0 + 200 * 1024,
         "daemon RSS grew from {rss0} to {rss} KiB"
@@ -339,6 +341,7 @@ fn guest_open_files_are_capped() {
     let c = wait_reason(&env, "hog2", &["LimitReached"]);
     assert!(c["last"].as_str().unwrap().contains("limit 1024"), "{c}");
     let fds = fd_count(d.pid());
+    eprintln!("figure: socket hogs (limits 100 and 1024): daemon fds {fds0} -> {fds}");
     assert!(fds < fds0 + 1300, "daemon fds: {fds0} -> {fds}");
     still_serving(good);
     let (status, _) = raw_api(&env, "GET", "/v1/healthz", "");
@@ -375,8 +378,14 @@ fn api_survives_idle_and_slow_clients() {
     let (status, v) = raw_api(&env, "GET", "/v1/healthz", "");
     assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    eprintln!(
+        "figure: healthz answered in {:?} with {} idle clients",
+        t0.elapsed(),
+        idle.len()
+    );
     env.ctl_ok(&["ps"]);
     let fds = fd_count(d.pid());
+    eprintln!("figure: daemon fds with the idle clients: {fds}");
     assert!(
         fds < 600,
         "daemon holds {fds} fds with {} idle clients",
@@ -394,6 +403,7 @@ fn api_survives_idle_and_slow_clients() {
         "the slow client got an answer: {r:?}"
     );
     assert!(t0.elapsed() < Duration::from_secs(25), "{:?}", t0.elapsed());
+    eprintln!("figure: half-sent header closed after {:?}", t0.elapsed());
     drop(idle);
     assert!(d.terminate().success());
 }
@@ -434,6 +444,10 @@ fn a_spinning_sibling_adds_at_most_a_tick_of_latency() {
     // Without the fix each request waited ~60 epoch ticks (~500 ms); one tick is 10 ms. The
     // bound leaves room for slow (emulated) machines.
     let median = times[times.len() / 2];
+    eprintln!(
+        "figure: next to a spinner: median {median:?}, max {:?}",
+        times.last().unwrap()
+    );
     assert!(
         median < Duration::from_millis(300),
         "median {median:?}: {times:?}"
@@ -489,6 +503,7 @@ fn logs_stream_with_bounded_memory() {
         assert!(got >= size, "a reader got {got} of {size} bytes");
     }
     let (_, hwm) = rss_kib(d.pid());
+    eprintln!("figure: 20 readers of a {size}-byte log: daemon peak RSS {hwm0} -> {hwm} KiB");
     assert!(
         hwm < hwm0 + 100 * 1024,
         "peak RSS {hwm0} -> {hwm} KiB for 20 readers of {size} bytes"
@@ -534,6 +549,7 @@ fn backoff_below_the_floor_is_raised() {
         .find_map(|l| l.split("(restarts: ").nth(1))
         .and_then(|r| r.trim_end_matches(')').parse().ok())
         .expect("summary line");
+    eprintln!("figure: zero backoff: {restarts} restarts in ~2 s");
     // At most one restart per 10 ms (at 0 s it was ~430 a second).
     assert!((1..=250).contains(&restarts), "{restarts} restarts in ~2 s");
 }

@@ -469,3 +469,51 @@ fn first_line(e: &wasmtime::Error) -> String {
         parts.join(": ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_reasons_keep_the_cause_behind_the_backtrace() {
+        // What wasmtime-wasi's UDP `send` raises, behind wasmtime's backtrace context.
+        let e = wasmtime::Error::msg("unpermitted: argument exceeds permitted size")
+            .context("error while executing at wasm backtrace:\n    0:  0x1c2 - <unknown>!main");
+        assert_eq!(
+            first_line(&e),
+            "unpermitted: argument exceeds permitted size"
+        );
+        let e = wasmtime::Error::msg("inner").context("outer");
+        assert_eq!(first_line(&e), "outer: inner");
+        let e = wasmtime::Error::msg("\n");
+        assert_eq!(first_line(&e), "error without a message");
+    }
+
+    #[test]
+    fn limits_and_exits_are_classified() {
+        let spec = RunSpec {
+            name: "c".into(),
+            args: vec![],
+            env: vec![],
+            memory_limit: 16 << 20,
+            open_files: 7,
+            log: ContainerLog::new("p", "c", None),
+        };
+        let e = wasmtime::Error::from(LimitReached::Memory(16 << 20)).context("backtrace");
+        let o = classify(&e, &spec);
+        assert_eq!(
+            (o.reason(), o.to_string().as_str()),
+            ("OOMKilled", "memory limit 16 MiB reached")
+        );
+        let e = wasmtime::Error::from(ResourceTableError::Full).context("backtrace");
+        let o = classify(&e, &spec);
+        assert_eq!(o.reason(), "LimitReached");
+        assert!(
+            o.to_string().starts_with("open files limit 7 reached"),
+            "{o}"
+        );
+        let o = classify(&wasmtime::Error::from(I32Exit(3)), &spec);
+        assert_eq!((o.reason(), o.exit_code()), ("Error", Some(3)));
+        assert_eq!(Outcome::Exited(0).reason(), "Completed");
+    }
+}
