@@ -482,3 +482,37 @@ fn systemd_unit_verifies() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_names_and_bad_requests_get_clear_errors() {
+    if !root_or_skip("bad_names_and_bad_requests_get_clear_errors") {
+        return;
+    }
+    let env = Env::new();
+    let mut d = env.daemon();
+    // A name that is no name is bad input (2), not an unreachable daemon (3).
+    for args in [
+        &["inspect", "Bad Name"][..],
+        &["delete", "a/b"],
+        &["logs", "pod/Not_A_Container"],
+        &["restart", "x?y=1"],
+    ] {
+        let (code, _, err) = env.ctl(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("DNS-1123") || err.contains("not a pod name"),
+            "{err}"
+        );
+    }
+    // Every error of the API is JSON, with a status that says what happened.
+    let (status, v) = raw_api(&env, "PUT", "/v1/pods", "");
+    assert_eq!(status, 405);
+    assert!(
+        v["error"].as_str().unwrap().contains("PUT is not allowed"),
+        "{v}"
+    );
+    let (status, v) = raw_api(&env, "GET", "/v1/pods/x/logs?tail=many", "");
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().starts_with("query:"), "{v}");
+    assert!(d.terminate().success());
+}

@@ -424,3 +424,45 @@ fn containers_get_only_what_the_spec_grants() {
     assert_eq!(env_lines.len(), 1, "host environment leaked: {env_lines:?}");
     assert!(env_lines[0].ends_with("env: ONLY=this"));
 }
+
+#[test]
+fn a_closed_output_pipe_never_skips_cleanup() {
+    if !root_or_skip("a_closed_output_pipe_never_skips_cleanup") {
+        return;
+    }
+    let env = Env::new();
+    // A job that writes output lines and ends: `peapod run job.toml 2>&1 | head -1`.
+    let spec = env.spec(
+        "job.toml",
+        &pod(
+            "piped",
+            "Never",
+            &[container("c", TOOLBOX, &["env", "a", "b", "c"], None)],
+        ),
+    );
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // closed before peapod writes anything: every write gets EPIPE
+    let mut child = env
+        .peapod(&["run", spec.to_str().unwrap()])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < MIN, "peapod run hung with a closed pipe");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "no panic (101), the job's own status"
+    );
+    assert!(!env.pin("piped").exists(), "pin left behind");
+    assert!(env.mounts().is_empty(), "mount left: {:?}", env.mounts());
+    assert!(env.leases().is_empty(), "lease left: {:?}", env.leases());
+    assert!(env.bridge_ports().is_empty(), "veth left");
+}

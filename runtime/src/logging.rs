@@ -15,8 +15,11 @@ use tracing_subscriber::registry::LookupSpan;
 pub fn init(level: &str) {
     let filter = EnvFilter::try_from_env("PEAPOD_LOG")
         .unwrap_or_else(|_| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+    // A failed write (stderr a closed pipe, a full disk) is dropped: the subscriber's own report
+    // of it would `eprintln!`, which panics on EPIPE, mid-way through a pod's cleanup.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_env_filter(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.event_format(Journald).init();

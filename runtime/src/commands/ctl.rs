@@ -106,11 +106,35 @@ fn done<T>(r: Result<T, ClientError>, then: impl FnOnce(T)) -> ExitCode {
     }
 }
 
-/// Splits `pod/container`.
-fn split(target: &str) -> (&str, Option<&str>) {
-    match target.split_once('/') {
+/// Splits `pod/container` and checks both are names (DNS-1123 labels) before they go into a
+/// URL: a bad name is invalid input (exit 2), not an unreachable daemon.
+fn split(target: &str) -> Result<(&str, Option<&str>), ExitCode> {
+    let (pod, container) = match target.split_once('/') {
         Some((p, c)) => (p, Some(c)),
         None => (target, None),
+    };
+    for (what, name) in [("pod", Some(pod)), ("container", container)] {
+        if let Some(n) = name
+            && !peapod::spec::is_dns1123_label(n)
+        {
+            eprintln!(
+                "peapod: {n:?} is not a {what} name: names are DNS-1123 labels (1-63 characters \
+                 of a-z, 0-9 and '-', starting and ending with a letter or digit)"
+            );
+            return Err(ExitCode::from(EXIT_INVALID));
+        }
+    }
+    Ok((pod, container))
+}
+
+/// A bare pod name, checked as [`split`] checks it.
+fn pod_name(name: &str) -> Result<&str, ExitCode> {
+    match split(name)? {
+        (pod, None) => Ok(pod),
+        (_, Some(_)) => {
+            eprintln!("peapod: {name:?} is not a pod name: name a pod, not POD/CONTAINER");
+            Err(ExitCode::from(EXIT_INVALID))
+        }
     }
 }
 
@@ -207,8 +231,11 @@ impl Ps {
 
 impl Inspect {
     pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
-        let r =
-            runtime()?.block_on(Client::new(&config.socket).get(&format!("/v1/pods/{}", self.pod)));
+        let pod = match pod_name(&self.pod) {
+            Ok(p) => p,
+            Err(code) => return Ok(code),
+        };
+        let r = runtime()?.block_on(Client::new(&config.socket).get(&format!("/v1/pods/{pod}")));
         Ok(done(r, |v| {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
         }))
@@ -219,7 +246,11 @@ impl Restart {
     pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         let client = Client::new(&config.socket);
         let rt = runtime()?;
-        Ok(match split(&self.target) {
+        let target = match split(&self.target) {
+            Ok(t) => t,
+            Err(code) => return Ok(code),
+        };
+        Ok(match target {
             (pod, Some(c)) => done(
                 rt.block_on(client.json(
                     Method::POST,
@@ -243,18 +274,25 @@ impl Restart {
 
 impl Delete {
     pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let pod = match pod_name(&self.pod) {
+            Ok(p) => p,
+            Err(code) => return Ok(code),
+        };
         let r = runtime()?.block_on(Client::new(&config.socket).json(
             Method::DELETE,
-            &format!("/v1/pods/{}", self.pod),
+            &format!("/v1/pods/{pod}"),
             None,
         ));
-        Ok(done(r, |_| println!("pod/{} deleted", self.pod)))
+        Ok(done(r, |_| println!("pod/{pod} deleted")))
     }
 }
 
 impl Logs {
     pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
-        let (pod, container) = split(&self.target);
+        let (pod, container) = match split(&self.target) {
+            Ok(t) => t,
+            Err(code) => return Ok(code),
+        };
         let mut path = format!("/v1/pods/{pod}/logs?follow={}", self.follow);
         if let Some(c) = container {
             path.push_str(&format!("&container={c}"));

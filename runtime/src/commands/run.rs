@@ -14,6 +14,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
 
+/// A line on stderr that never panics: with stderr a closed pipe (`peapod run x | head -1`,
+/// 2>&1) a failed write must not skip the pod's cleanup.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Run a pod in the foreground until its containers end for good or SIGINT/SIGTERM arrives;
 /// then remove its namespace, veth and lease.
 ///
@@ -30,12 +39,12 @@ impl Run {
         let spec = match PodSpec::load(&self.spec) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("{e}");
+                say!("{e}");
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
         };
         for w in spec.warning_lines() {
-            eprintln!("warning: {w}");
+            say!("warning: {w}");
         }
         let exec = Executor::new()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
@@ -59,7 +68,7 @@ impl Run {
                 m
             }
             Err(e) => {
-                eprintln!("{e}");
+                say!("{e}");
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
         };
@@ -73,7 +82,7 @@ impl Run {
             let mut pod = match RunningPod::start(&config, &exec, &spec, modules).await {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("peapod: {e}");
+                    say!("peapod: {e}");
                     return Ok(ExitCode::from(EXIT_RUNTIME));
                 }
             };
@@ -92,9 +101,11 @@ impl Run {
                     (Some(o), false) => o.to_string(),
                     (None, false) => "never ran".to_string(),
                 };
-                eprintln!(
+                say!(
                     "{}/{}: {how} (restarts: {})",
-                    report.name, c.name, c.restarts
+                    report.name,
+                    c.name,
+                    c.restarts
                 );
             }
             Ok(ExitCode::from(if report.teardown.is_some() {

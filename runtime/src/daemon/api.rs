@@ -67,6 +67,12 @@ pub fn router(pods: Shared) -> Router {
         .route("/v1/pods/{pod}/logs", get(logs))
         .route("/v1/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route (see GET /v1/pods)") })
+        .method_not_allowed_fallback(|req: axum::extract::Request| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            )
+        })
         .with_state(pods)
 }
 
@@ -207,8 +213,17 @@ struct LogQuery {
 async fn logs(
     State(pods): State<Shared>,
     Path(pod): Path<String>,
-    Query(q): Query<LogQuery>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("query: {e} (expected container=NAME, tail=N, follow=true|false)"),
+            );
+        }
+    };
     let path = {
         let pods = pods.lock().await;
         let containers = match pods.containers(&pod) {
