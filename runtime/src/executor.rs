@@ -19,9 +19,12 @@
 //! store yields to the async runtime at each tick, so a module in a busy loop cannot starve its
 //! siblings on the pod's thread.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use wasmtime::component::{Component, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Config, Engine, InstancePre, Module, Store};
@@ -32,6 +35,11 @@ use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::artifact::{self, Cache};
 use crate::limits::{LimitReached, Limiter};
 use crate::logs::{ContainerLog, Stream};
+
+/// Address space reserved for a linear memory, and again each time it outgrows that.
+pub const MEMORY_RESERVATION: u64 = 16 << 20;
+/// Unmapped guard after (and before) each linear memory.
+pub const MEMORY_GUARD: u64 = 64 << 10;
 
 /// How often a running module yields to its siblings.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -63,6 +71,8 @@ pub enum Source {
     Cache,
     /// A `.cwasm` made by `peapod compile`.
     Precompiled,
+    /// Already loaded in this process for another pod: the same code, shared.
+    Shared,
 }
 
 /// How a run of a container ended.
@@ -124,9 +134,13 @@ pub struct RunSpec {
     pub log: ContainerLog,
 }
 
-/// A compiled, linked module, ready to instantiate any number of times.
+/// A compiled, linked module, ready to instantiate any number of times. Cheap to clone: every
+/// pod of the process that uses the same module bytes holds the same one (see
+/// [`Executor::prepare`]).
 #[derive(Clone)]
-pub enum Prepared {
+pub struct Prepared(Arc<Linked>);
+
+enum Linked {
     /// A wasip2 component exporting `wasi:cli/run`.
     Component(CommandPre<P2State>),
     /// A wasip1 core module exporting `_start`.
@@ -135,9 +149,9 @@ pub enum Prepared {
 
 impl Prepared {
     pub fn kind(&self) -> &'static str {
-        match self {
-            Prepared::Component(_) => "wasip2 component",
-            Prepared::Core(_) => "wasip1 module",
+        match &*self.0 {
+            Linked::Component(_) => "wasip2 component",
+            Linked::Core(_) => "wasip1 module",
         }
     }
 }
@@ -169,13 +183,30 @@ pub struct Executor {
     p2: Arc<Linker<P2State>>,
     p1: Arc<wasmtime::Linker<P1State>>,
     cache: Option<Cache>,
+    /// Every module loaded in this process, by the SHA-256 of its file's bytes, while some pod
+    /// holds it: pods of the same module share one copy of its machine code and linking.
+    loaded: Arc<Mutex<HashMap<[u8; 32], Weak<Linked>>>>,
 }
 
 /// The engine settings every peapod engine uses. Precompiled artifacts must be made with the same
 /// settings to load, so `peapod compile` uses this too (with a target).
+///
+/// Linear memories are sized for a board, not for a server: wasmtime's 64-bit default reserves
+/// 4 GiB of address space (plus 32 MiB guards) per memory so that bounds checks can be elided,
+/// and a Raspberry Pi OS kernel gives a process 512 GiB (39-bit VA): about 125 modules. peapod
+/// reserves [`MEMORY_RESERVATION`] per memory, grows it in steps of the same size (moving it when
+/// it outgrows its reservation) and keeps 64 KiB guards (the defaults of wasmtime's 32-bit
+/// hosts): a memory costs its size plus about 16 MiB of address space, so a 512 GiB process holds
+/// tens of thousands. The price is explicit bounds checks (see the README's Performance section
+/// for the throughput figure).
 pub fn engine_config(target: Option<&str>) -> wasmtime::Result<Config> {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    config
+        .memory_reservation(MEMORY_RESERVATION)
+        .memory_reservation_for_growth(MEMORY_RESERVATION)
+        .memory_guard_size(MEMORY_GUARD)
+        .memory_may_move(true);
     if let Some(t) = target {
         config.target(t)?;
     }
@@ -234,6 +265,7 @@ impl Executor {
             p2: Arc::new(p2),
             p1: Arc::new(p1),
             cache: None,
+            loaded: Arc::default(),
         })
     }
 
@@ -253,28 +285,63 @@ impl Executor {
     }
 
     /// Compiles and links module bytes, or loads a `.cwasm` (`path` is for messages) when
-    /// `trusted` (root vouches for the file: see [`crate::module_file`]).
+    /// `trusted` (root vouches for the file: see [`crate::module_file`]). Bytes this process
+    /// already loaded for a pod that still holds them are not loaded again: the pods share one
+    /// copy ([`Source::Shared`]), dropped when the last of them goes.
     pub fn prepare(
         &self,
         path: &Path,
         bytes: &[u8],
         trusted: bool,
     ) -> Result<(Prepared, Source), LoadError> {
+        if artifact::is_sealed(bytes) && !trusted {
+            return Err(LoadError::Precompiled {
+                path: path.into(),
+                message: "refused: precompiled code runs as native code in the daemon, so it is \
+                          loaded only from a file that root owns in a directory that root owns, \
+                          neither writable by others (or when root applies the pod); give the \
+                          .wasm instead"
+                    .into(),
+            });
+        }
+        let key: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(linked) = self
+            .loaded
+            .lock()
+            .expect("loaded lock")
+            .get(&key)
+            .and_then(Weak::upgrade)
+        {
+            return Ok((Prepared(linked), Source::Shared));
+        }
+        let (linked, source) = self.load(path, bytes)?;
+        let mut loaded = self.loaded.lock().expect("loaded lock");
+        loaded.retain(|_, l| l.strong_count() > 0);
+        // Two loads of the same bytes at once: the first one in is kept, and shared.
+        let linked = match loaded.get(&key).and_then(Weak::upgrade) {
+            Some(first) => first,
+            None => {
+                let linked = Arc::new(linked);
+                loaded.insert(key, Arc::downgrade(&linked));
+                linked
+            }
+        };
+        Ok((Prepared(linked), source))
+    }
+
+    /// How many distinct modules this process holds now (for tests and figures).
+    pub fn loaded_modules(&self) -> usize {
+        let loaded = self.loaded.lock().expect("loaded lock");
+        loaded.values().filter(|l| l.strong_count() > 0).count()
+    }
+
+    fn load(&self, path: &Path, bytes: &[u8]) -> Result<(Linked, Source), LoadError> {
         use wasmtime::wasmparser::Parser;
         let precompiled = |message: String| LoadError::Precompiled {
             path: path.into(),
             message,
         };
         if artifact::is_sealed(bytes) {
-            if !trusted {
-                return Err(precompiled(
-                    "refused: precompiled code runs as native code in the daemon, so it is \
-                     loaded only from a file that root owns in a directory that root owns, \
-                     neither writable by others (or when root applies the pod); give the .wasm \
-                     instead"
-                        .into(),
-                ));
-            }
             let code = artifact::unseal(bytes).map_err(|e| precompiled(e.to_string()))?;
             let p = self.deserialize(path, code).map_err(|e| {
                 precompiled(format!(
@@ -327,7 +394,7 @@ impl Executor {
         }
     }
 
-    fn deserialize(&self, path: &Path, code: &[u8]) -> wasmtime::Result<Prepared> {
+    fn deserialize(&self, path: &Path, code: &[u8]) -> wasmtime::Result<Linked> {
         let link = |e: LoadError| wasmtime::Error::msg(e.to_string());
         // SAFETY: `code` is what wasmtime wrote: either a cache entry whose MAC (under a key
         // only root can read) checked out, or a `.cwasm` whose checksum checked out and whose
@@ -346,16 +413,16 @@ impl Executor {
         }
     }
 
-    fn link_component(&self, path: &Path, c: &Component) -> Result<Prepared, LoadError> {
+    fn link_component(&self, path: &Path, c: &Component) -> Result<Linked, LoadError> {
         let link = |e: wasmtime::Error| LoadError::Link {
             path: path.into(),
             message: format!("{e:#}"),
         };
         let pre = self.p2.instantiate_pre(c).map_err(link)?;
-        Ok(Prepared::Component(CommandPre::new(pre).map_err(link)?))
+        Ok(Linked::Component(CommandPre::new(pre).map_err(link)?))
     }
 
-    fn link_module(&self, path: &Path, m: &Module) -> Result<Prepared, LoadError> {
+    fn link_module(&self, path: &Path, m: &Module) -> Result<Linked, LoadError> {
         if m.get_export("_start").is_none() {
             return Err(LoadError::Link {
                 path: path.into(),
@@ -366,7 +433,7 @@ impl Executor {
             path: path.into(),
             message: format!("{e:#}"),
         })?;
-        Ok(Prepared::Core(pre))
+        Ok(Linked::Core(pre))
     }
 
     /// Runs one instance of `module` to its end.
@@ -382,8 +449,8 @@ impl Executor {
             .allow_ip_name_lookup(true)
             .inherit_network();
         let limits = Limiter::new(spec.memory_limit);
-        let result = match module {
-            Prepared::Component(pre) => {
+        let result = match &*module.0 {
+            Linked::Component(pre) => {
                 let mut table = ResourceTable::new();
                 table.set_max_capacity(spec.open_files);
                 let state = P2State {
@@ -401,7 +468,7 @@ impl Executor {
                     Err(e) => Err(e),
                 }
             }
-            Prepared::Core(pre) => {
+            Linked::Core(pre) => {
                 let mut ctx = wasi.build_p1();
                 ctx.ctx().table.set_max_capacity(spec.open_files);
                 let state = P1State { ctx, limits };
@@ -487,6 +554,29 @@ mod tests {
         assert_eq!(first_line(&e), "outer: inner");
         let e = wasmtime::Error::msg("\n");
         assert_eq!(first_line(&e), "error without a message");
+    }
+
+    #[test]
+    fn pods_of_the_same_module_share_one_copy() {
+        let exec = Executor::new().unwrap();
+        let wasm = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+        let other = wat::parse_str(r#"(module (func (export "_start") nop))"#).unwrap();
+        let p = Path::new("m.wasm");
+        let (a, source) = exec.prepare(p, &wasm, false).unwrap();
+        assert_eq!(source, Source::Compiled);
+        let (b, source) = exec.prepare(p, &wasm, false).unwrap();
+        assert_eq!(source, Source::Shared);
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        let (_c, source) = exec.prepare(p, &other, false).unwrap();
+        assert_eq!(source, Source::Compiled, "other bytes, other code");
+        assert_eq!(exec.loaded_modules(), 2);
+        drop((a, b));
+        assert_eq!(
+            exec.loaded_modules(),
+            1,
+            "dropped with the last pod using it"
+        );
+        assert_eq!(exec.prepare(p, &wasm, false).unwrap().1, Source::Compiled);
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! Many modules in one daemon, in a Raspberry Pi's address space: Raspberry Pi OS kernels give a
+//! process 39 bits of virtual address space (512 GiB), simulated here with `RLIMIT_AS`. With
+//! wasmtime's 64-bit defaults (4 GiB reserved per linear memory) about 125 modules fit; peapod
+//! reserves memories for a board (see `executor::engine_config`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::*;
+
+/// 512 GiB: the address space of a process on a Raspberry Pi OS kernel.
+const PI_ADDRESS_SPACE: u64 = 512 << 30;
+
+#[test]
+fn three_hundred_modules_serve_in_a_pi_address_space() {
+    if !root_or_skip("three_hundred_modules_serve_in_a_pi_address_space") {
+        return;
+    }
+    let env = Env::new();
+    let pods = 150; // two modules each
+    for i in 0..pods {
+        env.pod_file(
+            &format!("p{i}.toml"),
+            &format!(
+                "[pod]\nname = \"p{i}\"\n\n\
+                 [[containers]]\nname = \"app\"\nmodule = {KV_SERVER:?}\n\
+                 args = [\"--listen\", \"0.0.0.0:8080\"]\nmemory_limit_mib = 32\n\n\
+                 [[containers]]\nname = \"side\"\nmodule = {TOOLBOX:?}\n\
+                 args = [\"listen\", \"0.0.0.0:9000\", \"side {i}\"]\nmemory_limit_mib = 32\n"
+            ),
+        );
+    }
+    let mut d = env.spawn_daemon(|c| {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_AS,
+                    PI_ADDRESS_SPACE,
+                    PI_ADDRESS_SPACE,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+    });
+    d.wait_for("ready in", Duration::from_secs(600));
+    let ps = env.ps();
+    assert_eq!(ps.len(), pods);
+    for i in 0..pods {
+        let p = &ps[&format!("p{i}")];
+        assert_eq!(p["status"], "running", "{p}");
+        let ip: std::net::Ipv4Addr = p["ip"].as_str().unwrap().parse().unwrap();
+        wait_healthy(SocketAddr::from((ip, 8080)));
+        let side = eventually(Duration::from_secs(30), &format!("p{i}/side"), || {
+            let mut c = std::net::TcpStream::connect((ip, 9000)).ok()?;
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut c, &mut s).ok()?;
+            Some(s)
+        });
+        assert_eq!(side, format!("side {i}"));
+    }
+    let (rss, _) = rss_kib(d.pid());
+    eprintln!(
+        "figure: daemon RSS with {pods} pods of 2 modules: {rss} KiB ({} KiB a pod), {} fds",
+        rss / pods as u64,
+        fd_count(d.pid())
+    );
+    // None of them hit the address-space wall and restarted.
+    let restarts: u64 = env
+        .ps()
+        .values()
+        .map(|p| p["restarts"].as_u64().unwrap())
+        .sum();
+    assert_eq!(restarts, 0, "{}", d.output());
+    assert!(!d.output().contains("mmap failed"), "{}", d.output());
+    assert!(d.terminate().success());
+}
