@@ -196,17 +196,20 @@ pub struct Executor {
 /// and a Raspberry Pi OS kernel gives a process 512 GiB (39-bit VA): about 125 modules. peapod
 /// reserves [`MEMORY_RESERVATION`] per memory, grows it in steps of the same size (moving it when
 /// it outgrows its reservation) and keeps 64 KiB guards (the defaults of wasmtime's 32-bit
-/// hosts): a memory costs its size plus about 16 MiB of address space, so a 512 GiB process holds
-/// tens of thousands. The price is explicit bounds checks (see the README's Performance section
+/// hosts, which keep theirs): a memory costs its size plus about 16 MiB of address space, so a
+/// 512 GiB process holds tens of thousands. The price is explicit bounds checks (see the README's Performance section
 /// for the throughput figure).
 pub fn engine_config(target: Option<&str>) -> wasmtime::Result<Config> {
     let mut config = Config::new();
     config.epoch_interruption(true);
-    config
-        .memory_reservation(MEMORY_RESERVATION)
-        .memory_reservation_for_growth(MEMORY_RESERVATION)
-        .memory_guard_size(MEMORY_GUARD)
-        .memory_may_move(true);
+    // 32-bit hosts (armv7) have wasmtime's own small defaults already (10 MiB, 64 KiB guards).
+    if cfg!(target_pointer_width = "64") || target.is_some() {
+        config
+            .memory_reservation(MEMORY_RESERVATION)
+            .memory_reservation_for_growth(MEMORY_RESERVATION)
+            .memory_guard_size(MEMORY_GUARD)
+            .memory_may_move(true);
+    }
     if let Some(t) = target {
         config.target(t)?;
     }
