@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::ipam::{Ipam, IpamError};
@@ -57,8 +56,7 @@ pub struct Sandbox {
 /// The host end of a pod's veth: derived from bridge and pod name so it can be found after a crash,
 /// and short enough for IFNAMSIZ.
 pub fn host_veth_name(bridge: &str, pod: &str) -> String {
-    let h = Sha256::digest(format!("{bridge}/{pod}").as_bytes());
-    let hex: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::artifact::sha256_hex(format!("{bridge}/{pod}").as_bytes());
     format!("pp{}", &hex[..11])
 }
 

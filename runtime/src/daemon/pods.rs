@@ -44,12 +44,9 @@ pub struct Loaded {
 }
 
 fn digest(text: &str, modules: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    h.update(Sha256::digest(text.as_bytes()));
-    for m in modules {
-        h.update(Sha256::digest(m));
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let mut parts = vec![Sha256::digest(text.as_bytes())];
+    parts.extend(modules.iter().map(|m| Sha256::digest(m)));
+    crate::artifact::sha256_hex(&parts.concat())
 }
 
 /// A validated spec with its module bytes and digest, not compiled yet.

@@ -8,7 +8,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::durable;
 
@@ -76,10 +75,7 @@ impl Store {
     /// Copies module bytes into the store (once per content) and returns the stored path.
     pub fn put_module(&self, bytes: &[u8]) -> io::Result<PathBuf> {
         std::fs::create_dir_all(&self.modules)?;
-        let sha: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha = crate::artifact::sha256_hex(bytes);
         let path = self.modules.join(format!("{sha}.wasm"));
         if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
             durable::write(&path, bytes)?;
