@@ -45,7 +45,7 @@ pub struct Loaded {
 
 fn digest(text: &str, modules: &[&[u8]]) -> String {
     let mut parts = vec![Sha256::digest(text.as_bytes())];
-    parts.extend(modules.iter().map(|m| Sha256::digest(m)));
+    parts.extend(modules.iter().map(Sha256::digest));
     crate::artifact::sha256_hex(&parts.concat())
 }
 
