@@ -83,7 +83,9 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tick.tick() => pods.lock().await.tick().await,
+            // Skipped while an apply or a reload holds the pods: the loop must keep pinging
+            // the watchdog.
+            _ = tick.tick() => if let Ok(mut p) = pods.try_lock() { p.tick().await },
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
