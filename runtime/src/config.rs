@@ -153,12 +153,13 @@ struct RawLogs {
 /// A size: a number of bytes, or a string with a unit ("512KiB", "10MiB", "1G").
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Size {
+pub(crate) enum Size {
     Bytes(u64),
     Text(String),
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+/// A size: bytes, or a number with a binary unit (`KiB`/`Ki`/`K`/`KB`, `MiB`..., `GiB`...).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
@@ -167,9 +168,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a size like \"10MiB\""))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
-        "K" | "KB" | "KiB" => 1 << 10,
-        "M" | "MB" | "MiB" => 1 << 20,
-        "G" | "GB" | "GiB" => 1 << 30,
+        "K" | "KB" | "KiB" | "Ki" => 1 << 10,
+        "M" | "MB" | "MiB" | "Mi" => 1 << 20,
+        "G" | "GB" | "GiB" | "Gi" => 1 << 30,
         u => {
             return Err(format!(
                 "{s:?}: unknown unit {u:?} (use B, KiB, MiB or GiB)"

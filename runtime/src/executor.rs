@@ -8,7 +8,8 @@
 //!
 //! What a container is granted (see [`RunSpec`]): its declared args and env, TCP and UDP on any
 //! address and name lookup (the pod's network namespace is its boundary), stdout and stderr into
-//! the log. Nothing else: no files, no host environment, no stdin. What it may grow (memory,
+//! the log, and the directories of its volume mounts (see [`crate::volumes`]). Nothing else: no
+//! other files, no host environment, no stdin. What it may grow (memory,
 //! tables, instances, open handles) is bounded per run: see [`crate::limits`].
 //!
 //! Precompiled code is native code: [`Executor::prepare`] loads a `.cwasm` only when the caller
@@ -30,7 +31,7 @@ use wasmtime::component::{Component, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Config, Engine, InstancePre, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::artifact::{self, Cache};
 use crate::limits::{LimitReached, Limiter};
@@ -84,6 +85,8 @@ pub enum Outcome {
     Trapped(String),
     /// Ended because it hit one of its limits (memory, tables, open files).
     Limit(LimitReached),
+    /// Could not be started: what it is given is missing (a volume, an `env_from_files` file).
+    NotStarted(String),
 }
 
 impl Outcome {
@@ -99,6 +102,7 @@ impl Outcome {
             Outcome::Exited(_) => "Error",
             Outcome::Trapped(_) => "Trapped",
             Outcome::Limit(l) => l.reason(),
+            Outcome::NotStarted(_) => "CreateContainerConfigError",
         }
     }
 
@@ -116,6 +120,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Exited(c) => write!(f, "exited with code {c}"),
             Outcome::Trapped(m) => write!(f, "trapped: {m}"),
             Outcome::Limit(l) => write!(f, "{l}"),
+            Outcome::NotStarted(m) => write!(f, "not started: {m}"),
         }
     }
 }
@@ -131,7 +136,30 @@ pub struct RunSpec {
     pub memory_limit: u64,
     /// Open WASI handles (sockets, files, streams).
     pub open_files: usize,
+    /// Host directories shown to the guest (its only file system).
+    pub mounts: Vec<Mount>,
+    /// Variables read from files of the mounts when the run starts.
+    pub env_files: Vec<EnvFile>,
     pub log: ContainerLog,
+}
+
+/// A host directory preopened for the guest at `guest` (a volume mount).
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// Variable `var` takes the content of file `rel` beneath host directory `dir` (read with
+/// [`crate::volumes::read_env_file`], never leaving `dir`). Its value is never logged.
+#[derive(Debug, Clone)]
+pub struct EnvFile {
+    pub var: String,
+    /// The guest path, for messages.
+    pub path: String,
+    pub dir: PathBuf,
+    pub rel: String,
 }
 
 /// A compiled, linked module, ready to instantiate any number of times. Cheap to clone: every
@@ -451,6 +479,33 @@ impl Executor {
             .allow_udp(true)
             .allow_ip_name_lookup(true)
             .inherit_network();
+        for m in &spec.mounts {
+            let perms = if m.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            if let Err(e) = wasi.preopened_dir(&m.host, &m.guest, perms) {
+                return Outcome::NotStarted(format!(
+                    "volume mount {}: {}: {e:#}",
+                    m.guest,
+                    m.host.display()
+                ));
+            }
+        }
+        for e in &spec.env_files {
+            match crate::volumes::read_env_file(&e.dir, &e.rel) {
+                Ok(value) => {
+                    wasi.env(&e.var, value);
+                }
+                Err(why) => {
+                    return Outcome::NotStarted(format!(
+                        "env_from_files {}: {}: {why}",
+                        e.var, e.path
+                    ));
+                }
+            }
+        }
         let limits = Limiter::new(spec.memory_limit);
         let result = match &*module.0 {
             Linked::Component(pre) => {
@@ -590,6 +645,8 @@ mod tests {
             env: vec![],
             memory_limit: 16 << 20,
             open_files: 7,
+            mounts: vec![],
+            env_files: vec![],
             log: ContainerLog::new("p", "c", None),
         };
         let e = wasmtime::Error::from(LimitReached::Memory(16 << 20)).context("backtrace");

@@ -32,3 +32,4 @@ pub mod pod;
 pub mod sandbox;
 pub mod spec;
 pub mod supervisor;
+pub mod volumes;

@@ -5,12 +5,24 @@
 use crate::executor::{Executor, Prepared};
 use crate::module_file::{self, Caller, Read};
 use crate::spec::{ContainerSpec, PodSpec, SpecError};
+use crate::volumes;
 
-/// Reads every module of `spec` (at most `max` bytes each) with the rights of `caller`.
+/// Reads every module of `spec` (at most `max` bytes each) with the rights of `caller`, and
+/// checks what its volumes need from the host ([`volumes::check`]); all problems at once.
 pub fn read_modules(spec: &PodSpec, max: u64, caller: Caller) -> Result<Vec<Read>, SpecError> {
-    each_module(spec, spec.containers.iter().map(|_| ()), |c, ()| {
+    let volume_problems = volumes::check(spec, caller);
+    let read = each_module(spec, spec.containers.iter().map(|_| ()), |c, ()| {
         module_file::read(&c.module, max, caller).map_err(|e| e.to_string())
-    })
+    });
+    match (read, volume_problems.is_empty()) {
+        (Ok(read), true) => Ok(read),
+        (Ok(_), false) => Err(SpecError::invalid(&spec.source, volume_problems)),
+        (Err(SpecError::Invalid { path, mut problems }), _) => {
+            problems.extend(volume_problems);
+            Err(SpecError::Invalid { path, problems })
+        }
+        (Err(e), _) => Err(e),
+    }
 }
 
 /// Compiles (or loads from the cache) what [`read_modules`] read. A `.cwasm` is loaded only

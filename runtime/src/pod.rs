@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::crilog::LogSettings;
-use crate::executor::{Executor, Prepared, RunSpec};
+use crate::executor::{EnvFile, Executor, Mount, Prepared, RunSpec};
 use crate::limits::DEFAULT_OPEN_FILES;
 use crate::logs::{ContainerLog, LogSink};
 use crate::netns;
 use crate::sandbox::{Sandbox, SandboxError};
-use crate::spec::PodSpec;
+use crate::spec::{PodSpec, mount_of};
 use crate::supervisor::{Control, Final, Status, supervise};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,12 @@ pub enum PodError {
     },
     #[error("pod {pod}: pod thread: {message}")]
     Thread { pod: String, message: String },
+    #[error("pod {pod}: {source}")]
+    Volume {
+        pod: String,
+        #[source]
+        source: crate::volumes::VolumeError,
+    },
     #[error("pod {pod}: log file: {source}")]
     Log {
         pod: String,
@@ -136,6 +142,16 @@ impl RunningPod {
         modules: Vec<Prepared>,
         opts: &Options,
     ) -> Result<RunningPod, PodError> {
+        let dirs = match crate::volumes::prepare(sandbox.config(), spec) {
+            Ok(dirs) => dirs,
+            Err(source) => {
+                let pod = spec.name.clone();
+                if let Err(undo) = sandbox.destroy().await {
+                    tracing::error!(pod, "cleanup after failed start: {undo}");
+                }
+                return Err(PodError::Volume { pod, source });
+            }
+        };
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
         let mut controls = Vec::new();
@@ -163,6 +179,28 @@ impl RunningPod {
                     .open_files
                     .or(opts.open_files)
                     .unwrap_or(DEFAULT_OPEN_FILES),
+                mounts: c
+                    .volume_mounts
+                    .iter()
+                    .map(|m| Mount {
+                        host: dirs[&m.volume].clone(),
+                        guest: m.mount_path.clone(),
+                        read_only: m.read_only,
+                    })
+                    .collect(),
+                env_files: c
+                    .env_from_files
+                    .iter()
+                    .filter_map(|e| {
+                        let (m, rel) = mount_of(&c.volume_mounts, &e.path)?;
+                        Some(EnvFile {
+                            var: e.var.clone(),
+                            path: e.path.clone(),
+                            dir: dirs[&m.volume].clone(),
+                            rel,
+                        })
+                    })
+                    .collect(),
                 log,
             };
             let control = Control::new(&c.name, opts.linger);

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::ipam::{Ipam, IpamError};
 use crate::net::{NetError, Netlink};
 use crate::netns::{self, NetnsError};
+use crate::volumes;
 
 /// Name of the pod's end of its veth, inside the namespace.
 pub const POD_IFACE: &str = "eth0";
@@ -123,8 +124,8 @@ impl Sandbox {
         let lock = lock_pod(cfg, pod)?;
         let netns_path = cfg.netns_path(pod);
         let ipam = Ipam::new(cfg);
-        // We hold the lock, so any pin or lease of this pod is a dead process' leftover.
-        if netns_path.exists() || ipam.leases()?.contains_key(pod) {
+        // We hold the lock, so any pin, lease or volume of this pod is a dead process' leftover.
+        if netns_path.exists() || ipam.leases()?.contains_key(pod) || volumes::exist(cfg, pod) {
             tracing::warn!(pod, "removing leftovers of an earlier run of this pod");
             remove_parts(cfg, pod).await?;
         }
@@ -246,7 +247,12 @@ impl Sandbox {
         Ok(ip)
     }
 
-    /// Removes the namespace, the veth and the lease.
+    /// The configuration it was made with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Removes the namespace, the veth, the lease and the volumes.
     pub async fn destroy(self) -> Result<(), SandboxError> {
         let Sandbox {
             cfg, pod, netns, ..
@@ -336,6 +342,7 @@ pub async fn collect_orphans(
         }
     }
     names.extend(Ipam::new(cfg).leases()?.into_keys());
+    names.extend(volumes::pods(cfg));
     let mut removed = Vec::new();
     for pod in names.into_iter().filter(|p| !keep.contains(p)) {
         // A pod run by another process (`peapod run`) holds its lock: not an orphan.
@@ -365,6 +372,9 @@ async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
     }
     if let Err(e) = Ipam::new(cfg).release(pod) {
         errors.push(e.into());
+    }
+    if let Err(e) = volumes::remove(cfg, pod) {
+        errors.push(SandboxError::Other(format!("volumes of pod {pod}: {e}")));
     }
     match errors.len() {
         0 => Ok(()),

@@ -330,6 +330,19 @@ impl Env {
             .collect()
     }
 
+    /// Mount points anywhere under this env's directory (pins, volumes, secrets).
+    pub fn all_mounts(&self) -> Vec<String> {
+        let root = self.dir.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        mounts
+    }
+
     /// Mount points under this env's run dir, from /proc/self/mountinfo.
     pub fn mounts(&self) -> Vec<String> {
         let root = self.run_dir().display().to_string();
@@ -345,7 +358,8 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         // Our `peapod` children were stopped by their own guards (dropped before the Env).
-        for m in self.mounts() {
+        // Every mount under our directory (pins, volumes), deepest first.
+        for m in self.all_mounts() {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         for port in self.bridge_ports() {

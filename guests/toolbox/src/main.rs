@@ -15,6 +15,14 @@
 //! hog N                  bind up to N TCP listeners on 127.0.0.1 (ephemeral ports), printing
 //!                        "holding K sockets" every 100; then hold them forever (a hostile
 //!                        guest: its open-files limit ends it first)
+//! fs OP...               file operations in order, each one argument "VERB PATH [ARG]"; each
+//!                        prints "VERB PATH: ok[: RESULT]" or "VERB PATH: error: KIND: MESSAGE";
+//!                        exit 1 if any failed, else 0. VERBs: write PATH TEXT, append PATH TEXT, cat PATH, ls DIR,
+//!                        mkdir PATH, rm PATH, rmdir PATH, mv PATH NEW,
+//!                        fill PATH KIB (write KIB KiB in 64 KiB chunks, say how far it got),
+//!                        hold (stay alive, serving nothing)
+//! fill-loop PATH         write PATH in 64 KiB chunks until a write fails, start over, forever
+//!                        (a guest pressing against its volume's size limit)
 //! ```
 
 use std::io::{Read, Write};
@@ -25,7 +33,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source|hog ...");
+            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source|hog|fs|fill-loop ...");
             std::process::exit(2)
         })
     };
@@ -126,6 +134,28 @@ fn main() {
                 c.write_all(&chunk).expect("source: write");
             }
         }
+        "fs" => {
+            let failed = args[2..].iter().filter(|op| !fs_op(op)).count();
+            std::process::exit(i32::from(failed > 0))
+        }
+        "fill-loop" => {
+            let path = arg(2);
+            let chunk = vec![0x42u8; 64 * 1024];
+            let mut reported = false;
+            loop {
+                let Ok(mut f) = std::fs::File::create(path) else {
+                    continue;
+                };
+                let mut n = 0u64;
+                while f.write_all(&chunk).is_ok() {
+                    n += chunk.len() as u64;
+                }
+                if !reported {
+                    println!("fill-loop: a write failed after {n} bytes; going on");
+                    reported = true;
+                }
+            }
+        }
         "env" => {
             println!("args: {:?}", &args);
             for (k, v) in std::env::vars() {
@@ -137,4 +167,65 @@ fn main() {
             std::process::exit(2)
         }
     }
+}
+
+/// One `fs` operation: "VERB PATH [ARG]" (ARG is the rest of the string); false if it failed.
+fn fs_op(op: &str) -> bool {
+    let mut parts = op.splitn(3, ' ');
+    let verb = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("");
+    let rest = parts.next().unwrap_or("");
+    let result: std::io::Result<String> = match verb {
+        "write" => std::fs::write(path, rest).map(|()| String::new()),
+        "append" => std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(rest.as_bytes()))
+            .map(|()| String::new()),
+        "cat" => std::fs::read_to_string(path).map(|t| format!("{t:?}")),
+        "ls" => std::fs::read_dir(path).map(|d| {
+            let mut names: Vec<String> = d
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.join(",")
+        }),
+        "mkdir" => std::fs::create_dir(path).map(|()| String::new()),
+        "rm" => std::fs::remove_file(path).map(|()| String::new()),
+        "rmdir" => std::fs::remove_dir(path).map(|()| String::new()),
+        "mv" => std::fs::rename(path, rest).map(|()| String::new()),
+        "fill" => {
+            let kib: u64 = rest.parse().unwrap_or(0);
+            let chunk = vec![0x42u8; 64 * 1024];
+            std::fs::File::create(path).and_then(|mut f| {
+                let mut n = 0u64;
+                while n < kib * 1024 {
+                    let len = chunk.len().min((kib * 1024 - n) as usize);
+                    if let Err(e) = f.write_all(&chunk[..len]) {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!("after {n} bytes: {e}"),
+                        ));
+                    }
+                    n += len as u64;
+                }
+                Ok(format!("{n} bytes"))
+            })
+        }
+        "hold" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        other => {
+            println!("{op}: error: unknown verb {other:?}");
+            return false;
+        }
+    };
+    match &result {
+        Ok(r) if r.is_empty() => println!("{verb} {path}: ok"),
+        Ok(r) => println!("{verb} {path}: ok: {r}"),
+        Err(e) => println!("{verb} {path}: error: {:?}: {e}", e.kind()),
+    }
+    result.is_ok()
 }

@@ -42,6 +42,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod volumes;
+pub use volumes::{EnvFromFile, MountSpec, VolumeKind, VolumeSpec, mount_of};
+
 /// When a container that ended is started again (Kubernetes' `restartPolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 pub enum RestartPolicy {
@@ -95,6 +98,8 @@ pub struct PodSpec {
     pub restart_policy: RestartPolicy,
     pub backoff: Backoff,
     pub containers: Vec<ContainerSpec>,
+    /// `[[volumes]]`: what containers may mount (see [`volumes`]).
+    pub volumes: Vec<VolumeSpec>,
     /// Values that were accepted but changed (e.g. a backoff raised to [`MIN_BACKOFF`]), in the
     /// form of problems: whoever loads the spec shows them.
     pub warnings: Vec<Problem>,
@@ -116,6 +121,10 @@ pub struct ContainerSpec {
     pub memory_limit: u64,
     /// Cap on a run's open WASI handles; `None`: the runtime's default.
     pub open_files: Option<usize>,
+    /// The pod's volumes this container sees, and where; none: no file system at all.
+    pub volume_mounts: Vec<MountSpec>,
+    /// Variables read from files of its mounts at each start.
+    pub env_from_files: Vec<EnvFromFile>,
     /// Index in the file's `[[containers]]` list.
     pub index: usize,
 }
@@ -177,6 +186,8 @@ struct RawFile {
     pod: RawPod,
     #[serde(default)]
     containers: Vec<RawContainer>,
+    #[serde(default)]
+    volumes: Vec<volumes::RawVolume>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +220,10 @@ struct RawContainer {
     restart_policy: Option<RestartPolicy>,
     memory_limit_mib: Option<u64>,
     open_files_limit: Option<usize>,
+    #[serde(default)]
+    volume_mounts: Vec<volumes::RawMount>,
+    #[serde(default)]
+    env_from_files: BTreeMap<String, String>,
 }
 
 /// Is `s` a DNS-1123 label (what Kubernetes requires of pod and container names)?
@@ -331,6 +346,8 @@ impl PodSpec {
             );
         }
 
+        let pod_volumes = volumes::volumes(raw.volumes, &line_of, &mut problem);
+
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut seen = HashSet::new();
         let mut containers = Vec::new();
@@ -369,6 +386,9 @@ impl PodSpec {
                     "must be at least 1 (stdout and stderr are handles too)".into(),
                 );
             }
+            let volume_mounts = volumes::mounts(i, c.volume_mounts, &pod_volumes, &mut problem);
+            let env_from_files =
+                volumes::env_from_files(i, c.env_from_files, &volume_mounts, &c.env, &mut problem);
             containers.push(ContainerSpec {
                 module: dir.join(&c.module),
                 module_line: line_of(&at("module")),
@@ -382,6 +402,8 @@ impl PodSpec {
                     .min(MAX_MEMORY_LIMIT_MIB)
                     << 20,
                 open_files: c.open_files_limit,
+                volume_mounts,
+                env_from_files,
                 index: i,
             });
         }
@@ -395,6 +417,7 @@ impl PodSpec {
             restart_policy: raw.pod.restart_policy,
             backoff,
             containers,
+            volumes: pod_volumes,
             warnings,
         })
     }
@@ -417,6 +440,18 @@ impl PodSpec {
                 None
             },
             field: format!("containers[{}].{field}", container.index),
+            message,
+        }
+    }
+}
+
+impl PodSpec {
+    /// A problem with volume `v` found on the host (e.g. its `host_path` does not exist), in
+    /// the same form as parse problems; `field` is below the volume, e.g. `host_path.path`.
+    pub fn volume_problem(&self, v: &VolumeSpec, field: &str, message: String) -> Problem {
+        Problem {
+            line: v.line,
+            field: format!("volumes[{}].{field}", v.index),
             message,
         }
     }

@@ -1,0 +1,363 @@
+//! Volumes on the host: what a pod's `[[volumes]]` are made of, and their life with the sandbox.
+//!
+//! Each pod has a directory `<state_dir>/volumes/<pod>/`, made with its sandbox, kept across
+//! restarts in place and daemon restarts (it is on disk, like the namespace pin it lives beside),
+//! and removed with the sandbox; a new sandbox starts with it empty.
+//!
+//! - `empty_dir`: `<pod dir>/<volume>`, on disk (Kubernetes' default medium). With `size_limit`
+//!   it is a tmpfs of that size mounted there (`nosuid,nodev,noexec`, inodes capped too): the
+//!   kernel refuses a write past the limit with ENOSPC, exactly and at once, and the pod cannot
+//!   touch the disk's free space or another pod's. Its pages are memory, counted in the daemon's
+//!   cgroup.
+//! - `host_path`: the host directory itself (made first with `type = "DirectoryOrCreate"`).
+//! - `files`: `<pod dir>/<volume>/<file>`, written from the spec (mode 0444).
+//! - `secret`: a directory is shown as it is; a single file `F` is bind-mounted read-only at
+//!   `<run_dir>/secrets/<pod>/<volume>/<basename of F>`, so the guest sees it in a directory of
+//!   its own; its content is never copied, and nothing under the state dir shows it.
+//!
+//! Guests reach a volume only through wasmtime-wasi's preopens, which are cap-std directories:
+//! every path is resolved beneath the volume (`..`, absolute symlinks and symlinks that point out
+//! are refused by the kernel's `RESOLVE_BENEATH` or cap-std's own walk), and a read-only mount
+//! refuses every write, create, rename and delete.
+//!
+//! Who may mount host files: a `host_path` or `secret` is opened by the daemon, as root, so only
+//! a root caller may name one (the pods directory is root's; an API client must be root).
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::config::Config;
+use crate::module_file::Caller;
+use crate::spec::{PodSpec, Problem, VolumeKind};
+
+/// The largest value `env_from_files` reads from a file.
+pub const MAX_ENV_FILE: u64 = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+#[error("volume {volume}: {message}")]
+pub struct VolumeError {
+    pub volume: String,
+    pub message: String,
+}
+
+/// `<state_dir>/volumes/<pod>`: where a pod's sandbox keeps its volumes.
+pub fn pod_dir(cfg: &Config, pod: &str) -> PathBuf {
+    cfg.state_dir.join("volumes").join(pod)
+}
+
+/// `<run_dir>/secrets/<pod>`: where a pod's single-file secrets are bind-mounted.
+fn secrets_dir(cfg: &Config, pod: &str) -> PathBuf {
+    cfg.run_dir.join("secrets").join(pod)
+}
+
+/// Does pod `pod` have volumes on this host (left by an earlier sandbox, or its own)?
+pub fn exist(cfg: &Config, pod: &str) -> bool {
+    pod_dir(cfg, pod).exists() || secrets_dir(cfg, pod).exists()
+}
+
+/// What validation needs from the host: every `host_path` is a directory (or may be made),
+/// every `secret` a file or directory, and the caller may name them. One problem per fault.
+pub fn check(spec: &PodSpec, caller: Caller) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for v in &spec.volumes {
+        let (field, path) = match &v.kind {
+            VolumeKind::HostPath { path, .. } => ("host_path.path", path),
+            VolumeKind::Secret { path } => ("secret.path", path),
+            _ => continue,
+        };
+        if !caller.is_root() {
+            problems.push(spec.volume_problem(
+                v,
+                field,
+                format!(
+                    "only root may mount host files ({} would be opened by the daemon as root)",
+                    path.display()
+                ),
+            ));
+            continue;
+        }
+        let message = match (&v.kind, std::fs::metadata(path)) {
+            (_, Ok(m)) if m.is_dir() => None,
+            (VolumeKind::Secret { .. }, Ok(m)) if m.is_file() => None,
+            (VolumeKind::Secret { .. }, Ok(_)) => Some("is not a file or directory"),
+            (_, Ok(_)) => Some("is not a directory"),
+            (VolumeKind::HostPath { create: true, .. }, Err(e))
+                if e.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            (VolumeKind::HostPath { .. }, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("does not exist (create it, or set type = \"DirectoryOrCreate\")")
+            }
+            (_, Err(e)) => {
+                problems.push(spec.volume_problem(v, field, format!("{}: {e}", path.display())));
+                continue;
+            }
+        };
+        if let Some(m) = message {
+            problems.push(spec.volume_problem(v, field, format!("{} {m}", path.display())));
+        }
+    }
+    problems
+}
+
+/// Makes pod `spec`'s volumes on the host and returns each volume's host directory. Idempotent:
+/// what exists (a recovered sandbox's volumes, with their data and mounts) is kept.
+pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
+    let root = pod_dir(cfg, &spec.name);
+    let mut dirs = BTreeMap::new();
+    for v in &spec.volumes {
+        let err = |message: String| VolumeError {
+            volume: v.name.clone(),
+            message,
+        };
+        let own = root.join(&v.name);
+        let io =
+            |what: &str, p: &Path, e: std::io::Error| err(format!("{what} {}: {e}", p.display()));
+        let dir = match &v.kind {
+            VolumeKind::EmptyDir { size_limit } => {
+                make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
+                if let Some(size) = size_limit
+                    && !is_mount_point(&own)
+                {
+                    mount_tmpfs(&own, *size).map_err(|e| io("cannot mount a tmpfs on", &own, e))?;
+                }
+                own
+            }
+            VolumeKind::HostPath { path, create } => {
+                if *create {
+                    std::fs::create_dir_all(path).map_err(|e| io("cannot create", path, e))?;
+                }
+                if !path.is_dir() {
+                    return Err(err(format!("{} is not a directory", path.display())));
+                }
+                path.clone()
+            }
+            VolumeKind::Files(files) => {
+                if own.exists() {
+                    std::fs::remove_dir_all(&own).map_err(|e| io("cannot clear", &own, e))?;
+                }
+                make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
+                for (name, text) in files {
+                    let f = own.join(name);
+                    write_read_only(&f, text.as_bytes()).map_err(|e| io("cannot write", &f, e))?;
+                }
+                own
+            }
+            VolumeKind::Secret { path } => {
+                let meta = std::fs::metadata(path).map_err(|e| io("secret", path, e))?;
+                if meta.is_dir() {
+                    path.clone()
+                } else {
+                    let name = path
+                        .file_name()
+                        .ok_or_else(|| err(format!("{} has no file name", path.display())))?;
+                    let own = secrets_dir(cfg, &spec.name).join(&v.name);
+                    let target = own.join(name);
+                    make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
+                    if !is_mount_point(&target) {
+                        bind_read_only(path, &target)
+                            .map_err(|e| io("cannot bind-mount the secret at", &target, e))?;
+                    }
+                    own
+                }
+            }
+        };
+        dirs.insert(v.name.clone(), dir);
+    }
+    Ok(dirs)
+}
+
+/// Removes pod `pod`'s volumes: for each of its two directories, first every mount under it
+/// (tmpfs, secret binds), then the files. Nothing is deleted while a mount is left: a secret's
+/// bind mount must never lead a recursive delete into the host file it shows.
+pub fn remove(cfg: &Config, pod: &str) -> std::io::Result<()> {
+    remove_dir(&secrets_dir(cfg, pod))?;
+    remove_dir(&pod_dir(cfg, pod))
+}
+
+fn remove_dir(root: &Path) -> std::io::Result<()> {
+    if !root.exists() {
+        return Ok(());
+    }
+    let mut mounts = mounts_under(root)?;
+    // Deepest first.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for m in &mounts {
+        nix::mount::umount2(m, MntFlags::MNT_DETACH)
+            .map_err(|e| std::io::Error::other(format!("cannot unmount {}: {e}", m.display())))?;
+    }
+    if !mounts_under(root)?.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{}: mounts are left under it; not removing it",
+            root.display()
+        )));
+    }
+    std::fs::remove_dir_all(root)
+}
+
+/// Pods that have volumes here (to collect those of pods that are gone).
+pub fn pods(cfg: &Config) -> Vec<String> {
+    [cfg.state_dir.join("volumes"), cfg.run_dir.join("secrets")]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// The value of an `env_from_files` variable: file `rel` beneath `dir`, read without leaving it
+/// (cap-std), at most [`MAX_ENV_FILE`] bytes of UTF-8.
+pub fn read_env_file(dir: &Path, rel: &str) -> Result<String, String> {
+    let d = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| e.to_string())?;
+    let f = d.open(rel).map_err(|e| e.to_string())?;
+    if !f.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_ENV_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_ENV_FILE {
+        return Err(format!("larger than {} KiB", MAX_ENV_FILE >> 10));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
+}
+
+fn make_dir(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(p)
+}
+
+fn write_read_only(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(p)?;
+    f.write_all(bytes)
+}
+
+fn mount_tmpfs(p: &Path, size: u64) -> std::io::Result<()> {
+    // One inode per 4 KiB of the limit (at least 1024): a guest making empty files cannot use
+    // more kernel memory than its limit's worth.
+    let inodes = (size / 4096).max(1024);
+    let data = format!("size={size},nr_inodes={inodes},mode=0750");
+    nix::mount::mount(
+        Some("peapod-volume"),
+        p,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(std::io::Error::from)
+}
+
+fn bind_read_only(src: &Path, target: &Path) -> std::io::Result<()> {
+    if !target.exists() {
+        write_read_only(target, b"")?;
+    }
+    let none: Option<&str> = None;
+    nix::mount::mount(Some(src), target, none, MsFlags::MS_BIND, none)?;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    if let Err(e) = nix::mount::mount(none, target, none, flags, none) {
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    let Ok(p) = p.canonicalize() else {
+        return false;
+    };
+    mounts_under(&p).map(|ms| ms.contains(&p)).unwrap_or(false)
+}
+
+/// Mount points at or below `root` (which exists), from `/proc/self/mountinfo`.
+fn mounts_under(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let root = root.canonicalize()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with(&root))
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_may_mount_host_files() {
+        let spec = PodSpec::parse(
+            Path::new("/p/pod.toml"),
+            "[pod]\nname = \"p\"\n[[volumes]]\nname = \"etc\"\nhost_path = { path = \"/etc\" }\n\
+             [[volumes]]\nname = \"key\"\nsecret = { path = \"/etc/hostname\" }\n\
+             [[volumes]]\nname = \"tmp\"\nempty_dir = {}\n\
+             [[containers]]\nname = \"c\"\nmodule = \"m.wasm\"\n",
+        )
+        .unwrap();
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: 0,
+        };
+        let problems: Vec<String> = check(&spec, user).iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("5: volumes[0].host_path.path: only root may mount host files"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("volumes[1].secret.path: only root"),
+            "{problems:?}"
+        );
+        assert!(check(&spec, Caller { uid: 0, ..user }).is_empty());
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/a\040b/c\134d"), "/a b/c\\d");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+}
