@@ -15,13 +15,29 @@ fn config(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `configs/demo.toml` as it is, but with its modules at their absolute paths and its backup
+/// directory (a `host_path`) in the test's own directory instead of /var/lib/peapod-demo.
+fn demo_spec(env: &Env) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(config("demo.toml")).unwrap();
+    let backups = env.dir.path().join("backups");
+    let edited = text
+        .replace("../target/guests/kv-server.wasm", KV_SERVER)
+        .replace("../target/guests/backup.wasm", BACKUP)
+        .replace("/var/lib/peapod-demo/backups", backups.to_str().unwrap());
+    for gone in ["../target/guests/", "/var/lib/peapod-demo"] {
+        assert!(!edited.contains(gone), "demo.toml changed: {gone} is left");
+    }
+    (env.spec("demo.toml", &edited), backups)
+}
+
 #[test]
 fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
     if !root_or_skip("the_demo_sidecar_backs_up_and_restores_the_app_over_localhost") {
         return;
     }
     let env = Env::new();
-    let mut p = env.start(&config("demo.toml"));
+    let (spec, backups) = demo_spec(&env);
+    let mut p = env.start(&spec);
     let s = p.started("demo");
     let app = SocketAddr::from((s.ip, 8080));
     let first = wait_healthy(app);
@@ -41,6 +57,25 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
         r.instance, first,
         "served by the restarted instance, same IP"
     );
+    p.wait_for(
+        "backup: read /etc/backup/backup.conf",
+        Duration::from_secs(1),
+    );
+    assert!(p.terminate().success());
+    // The snapshot is in the host directory (made by DirectoryOrCreate), and outlives the pod.
+    let saved = std::fs::read_to_string(backups.join("snapshot.txt")).unwrap();
+    assert_eq!(saved, "board=pi\n");
+
+    // A re-created pod: a new sandbox, a new IP, an empty app; the keys come back from disk.
+    let mut p = env.start(&spec);
+    let s2 = p.started("demo");
+    assert_ne!(s2.ip, s.ip);
+    p.wait_for(
+        "restored 1 keys from the saved snapshot",
+        Duration::from_secs(30),
+    );
+    let r = http(SocketAddr::from((s2.ip, 8080)), "GET", "/kv/board", "").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "pi\n"));
     assert!(p.terminate().success());
 }
 

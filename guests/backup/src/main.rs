@@ -1,8 +1,16 @@
 //! The demo sidecar: a first backup agent (wasip2).
 //!
-//! Every `--interval` (default 3s) it reads the app's whole store over the pod's shared loopback
-//! (`--app`, default 127.0.0.1:8080) and logs a snapshot. When it sees a new app instance (the app
-//! crashed and was restarted in place) whose store is empty, it writes the last snapshot back.
+//! Every `--interval-ms` (default 3000) it reads the app's whole store over the pod's shared
+//! loopback (`--app`, default 127.0.0.1:8080) and logs a snapshot. When it sees a new app
+//! instance whose store is empty (the app crashed and was restarted in place), it writes the last
+//! snapshot back.
+//!
+//! With files (a guest sees only its pod's volume mounts):
+//! - `--config FILE` reads `key = value` lines first (`app`, `interval_ms`), as a config file
+//!   mounted from a `files` volume; flags after it win.
+//! - `--dir DIR` keeps each snapshot in `DIR/snapshot.txt` (written to a temporary file, then
+//!   renamed over it, so a power cut leaves the old or the new one) and starts from it: mounted
+//!   from a `host_path`, the keys survive a re-created pod, a daemon restart and a reboot.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -42,28 +50,80 @@ fn request(app: &str, method: &str, path: &str, body: &str) -> std::io::Result<R
     })
 }
 
+/// Applies one setting (from the command line or the config file).
+fn set(key: &str, value: &str, app: &mut String, interval: &mut Duration) {
+    match key {
+        "app" => *app = value.to_string(),
+        "interval_ms" => match value.parse() {
+            Ok(ms) => *interval = Duration::from_millis(ms),
+            Err(_) => fail(&format!("interval_ms: {value:?} is not a number")),
+        },
+        other => fail(&format!("unknown setting {other:?}")),
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("backup: {message}");
+    std::process::exit(2)
+}
+
+/// Writes `text` to `dir/snapshot.txt` through a temporary file and a rename.
+fn save(dir: &str, text: &str) -> std::io::Result<()> {
+    let tmp = format!("{dir}/snapshot.txt.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, format!("{dir}/snapshot.txt"))
+}
+
 fn main() {
     let mut app = "127.0.0.1:8080".to_string();
     let mut interval = Duration::from_secs(3);
+    let mut dir: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| fail(&format!("{a} needs a value")))
+        };
         match a.as_str() {
-            "--app" => app = args.next().expect("--app needs HOST:PORT"),
-            "--interval-ms" => {
-                interval = Duration::from_millis(
-                    args.next()
-                        .and_then(|v| v.parse().ok())
-                        .expect("--interval-ms needs a number"),
-                )
+            "--app" => app = value(),
+            "--interval-ms" => set("interval_ms", &value(), &mut app, &mut interval),
+            "--dir" => dir = Some(value()),
+            "--config" => {
+                let file = value();
+                let text = std::fs::read_to_string(&file)
+                    .unwrap_or_else(|e| fail(&format!("cannot read {file}: {e}")));
+                for line in text.lines().map(str::trim) {
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let Some((k, v)) = line.split_once('=') else {
+                        fail(&format!("{file}: {line:?} is not `key = value`"))
+                    };
+                    set(k.trim(), v.trim(), &mut app, &mut interval);
+                }
+                println!("backup: read {file}");
             }
-            other => {
-                eprintln!("unknown argument {other:?}");
-                std::process::exit(2);
-            }
+            other => fail(&format!("unknown argument {other:?}")),
         }
     }
     println!("backup: watching {app} every {interval:?}");
     let mut last: Option<(String, String)> = None; // (instance, snapshot)
+    if let Some(d) = &dir {
+        match std::fs::read_to_string(format!("{d}/snapshot.txt")) {
+            Ok(text) => {
+                println!(
+                    "backup: found a snapshot of {} keys in {d}",
+                    text.lines().count()
+                );
+                // Not an instance the app ever has: the first app seen, if empty, gets it back.
+                last = Some(("(saved)".into(), text));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                println!("backup: no snapshot in {d} yet")
+            }
+            Err(e) => println!("backup: cannot read the snapshot in {d}: {e}"),
+        }
+    }
     loop {
         std::thread::sleep(interval);
         let snap = match request(&app, "GET", "/kv", "") {
@@ -89,15 +149,28 @@ fn main() {
                         restored += 1;
                     }
                 }
-                println!(
-                    "backup: app restarted (instance {} -> {}); restored {restored} keys",
-                    inst, snap.instance
-                );
+                if inst == "(saved)" {
+                    println!(
+                        "backup: app instance {} started empty; restored {restored} keys from the saved snapshot",
+                        snap.instance
+                    );
+                } else {
+                    println!(
+                        "backup: app restarted (instance {} -> {}); restored {restored} keys",
+                        inst, snap.instance
+                    );
+                }
                 last = Some((snap.instance, old.clone()));
             }
             _ => {
                 let body = snap.body.trim_end().replace('\n', ", ");
                 println!("backup: snapshot of {keys} keys: {{{body}}}");
+                if let Some(d) = &dir
+                    && last.as_ref().is_none_or(|(_, old)| *old != snap.body)
+                    && let Err(e) = save(d, &snap.body)
+                {
+                    println!("backup: cannot save the snapshot in {d}: {e}");
+                }
                 last = Some((snap.instance, snap.body));
             }
         }
