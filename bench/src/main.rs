@@ -20,7 +20,7 @@ use peapod::config::Config;
 use stats::Figure;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Measure pod start, restart in place, re-create, loopback throughput and density.
+/// Measure pod start, restart in place, re-create, loopback throughput, volume writes and density.
 #[derive(Parser, Debug, Clone)]
 struct Args {
     /// Repetitions of each timed figure
@@ -182,6 +182,9 @@ async fn measure(args: &Args, place: &Place, figures: &mut Vec<Figure>) -> Resul
     } else {
         fig.noted("iperf3 not installed (apt-get install iperf3)")
     });
+
+    eprintln!("bench: volume write ({} MiB a run)", args.mib.min(256));
+    ctx.volume_write(runs, figures).await?;
 
     eprintln!("bench: density ({} pods)", args.pods);
     ctx.density(modules, figures).await?;

@@ -312,6 +312,82 @@ impl Ctx {
         Ok(samples)
     }
 
+    /// Write throughput into a volume: a guest writes `mib` MiB (64 KiB writes, no fsync) to an
+    /// `empty_dir` on disk and to one with a `size_limit` (a tmpfs), against the host writing
+    /// the same bytes the same way into the same directory.
+    pub async fn volume_write(&mut self, runs: usize, figures: &mut Vec<Figure>) -> Result<()> {
+        let mib = self.mib.min(256);
+        let kib = mib * 1024;
+        let toolbox = peapod_guests::TOOLBOX;
+        let limit = format!("empty_dir = {{ size_limit = \"{}MiB\" }}", mib + 16);
+        for (label, volume) in [("on disk", "empty_dir = {}"), ("tmpfs", limit.as_str())] {
+            let (mut guest, mut host) = (vec![], vec![]);
+            let mut compiled: Option<Vec<Prepared>> = None;
+            for _ in 0..runs {
+                let name = self.name("vol");
+                let text = format!(
+                    "[pod]\nname = {name:?}\nrestart_policy = \"Never\"\n\
+                     [[volumes]]\nname = \"data\"\n{volume}\n\
+                     [[containers]]\nname = \"w\"\nmodule = {toolbox:?}\n\
+                     args = [\"fs\", \"fill /data/guest {kib}\", \"rm /data/guest\", \"hold\"]\n\
+                     volume_mounts = [{{ name = \"data\", mount_path = \"/data\" }}]\n"
+                );
+                let spec = PodSpec::parse(&self.dir.join(format!("{name}.toml")), &text)?;
+                let modules = match &compiled {
+                    Some(m) => m.clone(),
+                    None => compiled.insert(self.compile(&spec)?).clone(),
+                };
+                let result = Arc::new(Mutex::new(None));
+                let r = result.clone();
+                let sink: LogSink = Arc::new(move |_, _, line| {
+                    if line.starts_with("fill /data/guest: ")
+                        || line.starts_with("rm /data/guest: ")
+                    {
+                        r.lock()
+                            .unwrap()
+                            .get_or_insert(vec![])
+                            .push(line.to_string());
+                    }
+                });
+                let pod = self.start(&spec, modules, Some(sink)).await?;
+                let t0 = Instant::now();
+                let lines = loop {
+                    if let Some(l) = result.lock().unwrap().as_ref().filter(|l| l.len() == 2) {
+                        break l.clone();
+                    }
+                    anyhow::ensure!(t0.elapsed() < Duration::from_secs(120), "no fill result");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                };
+                // "fill /data/guest: ok: BYTES bytes in MICROS us"
+                let w: Vec<&str> = lines[0].split_whitespace().collect();
+                anyhow::ensure!(w.get(2) == Some(&"ok:"), "guest write failed: {}", lines[0]);
+                guest.push(w[3].parse::<f64>()? / w[6].parse::<f64>()?);
+                // The host, into the same directory, the same way.
+                let dir = peapod::volumes::pod_dir(&self.cfg, &name).join("data");
+                let chunk = vec![0x42u8; 64 * 1024];
+                let t0 = Instant::now();
+                let mut f = std::fs::File::create(dir.join("host"))?;
+                for _ in 0..kib / 64 {
+                    f.write_all(&chunk)?;
+                }
+                drop(f);
+                host.push((kib * 1024) as f64 / t0.elapsed().as_micros() as f64);
+                std::fs::remove_file(dir.join("host"))?;
+                pod.stop().await?;
+            }
+            figures.push(
+                Figure::new(
+                    "volume write",
+                    format!("guest writes {mib} MiB to an empty_dir {label}"),
+                    "MB/s",
+                    &guest,
+                )
+                .against("host, same dir", &host),
+            );
+        }
+        Ok(())
+    }
+
     /// 6. Density: N pods of two modules each, started one after another; RSS before and after.
     pub async fn density(
         &mut self,

@@ -19,7 +19,8 @@
 //!                        prints "VERB PATH: ok[: RESULT]" or "VERB PATH: error: KIND: MESSAGE";
 //!                        exit 1 if any failed, else 0. VERBs: write PATH TEXT, append PATH TEXT, cat PATH, ls DIR,
 //!                        mkdir PATH, rm PATH, rmdir PATH, mv PATH NEW,
-//!                        fill PATH KIB (write KIB KiB in 64 KiB chunks, say how far it got),
+//!                        fill PATH KIB (write KIB KiB in 64 KiB chunks: "N bytes in MICROS
+//!                        us", or how far it got),
 //!                        hold (stay alive, serving nothing)
 //! fill-loop PATH         write PATH in 64 KiB chunks until a write fails, start over, forever
 //!                        (a guest pressing against its volume's size limit)
@@ -199,6 +200,7 @@ fn fs_op(op: &str) -> bool {
         "fill" => {
             let kib: u64 = rest.parse().unwrap_or(0);
             let chunk = vec![0x42u8; 64 * 1024];
+            let t0 = std::time::Instant::now();
             std::fs::File::create(path).and_then(|mut f| {
                 let mut n = 0u64;
                 while n < kib * 1024 {
@@ -211,7 +213,7 @@ fn fs_op(op: &str) -> bool {
                     }
                     n += len as u64;
                 }
-                Ok(format!("{n} bytes"))
+                Ok(format!("{n} bytes in {} us", t0.elapsed().as_micros()))
             })
         }
         "hold" => loop {
