@@ -543,8 +543,10 @@ fn secrets_are_read_only_and_never_shown_by_the_daemon() {
             mounts,
         )],
     );
-    env.pod_file("secret.toml", &spec);
+    // Applied through the API: the daemon keeps a record of the pod in its state dir.
+    let file = env.spec("secret.toml", &spec);
     let mut d = env.daemon();
+    env.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     env.wait_running("vol-secret");
     let logs = wait_log(&env, "vol-secret", "rm /etc/secrets/token: ");
     let lines: Vec<&str> = logs.lines().collect();
@@ -579,14 +581,29 @@ fn secrets_are_read_only_and_never_shown_by_the_daemon() {
         assert!(out.contains("vol-secret"), "{args:?}: {out}");
     }
     assert!(!d.output().contains(VALUE));
-    for f in walk(&env.state_dir()) {
-        let bytes = std::fs::read(&f).unwrap_or_default();
+    // inspect says which volumes the pod has and where they are, by path.
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ctl_ok(&["inspect", "vol-secret"])).unwrap();
+    assert_eq!(v["volumes"][0]["name"], "token", "{v}");
+    assert_eq!(v["volumes"][0]["kind"], "secret", "{v}");
+    assert_eq!(v["volumes"][0]["host_path"], token.to_str().unwrap(), "{v}");
+    let files = walk(&env.state_dir());
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap_or_default();
         assert!(
             !String::from_utf8_lossy(&bytes).contains(VALUE),
             "{} holds the secret",
             f.display()
         );
     }
+    // The pod's record keeps the secret's path, so the pod comes back after a daemon restart.
+    assert!(
+        files
+            .iter()
+            .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains(token.to_str().unwrap()))),
+        "no record names {}",
+        token.display()
+    );
     d.terminate();
 }
 
@@ -657,8 +674,10 @@ fn empty_dir_and_file_secret_survive_a_daemon_kill_9_with_their_pod() {
             mounts,
         )],
     );
-    env.pod_file("p.toml", &spec);
+    // Applied through the API: recovered from the daemon's record of it.
+    let file = env.spec("p.toml", &spec);
     let mut d = env.daemon();
+    env.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     let ip = env.wait_running("vol-kill");
     wait_log(&env, "vol-kill", "cat /data/starts: ok: \"x\"");
     d.signal(nix::sys::signal::Signal::SIGKILL);
@@ -674,10 +693,10 @@ fn empty_dir_and_file_secret_survive_a_daemon_kill_9_with_their_pod() {
     // A clean stop of the daemon keeps the pod's sandbox, volumes included.
     assert_eq!(env.all_mounts().len(), mounts_before);
 
-    // Deleting the pod (its file) removes its volumes and their mounts.
+    // Deleting the pod removes its volumes and their mounts.
     let mut d = env.daemon();
     env.wait_running("vol-kill");
-    std::fs::remove_file(env.pods_dir().join("p.toml")).unwrap();
+    env.ctl_ok(&["delete", "vol-kill"]);
     eventually(MIN, "pod and its volumes gone", || {
         (!env.ps().contains_key("vol-kill")
             && !env.state_dir().join("volumes").join("vol-kill").exists()

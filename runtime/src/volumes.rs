@@ -58,6 +58,38 @@ pub fn exist(cfg: &Config, pod: &str) -> bool {
     pod_dir(cfg, pod).exists() || secrets_dir(cfg, pod).exists()
 }
 
+/// A volume as `inspect` and `ps -o json` show it: where it is on the host (for a secret, the
+/// path it was given; never its content).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub kind: &'static str,
+    pub host_path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<u64>,
+}
+
+/// The views of pod `spec`'s volumes.
+pub fn views(cfg: &Config, spec: &PodSpec) -> Vec<VolumeView> {
+    spec.volumes
+        .iter()
+        .map(|v| VolumeView {
+            name: v.name.clone(),
+            kind: v.kind.word(),
+            host_path: match &v.kind {
+                VolumeKind::HostPath { path, .. } | VolumeKind::Secret { path } => path.clone(),
+                VolumeKind::EmptyDir { .. } | VolumeKind::Files(_) => {
+                    pod_dir(cfg, &spec.name).join(&v.name)
+                }
+            },
+            size_limit: match v.kind {
+                VolumeKind::EmptyDir { size_limit } => size_limit,
+                _ => None,
+            },
+        })
+        .collect()
+}
+
 /// What validation needs from the host: every `host_path` is a directory (or may be made),
 /// every `secret` a file or directory, and the caller may name them. One problem per fault.
 pub fn check(spec: &PodSpec, caller: Caller) -> Vec<Problem> {

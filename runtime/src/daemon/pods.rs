@@ -131,6 +131,9 @@ pub struct PodView {
     pub age_seconds: u64,
     pub restarts: u32,
     pub containers: Vec<Status>,
+    /// Its volumes and where they are on the host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::volumes::VolumeView>,
     pub error: Option<String>,
 }
 
@@ -631,6 +634,7 @@ impl Pods {
             age_seconds: age.as_secs(),
             restarts: containers.iter().map(|c| c.restarts).sum(),
             containers,
+            volumes: crate::volumes::views(&self.cfg, &e.spec),
             error: e.error.clone().or_else(|| {
                 e.delayed.map(|t| {
                     format!(
