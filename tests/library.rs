@@ -51,7 +51,7 @@ async fn pod_threads_live_in_the_pod_namespace_and_end_with_it() {
     let modules = peapod::loader::load(
         &exec,
         &spec,
-        peapod::module_file::DEFAULT_MAX_MODULE_SIZE,
+        &env.config(),
         peapod::module_file::Caller::myself(),
     )
     .unwrap();

@@ -868,3 +868,10 @@ fn the_api_refuses_a_bad_volume_with_422_and_creates_nothing() {
     assert!(env.leases().is_empty());
     d.terminate();
 }
+
+bad_spec!(
+    refuses_a_host_path_holding_peapods_own_directories,
+    "[[volumes]]\nname = \"all\"\nhost_path = { path = \"TMP\", type = \"DirectoryOrCreate\" }\n",
+    "",
+    "FILE:5: volumes[0].host_path.path: TMP overlaps peapod's own directory TMP/run"
+);

@@ -93,7 +93,7 @@ impl Ctx {
         Ok(peapod::loader::load(
             &self.exec,
             spec,
-            peapod::module_file::DEFAULT_MAX_MODULE_SIZE,
+            &self.cfg,
             peapod::module_file::Caller::myself(),
         )?)
     }

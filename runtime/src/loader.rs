@@ -2,15 +2,18 @@
 //! loader of `peapod run` and the daemon. Every problem is reported as a problem of the spec's
 //! `module` field, all at once.
 
+use crate::config::Config;
 use crate::executor::{Executor, Prepared};
 use crate::module_file::{self, Caller, Read};
 use crate::spec::{ContainerSpec, PodSpec, SpecError};
 use crate::volumes;
 
-/// Reads every module of `spec` (at most `max` bytes each) with the rights of `caller`, and
-/// checks what its volumes need from the host ([`volumes::check`]); all problems at once.
-pub fn read_modules(spec: &PodSpec, max: u64, caller: Caller) -> Result<Vec<Read>, SpecError> {
-    let volume_problems = volumes::check(spec, caller);
+/// Reads every module of `spec` (at most `limits.max_module_size` bytes each) with the rights
+/// of `caller`, and checks what its volumes need from the host ([`volumes::check`]); all
+/// problems at once.
+pub fn read_modules(spec: &PodSpec, cfg: &Config, caller: Caller) -> Result<Vec<Read>, SpecError> {
+    let max = cfg.limits.max_module_size;
+    let volume_problems = volumes::check(spec, cfg, caller);
     let read = each_module(spec, spec.containers.iter().map(|_| ()), |c, ()| {
         module_file::read(&c.module, max, caller).map_err(|e| e.to_string())
     });
@@ -69,9 +72,9 @@ fn each_module<I, T>(
 pub fn load(
     exec: &Executor,
     spec: &PodSpec,
-    max: u64,
+    cfg: &Config,
     caller: Caller,
 ) -> Result<Vec<Prepared>, SpecError> {
-    let modules = read_modules(spec, max, caller)?;
+    let modules = read_modules(spec, cfg, caller)?;
     compile(exec, spec, &modules, caller.is_root())
 }

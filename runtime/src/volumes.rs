@@ -91,8 +91,14 @@ pub fn views(cfg: &Config, spec: &PodSpec) -> Vec<VolumeView> {
 }
 
 /// What validation needs from the host: every `host_path` is a directory (or may be made),
-/// every `secret` a file or directory, and the caller may name them. One problem per fault.
-pub fn check(spec: &PodSpec, caller: Caller) -> Vec<Problem> {
+/// every `secret` a file or directory, the caller may name them, and none of them holds or lies
+/// inside peapod's own directories (run dir, state dir, logs: the compile cache's key, the pins
+/// and the API socket must stay out of a guest's reach). One problem per fault.
+pub fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem> {
+    let own: Vec<PathBuf> = [&cfg.run_dir, &cfg.state_dir, &cfg.logs.dir]
+        .into_iter()
+        .map(|d| absolute(d))
+        .collect();
     let mut problems = Vec::new();
     for v in &spec.volumes {
         let (field, path) = match &v.kind {
@@ -131,9 +137,40 @@ pub fn check(spec: &PodSpec, caller: Caller) -> Vec<Problem> {
         };
         if let Some(m) = message {
             problems.push(spec.volume_problem(v, field, format!("{} {m}", path.display())));
+            continue;
+        }
+        let p = absolute(path);
+        if let Some(d) = own.iter().find(|d| p.starts_with(d) || d.starts_with(&p)) {
+            problems.push(spec.volume_problem(
+                v,
+                field,
+                format!(
+                    "{} overlaps peapod's own directory {}: a guest must not reach it",
+                    path.display(),
+                    d.display()
+                ),
+            ));
         }
     }
     problems
+}
+
+/// `p` with symlinks resolved as far as it exists (the rest appended as written).
+fn absolute(p: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut cur = p.to_path_buf();
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            return missing.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (cur.file_name().map(|n| n.to_os_string()), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name);
+                cur = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
 }
 
 /// Makes pod `spec`'s volumes on the host and returns each volume's host directory. Idempotent:
@@ -373,7 +410,11 @@ mod tests {
             gid: 1000,
             pid: 0,
         };
-        let problems: Vec<String> = check(&spec, user).iter().map(|p| p.to_string()).collect();
+        let cfg = Config::default();
+        let problems: Vec<String> = check(&spec, &cfg, user)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
             problems[0].starts_with("5: volumes[0].host_path.path: only root may mount host files"),
@@ -383,7 +424,7 @@ mod tests {
             problems[1].contains("volumes[1].secret.path: only root"),
             "{problems:?}"
         );
-        assert!(check(&spec, Caller { uid: 0, ..user }).is_empty());
+        assert!(check(&spec, &cfg, Caller { uid: 0, ..user }).is_empty());
     }
 
     #[test]

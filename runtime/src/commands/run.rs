@@ -52,12 +52,7 @@ impl Run {
             .with_cache(&config.state_dir);
         let t0 = std::time::Instant::now();
         // The user who runs `peapod run` is the caller: root may run a .cwasm of any owner.
-        let modules = match loader::load(
-            &exec,
-            &spec,
-            config.limits.max_module_size,
-            Caller::myself(),
-        ) {
+        let modules = match loader::load(&exec, &spec, &config, Caller::myself()) {
             Ok(m) => {
                 tracing::info!(
                     "pod {}: compiled {} modules in {:.1?}",

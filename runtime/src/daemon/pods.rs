@@ -65,7 +65,7 @@ pub fn parse(
     text: &str,
     modules: Option<&[PathBuf]>,
     caller: Caller,
-    max_module_size: u64,
+    cfg: &Config,
 ) -> Result<Parsed, SpecError> {
     let mut spec = PodSpec::parse(source, text)?;
     if let Some(paths) = modules {
@@ -83,7 +83,7 @@ pub fn parse(
             c.module = p.clone();
         }
     }
-    let read = loader::read_modules(&spec, max_module_size, caller)?;
+    let read = loader::read_modules(&spec, cfg, caller)?;
     let bytes: Vec<&[u8]> = read.iter().map(|r| r.bytes.as_slice()).collect();
     let digest = digest(text, &bytes);
     Ok(Parsed {
@@ -212,9 +212,8 @@ impl Pods {
             Err(e) => tracing::error!("collecting orphans: {e}"),
         }
         let me = Caller::myself();
-        let max = self.cfg.limits.max_module_size;
         for (name, r) in records {
-            let loaded = parse(&r.source, &r.text, Some(&r.modules), me, max)
+            let loaded = parse(&r.source, &r.text, Some(&r.modules), me, &self.cfg)
                 .and_then(|p| compile(&self.exec, p));
             match loaded {
                 Ok(l) if l.spec.name == name => self.start(Origin::Api, l).await,
@@ -262,11 +261,10 @@ impl Pods {
         let mut problems: BTreeMap<PathBuf, String> = BTreeMap::new();
         let mut found: BTreeMap<String, (PathBuf, Parsed)> = BTreeMap::new();
         let me = Caller::myself();
-        let max = self.cfg.limits.max_module_size;
         for (path, text) in self.pod_files() {
             let parsed = text.and_then(|t| {
                 // Files of the pods directory: their .cwasm modules must be root's own files.
-                let mut p = parse(&path, &t, None, me, max).map_err(|e| e.to_string())?;
+                let mut p = parse(&path, &t, None, me, &self.cfg).map_err(|e| e.to_string())?;
                 p.root_asks = false;
                 Ok(p)
             });
@@ -466,8 +464,7 @@ impl Pods {
         text: &str,
         caller: Caller,
     ) -> Result<(Action, PodView), OpError> {
-        let max = self.cfg.limits.max_module_size;
-        let p = tokio::task::block_in_place(|| parse(source, text, None, caller, max))?;
+        let p = tokio::task::block_in_place(|| parse(source, text, None, caller, &self.cfg))?;
         let name = p.spec.name.clone();
         let current = self.entries.get(&name);
         if let Some(Origin::File(f)) = current.map(|e| &e.origin) {
