@@ -516,3 +516,52 @@ fn bad_names_and_bad_requests_get_clear_errors() {
     assert!(v["error"].as_str().unwrap().starts_with("query:"), "{v}");
     assert!(d.terminate().success());
 }
+
+#[test]
+fn a_re_created_pod_keeps_its_previous_logs_and_stale_logs_are_collected() {
+    if !root_or_skip("a_re_created_pod_keeps_its_previous_logs_and_stale_logs_are_collected") {
+        return;
+    }
+    let env = Env::new();
+    // Logs of a pod that no longer exists (a daemon killed while it deleted the pod): a later pod
+    // of that name must not inherit them.
+    let logs = env.state_dir().join("logs");
+    for dir in ["gone", "gone.previous"] {
+        std::fs::create_dir_all(logs.join(dir)).unwrap();
+        std::fs::write(logs.join(dir).join("app.log"), "stale\n").unwrap();
+    }
+    let mut d = env.daemon();
+    assert!(!logs.join("gone").exists() && !logs.join("gone.previous").exists());
+
+    let file = env.spec("prev.toml", &env.kv_spec("prev", ""));
+    env.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let first = wait_healthy(app(env.wait_running("prev")));
+    let (code, _, err) = env.ctl(&["logs", "--previous", "prev"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no logs of a previous sandbox"), "{err}");
+
+    // A re-create: the new sandbox's log is new, the old one is --previous.
+    env.ctl_ok(&["restart", "prev"]);
+    let second = eventually(Duration::from_secs(60), "re-created pod serving", || {
+        let ip = env.wait_running("prev");
+        let i = wait_healthy(app(ip));
+        (i != first).then_some(i)
+    });
+    let now = eventually(
+        Duration::from_secs(60),
+        "the new instance in the log",
+        || {
+            let out = env.ctl_ok(&["logs", "prev"]);
+            out.contains(&format!("(instance {second})")).then_some(out)
+        },
+    );
+    assert!(!now.contains(&first), "{now}");
+    let before = env.ctl_ok(&["logs", "-p", "prev"]);
+    assert!(before.contains(&format!("(instance {first})")), "{before}");
+    assert!(!before.contains(&second), "{before}");
+
+    // Deleting the pod removes both.
+    env.ctl_ok(&["delete", "prev"]);
+    assert!(!logs.join("prev").exists() && !logs.join("prev.previous").exists());
+    d.terminate();
+}

@@ -3,7 +3,8 @@
 //! of a longer line that goes on in the next record. One file per container,
 //! `<logs_dir>/<pod>/<container>.log`, rotated by size: `.log` → `.log.1` → … → `.log.<max_files-1>`,
 //! the oldest dropped. The files outlive the container's runs (and the daemon), so `peapod logs`
-//! works for exited containers; deleting the pod removes them.
+//! works for exited containers; a re-created pod's logs move to `<logs_dir>/<pod>.previous/`
+//! (`peapod logs --previous`); deleting the pod removes both.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -47,12 +48,57 @@ impl LogSettings {
         })
     }
 
-    /// Removes every log of a pod.
-    pub fn remove_pod(&self, pod: &str) -> io::Result<()> {
-        match std::fs::remove_dir_all(self.pod_dir(pod)) {
+    /// Where the logs of the pod's previous sandbox are kept (`<pod>.previous`: a pod name has
+    /// no dot, so it is never a pod's own directory).
+    pub fn previous_dir(&self, pod: &str) -> PathBuf {
+        self.dir.join(format!("{pod}.previous"))
+    }
+
+    pub fn previous_path(&self, pod: &str, container: &str) -> PathBuf {
+        self.previous_dir(pod).join(format!("{container}.log"))
+    }
+
+    /// The pod is being re-created: its logs become the previous sandbox's (replacing older
+    /// ones), and the new sandbox starts new files.
+    pub fn retire_pod(&self, pod: &str) -> io::Result<()> {
+        remove_dir(&self.previous_dir(pod))?;
+        match std::fs::rename(self.pod_dir(pod), self.previous_dir(pod)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Removes every log of a pod, its previous sandbox's too.
+    pub fn remove_pod(&self, pod: &str) -> io::Result<()> {
+        remove_dir(&self.pod_dir(pod))?;
+        remove_dir(&self.previous_dir(pod))
+    }
+
+    /// Removes the logs of every pod not in `keep` (left by a pod deleted while the daemon was
+    /// being killed); returns those pods.
+    pub fn collect_orphans(&self, keep: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pod = name.strip_suffix(".previous").unwrap_or(&name).to_string();
+            if !keep.contains(&pod) && e.file_type().is_ok_and(|t| t.is_dir()) {
+                match remove_dir(&e.path()) {
+                    Ok(()) => removed.push(name),
+                    Err(err) => tracing::warn!("{}: {err}", e.path().display()),
+                }
+            }
+        }
+        removed
+    }
+}
+
+fn remove_dir(p: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

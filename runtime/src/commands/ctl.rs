@@ -53,6 +53,10 @@ pub struct Logs {
     /// Prefix each line with its time (RFC 3339)
     #[arg(long)]
     timestamps: bool,
+    /// The logs of the pod's previous sandbox (before its last re-create: `restart POD`, an
+    /// edited file, a re-apply)
+    #[arg(short, long)]
+    previous: bool,
 }
 
 /// Re-create a pod (new namespace, new IP), or restart one container in place (same IP).
@@ -299,6 +303,9 @@ impl Logs {
         }
         if let Some(n) = self.tail {
             path.push_str(&format!("&tail={n}"));
+        }
+        if self.previous {
+            path.push_str("&previous=true");
         }
         let client = Client::new(&config.socket);
         let timestamps = self.timestamps;

@@ -208,6 +208,9 @@ struct LogQuery {
     tail: Option<usize>,
     #[serde(default)]
     follow: bool,
+    /// The logs of the pod's previous sandbox (before its last re-create).
+    #[serde(default)]
+    previous: bool,
 }
 
 async fn logs(
@@ -220,7 +223,10 @@ async fn logs(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("query: {e} (expected container=NAME, tail=N, follow=true|false)"),
+                format!(
+                    "query: {e} (expected container=NAME, tail=N, follow=true|false, \
+                     previous=true|false)"
+                ),
             );
         }
     };
@@ -252,7 +258,27 @@ async fn logs(
                 );
             }
         };
-        pods.log_settings().path(&pod, &container)
+        if !q.previous {
+            pods.log_settings().path(&pod, &container)
+        } else {
+            let p = pods.log_settings().previous_path(&pod, &container);
+            if q.follow {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "previous logs are complete: follow=true does not go with previous=true",
+                );
+            }
+            if !p.exists() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "pod {pod:?} has no logs of a previous sandbox for container {container:?} \
+                         (it has not been re-created since it was made)"
+                    ),
+                );
+            }
+            p
+        }
     };
     // The follower starts at the end now, so nothing between the tail and it is lost or doubled.
     let follower = q.follow.then(|| crilog::Follower::from_end(&path));

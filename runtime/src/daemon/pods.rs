@@ -105,6 +105,15 @@ pub fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
     })
 }
 
+/// What becomes of a removed pod's logs.
+#[derive(Clone, Copy)]
+enum Logs {
+    /// Deleted with the pod.
+    Drop,
+    /// Kept as the previous sandbox's (a re-create).
+    Keep,
+}
+
 struct Entry {
     origin: Origin,
     spec: PodSpec,
@@ -203,6 +212,10 @@ impl Pods {
             if let Ok(Ok(spec)) = text.map(|t| PodSpec::parse(&path, &t)) {
                 keep.insert(spec.name);
             }
+        }
+        let stale_logs = self.cfg.logs.collect_orphans(&keep);
+        if !stale_logs.is_empty() {
+            tracing::info!("removed orphaned logs: {}", stale_logs.join(", "));
         }
         match sandbox::collect_orphans(&self.cfg, &keep).await {
             Ok(removed) if !removed.is_empty() => {
@@ -311,7 +324,7 @@ impl Pods {
             .collect();
         for name in gone {
             tracing::info!("pod {name}: its file is gone; deleting");
-            self.remove(&name).await;
+            self.remove(&name, Logs::Drop).await;
         }
         for (name, (path, p)) in found {
             let current = self.entries.get(&name);
@@ -323,7 +336,7 @@ impl Pods {
                 Ok(l) => {
                     if current.is_some() {
                         tracing::info!("pod {name}: {} changed; re-creating", path.display());
-                        self.remove(&name).await;
+                        self.remove(&name, Logs::Keep).await;
                     }
                     self.start(Origin::File(path), l).await;
                 }
@@ -433,8 +446,9 @@ impl Pods {
         }
     }
 
-    /// Stops a pod and removes its sandbox and logs (not its stored record).
-    async fn remove(&mut self, name: &str) {
+    /// Stops a pod and removes its sandbox; its logs go (`Logs::Drop`, the pod is deleted) or
+    /// become the previous sandbox's (`Logs::Keep`, it is re-created). Not its stored record.
+    async fn remove(&mut self, name: &str, logs: Logs) {
         let Some(e) = self.entries.remove(name) else {
             return;
         };
@@ -451,8 +465,12 @@ impl Pods {
                 }
             }
         }
-        if let Err(err) = self.cfg.logs.remove_pod(name) {
-            tracing::warn!("pod {name}: removing logs: {err}");
+        let done = match logs {
+            Logs::Drop => self.cfg.logs.remove_pod(name),
+            Logs::Keep => self.cfg.logs.retire_pod(name),
+        };
+        if let Err(err) = done {
+            tracing::warn!("pod {name}: logs: {err}");
         }
     }
 
@@ -494,7 +512,7 @@ impl Pods {
             )
             .map_err(|e| OpError::Failed(format!("storing pod: {e}")))?;
         let action = if self.entries.contains_key(&name) {
-            self.remove(&name).await;
+            self.remove(&name, Logs::Keep).await;
             Action::Recreated
         } else {
             Action::Created
@@ -523,7 +541,7 @@ impl Pods {
                 self.store
                     .remove(name)
                     .map_err(|e| OpError::Failed(format!("forgetting pod: {e}")))?;
-                self.remove(name).await;
+                self.remove(name, Logs::Drop).await;
                 Ok(())
             }
         }
@@ -547,7 +565,7 @@ impl Pods {
         }
         let origin = e.origin.clone();
         self.entries.insert(name.into(), e);
-        self.remove(name).await;
+        self.remove(name, Logs::Keep).await;
         self.start(origin, l).await;
         let view = self.view(name).expect("just started");
         match &view.error {
