@@ -560,8 +560,9 @@ fn a_re_created_pod_keeps_its_previous_logs_and_stale_logs_are_collected() {
     assert!(before.contains(&format!("(instance {first})")), "{before}");
     assert!(!before.contains(&second), "{before}");
 
-    // Deleting the pod removes both.
+    // Deleting the pod removes both, and its lock file.
     env.ctl_ok(&["delete", "prev"]);
     assert!(!logs.join("prev").exists() && !logs.join("prev.previous").exists());
+    assert!(!env.run_dir().join("pods").join("prev.lock").exists());
     d.terminate();
 }

@@ -182,6 +182,8 @@ fn policy_never_ends_the_pod_with_the_exit_status() {
     );
     assert!(env.leases().is_empty());
     assert!(!env.pin("never").exists());
+    // Nothing of the pod is left, not even its lock file.
+    assert!(!env.run_dir().join("pods").join("never.lock").exists());
 }
 
 #[test]

@@ -51,7 +51,7 @@ pub struct Sandbox {
     pub netns: Arc<OwnedFd>,
     pub host_veth: String,
     cfg: Config,
-    _lock: Flock<File>,
+    lock: PodLock,
 }
 
 /// The host end of a pod's veth: derived from bridge and pod name so it can be found after a crash,
@@ -61,24 +61,51 @@ pub fn host_veth_name(bridge: &str, pod: &str) -> String {
     format!("pp{}", &hex[..11])
 }
 
-fn lock_pod(cfg: &Config, pod: &str) -> Result<Flock<File>, SandboxError> {
+/// The exclusive lock on `<run_dir>/pods/<pod>.lock`: whoever holds it owns the pod's sandbox.
+#[derive(Debug)]
+struct PodLock {
+    _flock: Flock<File>,
+    path: PathBuf,
+}
+
+impl PodLock {
+    /// Gives the lock up and removes its file: the pod is gone. Unlinked while still held, so a
+    /// process that opened the old file and locks it after us sees that it is no longer the
+    /// path's file and tries again (see [`lock_pod`]).
+    fn release_removing(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock_pod(cfg: &Config, pod: &str) -> Result<PodLock, SandboxError> {
+    use std::os::unix::fs::MetadataExt;
     let dir = cfg.run_dir.join("pods");
     let path = dir.join(format!("{pod}.lock"));
     let io = |e: std::io::Error| SandboxError::Other(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
-        nix::Error::EWOULDBLOCK => SandboxError::Running {
-            pod: pod.into(),
-            lock: path.clone(),
-        },
-        e => io(e.into()),
-    })
+    loop {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let flock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+            nix::Error::EWOULDBLOCK => SandboxError::Running {
+                pod: pod.into(),
+                lock: path.clone(),
+            },
+            e => io(e.into()),
+        })?;
+        // Still the file at `path`? (Its owner may have removed it between our open and lock.)
+        let held = flock.metadata().map_err(io)?;
+        if std::fs::metadata(&path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
+            return Ok(PodLock {
+                _flock: flock,
+                path,
+            });
+        }
+    }
 }
 
 /// Test hook for crash recovery: with `PEAPOD_CRASH_AT=<point>` in its environment the process
@@ -148,7 +175,7 @@ impl Sandbox {
             netns: fd.clone(),
             host_veth: host_veth_name(&cfg.bridge, pod),
             cfg: cfg.clone(),
-            _lock: lock,
+            lock,
         };
         match sandbox.configure(&host, bridge, &ipam).await {
             Ok(ip) => {
@@ -161,8 +188,9 @@ impl Sandbox {
                 Ok(Sandbox { ip, ..sandbox })
             }
             Err(e) => {
-                if let Err(undo) = remove_parts(cfg, pod).await {
-                    tracing::error!(pod, "cleanup after failed create: {undo}");
+                match remove_parts(cfg, pod).await {
+                    Ok(()) => sandbox.lock.release_removing(),
+                    Err(undo) => tracing::error!(pod, "cleanup after failed create: {undo}"),
                 }
                 Err(e)
             }
@@ -195,7 +223,7 @@ impl Sandbox {
             netns: fd,
             host_veth: host_veth_name(&cfg.bridge, pod),
             cfg: cfg.clone(),
-            _lock: lock,
+            lock,
         };
         // Deleting the host end takes the peer (and its address and route) with it.
         host.delete_link(&sandbox.host_veth).await?;
@@ -215,8 +243,10 @@ impl Sandbox {
 
     /// Removes whatever is left of pod `pod`'s sandbox (a pod that is not running here).
     pub async fn remove(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
-        let _lock = lock_pod(cfg, pod)?;
-        remove_parts(cfg, pod).await
+        let lock = lock_pod(cfg, pod)?;
+        remove_parts(cfg, pod).await?;
+        lock.release_removing();
+        Ok(())
     }
 
     async fn configure(
@@ -255,11 +285,17 @@ impl Sandbox {
     /// Removes the namespace, the veth, the lease and the volumes.
     pub async fn destroy(self) -> Result<(), SandboxError> {
         let Sandbox {
-            cfg, pod, netns, ..
+            cfg,
+            pod,
+            netns,
+            lock,
+            ..
         } = self;
         // Our fd would keep the namespace alive after the pin is gone.
         drop(netns);
-        remove_parts(&cfg, &pod).await
+        remove_parts(&cfg, &pod).await?;
+        lock.release_removing();
+        Ok(())
     }
 }
 
@@ -350,7 +386,7 @@ pub async fn collect_orphans(
             continue;
         };
         remove_parts(cfg, &pod).await?;
-        drop(lock);
+        lock.release_removing();
         removed.push(pod);
     }
     Ok(removed)
