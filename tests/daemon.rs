@@ -566,3 +566,51 @@ fn a_re_created_pod_keeps_its_previous_logs_and_stale_logs_are_collected() {
     assert!(!env.run_dir().join("pods").join("prev.lock").exists());
     d.terminate();
 }
+
+#[test]
+fn healthz_says_starting_until_start_up_is_done() {
+    if !root_or_skip("healthz_says_starting_until_start_up_is_done") {
+        return;
+    }
+    let env = Env::new();
+    // A module that takes a while to compile holds start-up back.
+    let mut wat = String::from("(module\n");
+    for i in 0..4_000 {
+        wat += &format!(
+            "(func $f{i} (param i32) (result i32) (i32.mul (i32.add (local.get 0) (i32.const {i})) (i32.const 3)))\n"
+        );
+    }
+    wat += "(func (export \"_start\")))\n";
+    let module = env.dir.path().join("big.wasm");
+    std::fs::write(&module, wat::parse_str(&wat).unwrap()).unwrap();
+    env.pod_file(
+        "big.toml",
+        &format!(
+            "[pod]\nname = \"big\"\nrestart_policy = \"Never\"\n[[containers]]\nname = \"c\"\nmodule = {module:?}\n"
+        ),
+    );
+    let mut d = env.spawn_daemon(|_| {});
+    let mut seen = Vec::new();
+    loop {
+        if !env.socket().exists() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let (status, v) = raw_api(&env, "GET", "/v1/healthz", "");
+        if status == 200 {
+            assert_eq!(v["status"], "ok");
+            break;
+        }
+        assert_eq!((status, v["status"].as_str()), (503, Some("starting")));
+        seen.push(status);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Healthy means started: the pod of the pods directory is there.
+    assert!(env.ps().contains_key("big"));
+    assert!(
+        !seen.is_empty(),
+        "start-up was too quick to see it starting"
+    );
+    d.wait_for("ready in", Duration::from_secs(60));
+    d.terminate();
+}

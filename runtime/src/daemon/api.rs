@@ -2,7 +2,7 @@
 //!
 //! | method and path                               | does                                      |
 //! |-----------------------------------------------|-------------------------------------------|
-//! | `GET /v1/healthz`                             | `{"status":"ok"}` once the daemon is up   |
+//! | `GET /v1/healthz`                             | `{"status":"ok"}` once start-up is done (503 before) |
 //! | `GET /v1/pods`                                | every pod, with its containers            |
 //! | `POST /v1/pods` `{"source":PATH,"spec":TOML}` | apply: create, re-create or leave a pod   |
 //! | `GET /v1/pods/{pod}`                          | one pod                                   |
@@ -47,11 +47,22 @@ pub const MAX_BODY: usize = 4 << 20;
 
 pub type Shared = Arc<Mutex<Pods>>;
 
-pub fn router(pods: Shared) -> Router {
+/// The API. `ready` turns true once start-up (recovery, the pods directory) is done: until
+/// then `/v1/healthz` answers 503 `{"status":"starting"}` and other requests wait for it.
+pub fn router(pods: Shared, ready: Arc<std::sync::atomic::AtomicBool>) -> Router {
     Router::new()
         .route(
             "/v1/healthz",
-            get(|| async { Json(json!({"status": "ok"})) }),
+            get(move || async move {
+                if ready.load(std::sync::atomic::Ordering::Acquire) {
+                    (StatusCode::OK, Json(json!({"status": "ok"})))
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Json(json!({"status": "starting"})),
+                    )
+                }
+            }),
         )
         .route(
             "/v1/version",

@@ -62,14 +62,16 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let mut starting = pods.clone().lock_owned().await;
     let listener = bind(&cfg.socket)?;
     let shutdown = CancellationToken::new();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = tokio::spawn(server::serve(
         listener,
-        api::router(pods.clone()),
+        api::router(pods.clone(), ready.clone()),
         cfg.limits.api_connections,
         shutdown.clone(),
     ));
     starting.start_all().await;
     let count = starting.views().len();
+    ready.store(true, std::sync::atomic::Ordering::Release);
     drop(starting);
     Client::new(&cfg.socket)
         .get("/v1/healthz")
