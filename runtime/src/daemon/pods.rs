@@ -130,7 +130,8 @@ struct Entry {
 #[derive(Debug, Clone, Serialize)]
 pub struct PodView {
     pub name: String,
-    /// running, restarting, succeeded, failed
+    /// starting (before its containers' first run), running, restarting (a container waits out
+    /// its backoff), succeeded, failed, waiting (held back by the crash guard)
     pub status: String,
     pub ip: Option<Ipv4Addr>,
     pub netns: Option<PathBuf>,
@@ -623,7 +624,14 @@ impl Pods {
             (None, None) if e.delayed.is_some() => "waiting",
             (None, _) => "failed",
             _ if containers.iter().all(|c| c.state == State::Running) => "running",
-            _ if containers.iter().any(|c| c.state == State::Waiting) => "restarting",
+            // Waiting after a run: its backoff; before the first: it is being started.
+            _ if containers
+                .iter()
+                .any(|c| c.state == State::Waiting && c.started_at.is_some()) =>
+            {
+                "restarting"
+            }
+            _ if containers.iter().any(|c| c.state == State::Waiting) => "starting",
             _ if containers.iter().all(|c| c.state == State::Exited) => {
                 if containers.iter().all(|c| c.exit_code == Some(0)) {
                     "succeeded"
