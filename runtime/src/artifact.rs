@@ -130,6 +130,7 @@ impl Cache {
                 None
             }
         };
+        sweep_temp_files(&dir);
         Cache {
             dir,
             engine: h.finish(),
@@ -184,6 +185,26 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Removes temp files (`<entry>.tmp<pid>`) that a process killed while writing left in the
+/// cache directory: those of processes that no longer run.
+fn sweep_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((_, pid)) = name.rsplit_once(".tmp") else {
+            continue;
+        };
+        if pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn load_or_make_key(path: &Path) -> std::io::Result<[u8; KEY_LEN]> {
@@ -249,6 +270,23 @@ mod tests {
             unseal(&sealed[..sealed.len() - 1]),
             Err(ArtifactError::NotSealed)
         );
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        // No process has pid 999999999 (the kernel's limit is 4194304); ours runs.
+        let dead = cache.join("a.cwasm.tmp999999999");
+        let live = cache.join(format!("b.cwasm.tmp{}", std::process::id()));
+        let entry = cache.join("c.cwasm");
+        for f in [&dead, &live, &entry] {
+            std::fs::write(f, b"").unwrap();
+        }
+        Cache::new(cache, &dir.path().join("k"), &wasmtime::Engine::default());
+        assert!(!dead.exists());
+        assert!(live.exists() && entry.exists());
     }
 
     #[test]
