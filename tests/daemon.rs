@@ -614,3 +614,29 @@ fn healthz_says_starting_until_start_up_is_done() {
     d.wait_for("ready in", Duration::from_secs(60));
     d.terminate();
 }
+
+#[test]
+fn an_apply_that_cannot_start_leaves_nothing() {
+    if !root_or_skip("an_apply_that_cannot_start_leaves_nothing") {
+        return;
+    }
+    let env = Env::new();
+    let mut d = env.daemon();
+    // The pod's log directory cannot be made (a file is in its place): the pod cannot start.
+    let logs = env.state_dir().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("nolog"), "in the way").unwrap();
+    let file = env.spec("nolog.toml", &env.kv_spec("nolog", ""));
+    let (code, _, err) = env.ctl(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("log"), "{err}");
+    assert!(!env.ps().contains_key("nolog"));
+    assert!(!env.state_dir().join("pods").join("nolog.json").exists());
+    assert!(env.leases().is_empty());
+    assert!(!env.pin("nolog").exists());
+    // Once the cause is gone the same apply works.
+    std::fs::remove_file(logs.join("nolog")).unwrap();
+    env.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    env.wait_running("nolog");
+    d.terminate();
+}

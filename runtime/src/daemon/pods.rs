@@ -525,6 +525,14 @@ impl Pods {
         self.start(Origin::Api, l).await;
         let view = self.view(&name).expect("just started");
         match &view.error {
+            // A new pod that cannot start is not kept: nothing of a failed apply is left.
+            Some(e) if action == Action::Created => {
+                if let Err(err) = self.store.remove(&name) {
+                    tracing::warn!("pod {name}: forgetting the failed apply: {err}");
+                }
+                self.remove(&name, Logs::Drop).await;
+                Err(OpError::Failed(e.clone()))
+            }
             Some(e) => Err(OpError::Failed(e.clone())),
             None => Ok((action, view)),
         }

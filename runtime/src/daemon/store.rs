@@ -87,7 +87,10 @@ impl Store {
         std::fs::create_dir_all(&self.pods)?;
         let mut bytes = serde_json::to_vec_pretty(record).expect("record serializes");
         bytes.push(b'\n');
-        durable::write(&self.record_path(pod), &bytes)
+        durable::write(&self.record_path(pod), &bytes)?;
+        // A re-apply with new module bytes leaves the old copy unused.
+        self.collect_modules();
+        Ok(())
     }
 
     /// Forgets a pod, then drops module copies no stored pod uses any more.
@@ -96,6 +99,12 @@ impl Store {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
+        self.collect_modules();
+        Ok(())
+    }
+
+    /// Removes the stored modules no record uses (and temp files of interrupted writes).
+    fn collect_modules(&self) {
         let (records, _) = self.load_all();
         let used: BTreeSet<PathBuf> = records.into_iter().flat_map(|(_, r)| r.modules).collect();
         if let Ok(entries) = std::fs::read_dir(&self.modules) {
@@ -105,7 +114,6 @@ impl Store {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -118,7 +126,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::new(dir.path());
         let m1 = s.put_module(b"one").unwrap();
-        let m2 = s.put_module(b"two").unwrap();
         assert_eq!(s.put_module(b"one").unwrap(), m1, "same bytes, same copy");
         let r = |m: &PathBuf| Record {
             source: "/x/pod.toml".into(),
@@ -126,6 +133,7 @@ mod tests {
             modules: vec![m.clone()],
         };
         s.save("a", &r(&m1)).unwrap();
+        let m2 = s.put_module(b"two").unwrap();
         s.save("b", &r(&m2)).unwrap();
         std::fs::write(dir.path().join("pods/broken.json"), "{").unwrap();
         let (ok, bad) = s.load_all();
@@ -133,5 +141,9 @@ mod tests {
         assert!(bad.len() == 1 && bad[0].contains("broken.json"), "{bad:?}");
         s.remove("b").unwrap();
         assert!(m1.exists() && !m2.exists());
+        // A re-apply of "a" with other bytes: the old copy goes.
+        let m3 = s.put_module(b"three").unwrap();
+        s.save("a", &r(&m3)).unwrap();
+        assert!(!m1.exists() && m3.exists());
     }
 }
