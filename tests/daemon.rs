@@ -640,3 +640,60 @@ fn an_apply_that_cannot_start_leaves_nothing() {
     env.wait_running("nolog");
     d.terminate();
 }
+
+#[test]
+fn cli_takes_kubectl_habits() {
+    if !root_or_skip("cli_takes_kubectl_habits") {
+        return;
+    }
+    let env = Env::new();
+    let mut d = env.daemon();
+    // apply -f DIR: every *.toml in it.
+    let dir = env.dir.path().join("specs");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.toml"), env.kv_spec("ha", "")).unwrap();
+    std::fs::write(dir.join("b.toml"), env.kv_spec("hb", "")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a spec").unwrap();
+    let out = env.ctl_ok(&["apply", "-f", dir.to_str().unwrap()]);
+    assert!(
+        out.contains("pod/ha created") && out.contains("pod/hb created"),
+        "{out}"
+    );
+    // apply -f -: the spec from standard input.
+    let mut c = env.peapod(&["apply", "-f", "-"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(env.kv_spec("hc", "").as_bytes()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("pod/hc created"));
+    for p in ["ha", "hb", "hc"] {
+        env.wait_running(p);
+    }
+    // ps POD: only that pod; a pod that does not exist is an error.
+    let out = env.ctl_ok(&["ps", "hb"]);
+    assert!(
+        out.contains("hb") && !out.contains("ha ") && !out.contains("hc"),
+        "{out}"
+    );
+    let (code, _, err) = env.ctl(&["ps", "ha", "nope"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no pod named \"nope\""), "{err}");
+    // logs -c CONTAINER, and --since.
+    let out = eventually(Duration::from_secs(60), "ha's log", || {
+        let out = env.ctl_ok(&["logs", "ha", "-c", "app"]);
+        out.contains("kv-server listening").then_some(out)
+    });
+    assert!(!out.is_empty());
+    let recent = env.ctl_ok(&["logs", "ha", "-c", "app", "--since", "1h"]);
+    assert!(recent.contains("kv-server listening"), "{recent}");
+    std::thread::sleep(Duration::from_millis(50));
+    let none = env.ctl_ok(&["logs", "ha", "-c", "app", "--since", "10ms"]);
+    assert!(!none.contains("kv-server listening"), "{none}");
+    d.terminate();
+}

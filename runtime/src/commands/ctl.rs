@@ -17,17 +17,20 @@ use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
 
-/// Create or update a pod from a spec file (re-created when its spec or modules changed).
+/// Create or update pods from spec files (each re-created when its spec or modules changed).
 #[derive(clap::Args, Debug)]
 pub struct Apply {
-    /// The pod spec (TOML)
-    #[arg(short = 'f', long = "filename")]
-    file: PathBuf,
+    /// A pod spec (TOML); a directory: every *.toml in it; `-` reads one spec from standard
+    /// input (its module paths are relative to the current directory). May be repeated.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
 }
 
 /// List pods: status, IP, age, restarts.
 #[derive(clap::Args, Debug)]
 pub struct Ps {
+    /// Only these pods (an error if one does not exist)
+    pods: Vec<String>,
     /// Output format: table or json
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
     output: String,
@@ -57,6 +60,12 @@ pub struct Logs {
     /// edited file, a re-apply)
     #[arg(short, long)]
     previous: bool,
+    /// The container (as POD/CONTAINER does)
+    #[arg(short, long)]
+    container: Option<String>,
+    /// Only records newer than this, e.g. 10s, 5m, 2h
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<std::time::Duration>,
 }
 
 /// Re-create a pod (new namespace, new IP), or restart one container in place (same IP).
@@ -81,6 +90,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Prints a client error and picks the exit status.
 fn fail(e: ClientError) -> ExitCode {
+    ExitCode::from(report(e))
+}
+
+/// Prints why the daemon refused (or could not be asked); returns the exit status for it.
+fn report(e: ClientError) -> u8 {
     match &e {
         // An invalid spec: its `file:line: field: ...` lines, as `peapod run` prints them.
         ClientError::Api { problems, .. } if !problems.is_empty() => {
@@ -90,14 +104,14 @@ fn fail(e: ClientError) -> ExitCode {
         }
         _ => eprintln!("peapod: {e}"),
     }
-    ExitCode::from(match e {
+    match e {
         ClientError::Api {
             status: StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST,
             ..
         } => EXIT_INVALID,
         ClientError::Api { .. } => EXIT_FAILED,
         _ => EXIT_RUNTIME,
-    })
+    }
 }
 
 fn done<T>(r: Result<T, ClientError>, then: impl FnOnce(T)) -> ExitCode {
@@ -144,26 +158,73 @@ fn pod_name(name: &str) -> Result<&str, ExitCode> {
 
 impl Apply {
     pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
-        let text = match std::fs::read_to_string(&self.file) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("{}: cannot read pod spec: {e}", self.file.display());
-                return Ok(ExitCode::from(EXIT_INVALID));
+        // Every spec named, in order: a directory's *.toml sorted; `-` is standard input.
+        let mut specs: Vec<(PathBuf, std::io::Result<String>)> = Vec::new();
+        for f in &self.files {
+            if f.as_os_str() == "-" {
+                let mut text = String::new();
+                let r = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text);
+                let source = std::env::current_dir()
+                    .context("current directory")?
+                    .join("(stdin)");
+                specs.push((source, r.map(|_| text)));
+            } else if f.is_dir() {
+                let mut paths: Vec<PathBuf> = match std::fs::read_dir(f) {
+                    Ok(d) => d
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                        .collect(),
+                    Err(e) => {
+                        eprintln!("{}: {e}", f.display());
+                        return Ok(ExitCode::from(EXIT_INVALID));
+                    }
+                };
+                paths.sort();
+                if paths.is_empty() {
+                    eprintln!("{}: no *.toml pod specs in this directory", f.display());
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+                for p in paths {
+                    let text = std::fs::read_to_string(&p);
+                    specs.push((p, text));
+                }
+            } else {
+                specs.push((f.clone(), std::fs::read_to_string(f)));
             }
-        };
-        let source = std::path::absolute(&self.file).context("absolute path")?;
-        let body = json!({"source": source, "spec": text});
-        let r = runtime()?.block_on(Client::new(&config.socket).json(
-            Method::POST,
-            "/v1/pods",
-            Some(&body),
-        ));
-        Ok(done(r, |v| {
-            let ip = v["pod"]["ip"].as_str().unwrap_or("-");
-            let name = v["pod"]["name"].as_str().unwrap_or("?");
-            let action = v["action"].as_str().unwrap_or("applied");
-            println!("pod/{name} {action} (ip {ip})");
-        }))
+        }
+        let client = Client::new(&config.socket);
+        let rt = runtime()?;
+        // The worst outcome decides the exit status (invalid input over a refusal over none).
+        let mut worst = EXIT_OK;
+        for (path, text) in specs {
+            let code = match text {
+                Err(e) => {
+                    eprintln!("{}: cannot read pod spec: {e}", path.display());
+                    EXIT_INVALID
+                }
+                Ok(text) => {
+                    let source = std::path::absolute(&path).context("absolute path")?;
+                    let body = json!({"source": source, "spec": text});
+                    match rt.block_on(client.json(Method::POST, "/v1/pods", Some(&body))) {
+                        Ok(v) => {
+                            let ip = v["pod"]["ip"].as_str().unwrap_or("-");
+                            let name = v["pod"]["name"].as_str().unwrap_or("?");
+                            let action = v["action"].as_str().unwrap_or("applied");
+                            println!("pod/{name} {action} (ip {ip})");
+                            EXIT_OK
+                        }
+                        Err(e) => match report(e) {
+                            // No daemon: the other specs would fail the same way.
+                            EXIT_RUNTIME => return Ok(ExitCode::from(EXIT_RUNTIME)),
+                            code => code,
+                        },
+                    }
+                }
+            };
+            worst = worst.max(code);
+        }
+        Ok(ExitCode::from(worst))
     }
 }
 
@@ -179,8 +240,27 @@ fn age(secs: u64) -> String {
 
 impl Ps {
     pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        for p in &self.pods {
+            if let Err(code) = pod_name(p) {
+                return Ok(code);
+            }
+        }
         let r = runtime()?.block_on(Client::new(&config.socket).get("/v1/pods"));
-        Ok(done(r, |v| {
+        let mut missing = Vec::new();
+        let code = done(r, |mut v| {
+            if !self.pods.is_empty() {
+                let all = v["pods"].as_array().cloned().unwrap_or_default();
+                missing = self
+                    .pods
+                    .iter()
+                    .filter(|n| !all.iter().any(|p| p["name"] == n.as_str()))
+                    .cloned()
+                    .collect();
+                v["pods"] = all
+                    .into_iter()
+                    .filter(|p| self.pods.iter().any(|n| p["name"] == n.as_str()))
+                    .collect();
+            }
             if self.output == "json" {
                 println!(
                     "{}",
@@ -229,7 +309,14 @@ impl Ps {
             for problem in v["problems"].as_array().unwrap_or(&empty) {
                 eprintln!("warning: {}", problem.as_str().unwrap_or_default());
             }
-        }))
+        });
+        if !missing.is_empty() {
+            for m in &missing {
+                eprintln!("peapod: no pod named {m:?}");
+            }
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+        Ok(code)
     }
 }
 
@@ -297,6 +384,26 @@ impl Logs {
             Ok(t) => t,
             Err(code) => return Ok(code),
         };
+        let container = match (container, self.container.as_deref()) {
+            (Some(a), Some(b)) if a != b => {
+                eprintln!(
+                    "peapod: two containers named: {a:?} (in {}) and {b:?} (-c)",
+                    self.target
+                );
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+            (Some(c), _) => Some(c),
+            (None, Some(c)) => match split(c) {
+                Ok((c, None)) => Some(c),
+                Ok(_) => {
+                    eprintln!("peapod: {c:?} is not a container name");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+                Err(code) => return Ok(code),
+            },
+            (None, None) => None,
+        };
+        let since = self.since.map(|d| std::time::SystemTime::now() - d);
         let mut path = format!("/v1/pods/{pod}/logs?follow={}", self.follow);
         if let Some(c) = container {
             path.push_str(&format!("&container={c}"));
@@ -331,7 +438,7 @@ impl Logs {
                 while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=nl).collect();
                     let line = String::from_utf8_lossy(&line[..nl]);
-                    print_record(&mut out, &line, timestamps)?;
+                    print_record(&mut out, &line, timestamps, since)?;
                 }
                 out.flush()?;
             }
@@ -341,10 +448,20 @@ impl Logs {
 }
 
 /// Prints one CRI record as the container wrote it: a partial record without its newline.
-fn print_record(out: &mut impl Write, line: &str, timestamps: bool) -> std::io::Result<()> {
+fn print_record(
+    out: &mut impl Write,
+    line: &str,
+    timestamps: bool,
+    since: Option<std::time::SystemTime>,
+) -> std::io::Result<()> {
     let Some(r) = crilog::parse(line) else {
         return writeln!(out, "{line}");
     };
+    if let Some(since) = since
+        && humantime::parse_rfc3339(r.time).is_ok_and(|t| t < since)
+    {
+        return Ok(());
+    }
     if timestamps {
         write!(out, "{} ", r.time)?;
     }
@@ -358,6 +475,20 @@ fn print_record(out: &mut impl Write, line: &str, timestamps: bool) -> std::io::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_drops_older_records() {
+        let since = humantime::parse_rfc3339("2026-11-25T10:00:00Z").unwrap();
+        let mut out = Vec::new();
+        for line in [
+            "2026-11-25T09:59:59.999999999Z stdout F old",
+            "2026-11-25T10:00:00.000000001Z stdout F new",
+            "not a record",
+        ] {
+            print_record(&mut out, line, false, Some(since)).unwrap();
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "new\nnot a record\n");
+    }
 
     #[test]
     fn ages_like_kubectl() {
@@ -375,7 +506,7 @@ mod tests {
             "2026-11-25T10:00:00.000000002Z stdout F lo",
             "2026-11-25T10:00:00.000000003Z stderr F oops",
         ] {
-            print_record(&mut out, l, false).unwrap();
+            print_record(&mut out, l, false, None).unwrap();
         }
         assert_eq!(String::from_utf8(out).unwrap(), "hello\noops\n");
     }
