@@ -319,14 +319,34 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
     assert_eq!(env.leases().len(), 3);
     assert!(!env.socket().exists(), "socket removed on a clean stop");
 
-    // While the daemon is down, f2's file goes: at start its sandbox is an orphan.
+    // While the daemon is down, f2's file goes: at start its sandbox is an orphan. And a veth
+    // is left on the bridge with no pin or lease beside it (a pod removed half-way): found by
+    // its name alone.
     std::fs::remove_file(env.pods_dir().join("f2.toml")).unwrap();
+    let stray = format!("pp{}", unique("s"));
+    let stray = &stray[..stray.len().min(15)];
+    cmd(
+        "ip",
+        &[
+            "link",
+            "add",
+            stray,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &unique("q"),
+        ],
+    );
+    cmd("ip", &["link", "set", stray, "master", &env.bridge]);
+    assert_eq!(env.bridge_ports().len(), 4, "{:?}", env.bridge_ports());
     let mut d = env.daemon();
     assert_eq!(env.wait_running("f1"), before[0].0);
     assert_eq!(env.wait_running("a1"), before[2].0);
     assert!(!env.pin("f2").exists(), "orphan pin removed");
     assert_eq!(env.leases().len(), 2, "orphan lease dropped");
-    assert_eq!(env.bridge_ports().len(), 2, "orphan veth removed");
+    assert_eq!(env.bridge_ports().len(), 2, "orphan veths removed");
+    assert!(!env.link_exists(stray));
     assert!(d.terminate().success());
 }
 

@@ -82,7 +82,6 @@ pub async fn raw_netlink(
             bridge,
             &fd,
             &veth,
-            "peapod-bench floor",
             floor_ip(cfg),
             cfg.subnet.prefix_len(),
             cfg.gateway(),

@@ -49,7 +49,6 @@ fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
     pub name: String,
-    pub alias: Option<String>,
 }
 
 pub struct Netlink {
@@ -125,7 +124,6 @@ impl Netlink {
         controller: u32,
         peer: &str,
         netns: &impl AsFd,
-        alias: &str,
     ) -> Result<(), NetError> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
@@ -135,7 +133,6 @@ impl Netlink {
             .name(host.to_string())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .controller(controller)
-            .alias(alias)
             .up()
             .build();
         self.handle
@@ -176,16 +173,10 @@ impl Netlink {
                     .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == controller))
             })
             .filter_map(|l| {
-                let mut name = None;
-                let mut alias = None;
-                for a in l.attributes {
-                    match a {
-                        LinkAttribute::IfName(n) => name = Some(n),
-                        LinkAttribute::IfAlias(a) => alias = Some(a),
-                        _ => {}
-                    }
-                }
-                Some(Port { name: name?, alias })
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(Port { name }),
+                    _ => None,
+                })
             })
             .collect())
     }

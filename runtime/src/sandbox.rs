@@ -54,11 +54,14 @@ pub struct Sandbox {
     lock: PodLock,
 }
 
+/// What every host veth's name starts with.
+const VETH_PREFIX: &str = "pp";
+
 /// The host end of a pod's veth: derived from bridge and pod name so it can be found after a crash,
 /// and short enough for IFNAMSIZ.
 pub fn host_veth_name(bridge: &str, pod: &str) -> String {
     let hex = crate::artifact::sha256_hex(format!("{bridge}/{pod}").as_bytes());
-    format!("pp{}", &hex[..11])
+    format!("{VETH_PREFIX}{}", &hex[..11])
 }
 
 /// The exclusive lock on `<run_dir>/pods/<pod>.lock`: whoever holds it owns the pod's sandbox.
@@ -232,7 +235,6 @@ impl Sandbox {
             bridge,
             &sandbox.netns,
             &sandbox.host_veth,
-            &format!("peapod/{pod}"),
             ip,
             cfg.subnet.prefix_len(),
             cfg.gateway(),
@@ -268,7 +270,6 @@ impl Sandbox {
             bridge,
             &self.netns,
             &self.host_veth,
-            &format!("peapod/{}", self.pod),
             ip,
             self.cfg.subnet.prefix_len(),
             self.cfg.gateway(),
@@ -309,12 +310,11 @@ pub async fn plumb(
     bridge: u32,
     netns: &Arc<OwnedFd>,
     host_veth: &str,
-    alias: &str,
     ip: Ipv4Addr,
     prefix: u8,
     gateway: Ipv4Addr,
 ) -> Result<(), SandboxError> {
-    host.create_veth_into(host_veth, bridge, POD_IFACE, &**netns, alias)
+    host.create_veth_into(host_veth, bridge, POD_IFACE, &**netns)
         .await?;
     in_netns(netns.clone(), move || async move {
         let nl = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
@@ -343,8 +343,8 @@ pub async fn plumb(
 const LINK_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Removes the sandbox parts of every pod not in `keep` and not running in another process (its
-/// lock is free): pins without a pod, host veths on the bridge without a pod, leases without a
-/// pin. Returns the pods whose parts were removed.
+/// lock is free): pins, leases and volumes without a pod, then host veths on the bridge that are
+/// no pod's. Returns the pods whose parts were removed (and the names of the veths).
 pub async fn collect_orphans(
     cfg: &Config,
     keep: &std::collections::BTreeSet<String>,
@@ -364,19 +364,6 @@ pub async fn collect_orphans(
             )));
         }
     }
-    let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
-    if let Some(bridge) = host.link_index(&cfg.bridge).await? {
-        for port in host.ports_of(bridge).await? {
-            if let Some(pod) = port
-                .alias
-                .as_deref()
-                .and_then(|a| a.strip_prefix("peapod/"))
-                && port.name == host_veth_name(&cfg.bridge, pod)
-            {
-                names.insert(pod.to_string());
-            }
-        }
-    }
     names.extend(Ipam::new(cfg).leases()?.into_keys());
     names.extend(volumes::pods(cfg));
     let mut removed = Vec::new();
@@ -389,7 +376,42 @@ pub async fn collect_orphans(
         lock.release_removing();
         removed.push(pod);
     }
+    // Host veths on the bridge that belong to no pod (a pod removed half-way, whose pin and
+    // lease were gone): a veth's name is derived from its pod's, so every `pp*` port that is
+    // not the veth of a kept pod, or of a pod another process runs, is a leftover.
+    let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+    if let Some(bridge) = host.link_index(&cfg.bridge).await? {
+        let mut in_use: std::collections::BTreeSet<String> = keep
+            .iter()
+            .map(|p| host_veth_name(&cfg.bridge, p))
+            .collect();
+        in_use.extend(
+            locked_elsewhere(cfg)
+                .iter()
+                .map(|p| host_veth_name(&cfg.bridge, p)),
+        );
+        for port in host.ports_of(bridge).await? {
+            if port.name.starts_with(VETH_PREFIX) && !in_use.contains(&port.name) {
+                host.delete_link(&port.name).await?;
+                removed.push(port.name);
+            }
+        }
+    }
     Ok(removed)
+}
+
+/// Pods whose lock another process holds (`peapod run`): their sandboxes are not ours to touch.
+fn locked_elsewhere(cfg: &Config) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(cfg.run_dir.join("pods")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pod = name.strip_suffix(".lock")?.to_string();
+            matches!(lock_pod(cfg, &pod), Err(SandboxError::Running { .. })).then_some(pod)
+        })
+        .collect()
 }
 
 /// Removes every part of pod `pod`'s sandbox that exists, collecting all errors.
