@@ -598,3 +598,41 @@ fn a_pod_the_daemon_keeps_dying_for_waits_and_can_be_deleted() {
     assert!(!env.ps().contains_key("suspect"));
     assert!(d.terminate().success());
 }
+
+#[test]
+fn a_full_log_disk_is_one_warning_not_one_per_line() {
+    if !root_or_skip("a_full_log_disk_is_one_warning_not_one_per_line") {
+        return;
+    }
+    let env = Env::new();
+    let (mut d, good) = daemon_with_good_pod(&env);
+    // The container's log file is /dev/full: every write fails with ENOSPC.
+    let dir = env.state_dir().join("logs/flood");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.join("c.log")).unwrap();
+    // A guest that prints a line per 100 sockets and is restarted at its open-files limit:
+    // hundreds of lines in a few seconds.
+    let spec = env.spec(
+        "flood.toml",
+        &one(
+            "flood",
+            Path::new(TOOLBOX),
+            "args = [\"hog\", \"5000\"]\nopen_files_limit = 300",
+        ),
+    );
+    env.ctl_ok(&["apply", "-f", spec.to_str().unwrap()]);
+    let restarts = |env: &Env| inspect(env, "flood")["restarts"].as_u64().unwrap_or(0);
+    let t0 = Instant::now();
+    while restarts(&env) < 5 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "flood never restarted 5 times"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let warnings = d.output().matches("flood/c: log file:").count();
+    assert_eq!(warnings, 1, "{}", d.output());
+    assert!(d.output().contains("lines lost since the last warning"));
+    assert_eq!(http(good, "GET", "/healthz", "").unwrap().status, 200);
+    assert!(d.terminate().success());
+}

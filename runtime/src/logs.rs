@@ -41,7 +41,13 @@ pub struct ContainerLog {
     id: Arc<str>,
     sink: Option<LogSink>,
     file: Option<Arc<CriFile>>,
+    /// Lines the log file refused since the last warning, and when that was: a full disk turns
+    /// into one warning per [`WARN_EVERY`], not one per line.
+    lost: Arc<std::sync::Mutex<(u64, Option<std::time::Instant>)>>,
 }
+
+/// At most one "log file" warning per container this often.
+pub const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for ContainerLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,6 +63,7 @@ impl ContainerLog {
             id: format!("{pod}/{container}").into(),
             sink,
             file: None,
+            lost: Default::default(),
         }
     }
 
@@ -79,7 +86,18 @@ impl ContainerLog {
         }
         if let Some(file) = &self.file {
             if let Err(e) = file.write(stream, line, partial) {
-                tracing::warn!("{}: log file: {e}", self.id);
+                let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+                lost.0 += 1;
+                if lost.1.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(
+                        "{}: log file: {e} ({} lines lost since the last warning; the next \
+                         warning in {}s at the earliest)",
+                        self.id,
+                        lost.0,
+                        WARN_EVERY.as_secs()
+                    );
+                    *lost = (0, Some(std::time::Instant::now()));
+                }
             }
             return;
         }
