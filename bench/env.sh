@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the bench scripts: a throwaway peapod installation of their own, removed on exit.
 #   bench_env PREFIX SECOND_OCTET   bridge PREFIX<tag>, subnet 10.SECOND_OCTET.x.0/24, a temp dir
 #                                   ($dir) for run/state/pods; exports the PEAPOD_* settings
@@ -18,8 +19,12 @@ bench_env() {
 }
 
 bench_cleanup() {
-    [ -n "$daemon_pid" ] && kill -9 "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
-    for pin in "$dir"/run/netns/*; do [ -e "$pin" ] && umount -l "$pin" 2>/dev/null || true; done
+    if [ -n "$daemon_pid" ] && kill -9 "$daemon_pid" 2>/dev/null; then
+        wait "$daemon_pid" 2>/dev/null || true
+    fi
+    for pin in "$dir"/run/netns/*; do
+        if [ -e "$pin" ]; then umount -l "$pin" 2>/dev/null || true; fi
+    done
     for port in $(ip -o link show master "$bridge" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
         ip link del "$port" 2>/dev/null || true
     done

@@ -1,3 +1,6 @@
+# shellcheck shell=bash
+# The variables are set for the script that sources this file:
+# shellcheck disable=SC2034
 # Sourced: the boards peapod is built and tested for, each its Rust target and the emulator that
 # runs its binaries here (the same commands as the runners in .cargo/config.toml).
 #   board NAME|TARGET   sets board_name, board_target, board_runner (an array); fails if unknown
