@@ -654,23 +654,63 @@ fn an_apply_that_cannot_start_leaves_nothing() {
     }
     let env = Env::new();
     let mut d = env.daemon();
-    // The pod's log directory cannot be made (a file is in its place): the pod cannot start.
-    let logs = env.state_dir().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::write(logs.join("nolog"), "in the way").unwrap();
-    let file = env.spec("nolog.toml", &env.kv_spec("nolog", ""));
+    // A host_path to be made (DirectoryOrCreate) where a dangling symlink is: it validates (the
+    // path does not exist) but cannot be made, so the pod cannot start.
+    let target = env.dir.path().join("dangling");
+    std::os::unix::fs::symlink("/nonexistent/peapod-test", &target).unwrap();
+    let spec = format!(
+        "{}volume_mounts = [{{ name = \"d\", mount_path = \"/d\" }}]\n\
+         [[volumes]]\nname = \"d\"\nhost_path = {{ path = {target:?}, type = \"DirectoryOrCreate\" }}\n",
+        env.kv_spec("nostart", "")
+    );
+    let file = env.spec("nostart.toml", &spec);
     let (code, _, err) = env.ctl(&["apply", "-f", file.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("log"), "{err}");
-    assert!(!env.ps().contains_key("nolog"));
-    assert!(!env.state_dir().join("pods").join("nolog.json").exists());
+    assert!(err.contains("volume d"), "{err}");
+    assert!(!env.ps().contains_key("nostart"));
+    assert!(!env.state_dir().join("pods").join("nostart.json").exists());
     assert!(env.leases().is_empty());
-    assert!(!env.pin("nolog").exists());
+    assert!(!env.pin("nostart").exists());
+    assert!(!env.state_dir().join("logs").join("nostart").exists());
     // Once the cause is gone the same apply works.
-    std::fs::remove_file(logs.join("nolog")).unwrap();
+    std::fs::remove_file(&target).unwrap();
     env.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
-    env.wait_running("nolog");
+    env.wait_running("nostart");
     d.terminate();
+}
+
+#[test]
+fn pods_come_back_on_a_read_only_state_dir() {
+    if !root_or_skip("pods_come_back_on_a_read_only_state_dir") {
+        return;
+    }
+    let env = Env::new();
+    let vols = "[[volumes]]\nname = \"cfg\"\nfiles = { \"a.conf\" = \"x\" }\n";
+    env.pod_file(
+        "ro.toml",
+        &format!(
+            "{}volume_mounts = [{{ name = \"cfg\", mount_path = \"/etc/app\" }}]\n{vols}",
+            env.kv_spec("ro", "")
+        ),
+    );
+    let mut d = env.daemon();
+    let ip = env.wait_running("ro");
+    assert!(d.terminate().success());
+    // The state dir turns read-only (a full or failing SD card remounted read-only).
+    let state = env.state_dir();
+    let s = state.to_str().unwrap();
+    cmd("mount", &["--bind", s, s]);
+    cmd("mount", &["-o", "remount,bind,ro", s]);
+    let mut d = env.daemon();
+    assert_eq!(
+        env.wait_running("ro"),
+        ip,
+        "recovered from a read-only state dir"
+    );
+    wait_healthy(app(ip));
+    assert!(d.output().contains("its output goes to this log instead"));
+    assert!(d.terminate().success());
+    cmd("umount", &[s]);
 }
 
 #[test]

@@ -113,7 +113,9 @@ impl Ipam {
 
     /// The current leases, pod name -> address.
     pub fn leases(&self) -> Result<BTreeMap<String, Ipv4Addr>, IpamError> {
-        let _lock = self.lock()?;
+        // No lock: the file is only ever replaced whole (durable::write renames a complete
+        // file over it), so a reader sees one version or the next; and reading works where the
+        // state dir cannot be written.
         Ok(self.read()?.leases)
     }
 
@@ -158,12 +160,20 @@ impl Ipam {
     fn lock(&self) -> Result<Flock<File>, IpamError> {
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         let path = self.dir.join(format!("{}.lock", self.bridge));
-        let file = OpenOptions::new()
+        let file = match OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(self.io(&path))?;
+        {
+            Ok(f) => f,
+            // A read-only state dir: an update that changes nothing needs no write (flock works
+            // on a file open for reading); one that does fails at its write, saying so.
+            Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+                File::open(&path).map_err(|_| self.io(&path)(e))?
+            }
+            Err(e) => return Err(self.io(&path)(e)),
+        };
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| IpamError::Io {
             path,
             source: e.into(),

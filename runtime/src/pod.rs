@@ -41,12 +41,6 @@ pub enum PodError {
         #[source]
         source: crate::volumes::VolumeError,
     },
-    #[error("pod {pod}: log file: {source}")]
-    Log {
-        pod: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// How a pod's containers are run, beyond their spec.
@@ -161,13 +155,14 @@ impl RunningPod {
             if let Some(settings) = &opts.logs {
                 match settings.open(&spec.name, &c.name) {
                     Ok(f) => log = log.with_file(Arc::new(f)),
-                    Err(source) => {
-                        let pod = spec.name.clone();
-                        if let Err(undo) = sandbox.destroy().await {
-                            tracing::error!(pod, "cleanup after failed start: {undo}");
-                        }
-                        return Err(PodError::Log { pod, source });
-                    }
+                    // A container runs without its log file (a read-only or full state dir):
+                    // its lines go to the daemon's own log instead.
+                    Err(e) => tracing::warn!(
+                        "{}/{}: log file {}: {e}; its output goes to this log instead",
+                        spec.name,
+                        c.name,
+                        settings.path(&spec.name, &c.name).display()
+                    ),
                 }
             }
             let run = RunSpec {

@@ -206,6 +206,17 @@ pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, PathBuf>
                 path.clone()
             }
             VolumeKind::Files(files) => {
+                // As the spec says already (a recovered sandbox): nothing to write, so a
+                // read-only state dir does not stop the pod.
+                let written = |name: &String, text: &String| {
+                    std::fs::read(own.join(name)).is_ok_and(|b| b == text.as_bytes())
+                };
+                let same = std::fs::read_dir(&own).is_ok_and(|d| d.count() == files.len())
+                    && files.iter().all(|(n, t)| written(n, t));
+                if same {
+                    dirs.insert(v.name.clone(), own);
+                    continue;
+                }
                 if own.exists() {
                     std::fs::remove_dir_all(&own).map_err(|e| io("cannot clear", &own, e))?;
                 }

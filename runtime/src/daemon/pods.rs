@@ -268,10 +268,17 @@ impl Pods {
             .collect()
     }
 
-    /// Makes the running file pods equal to the pods directory. A file that does not validate is
-    /// reported and changes nothing: whatever pod it described keeps running as it was.
+    /// Makes the running file pods equal to the pods directory, and tries again the pods that had
+    /// failed to start. A file that does not validate is reported and changes nothing: whatever
+    /// pod it described keeps running as it was.
     /// Returns the problems (one message per bad file).
     pub async fn reload(&mut self) -> Vec<String> {
+        let failed_before: BTreeSet<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.running.is_none() && e.error.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
         let mut problems: BTreeMap<PathBuf, String> = BTreeMap::new();
         let mut found: BTreeMap<String, (PathBuf, Parsed)> = BTreeMap::new();
         let me = Caller::myself();
@@ -345,6 +352,23 @@ impl Pods {
                     problems.insert(path, e.to_string());
                 }
             }
+        }
+        // Pods that failed to start (API pods too: a full or read-only disk, a missing
+        // directory) are tried again: a reload is the user's word that the cause may be gone.
+        let failed: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(n, e)| {
+                failed_before.contains(*n)
+                    && e.running.is_none()
+                    && e.error.is_some()
+                    && e.delayed.is_none()
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in failed {
+            tracing::info!("pod {name}: failed to start before; trying again");
+            self.launch(&name).await;
         }
         for (path, msg) in &problems {
             tracing::error!("{msg}; pods of {} left as they were", path.display());
