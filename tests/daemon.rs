@@ -288,6 +288,15 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
     for (ip, _) in &before {
         wait_healthy(app(*ip));
     }
+    let created = |env: &Env| -> Vec<String> {
+        let ps = env.ps();
+        pods.iter()
+            .map(|p| ps[*p]["created"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let created_before = created(&env);
+    // AGE counts whole seconds: a second passes, so a reset would show.
+    std::thread::sleep(Duration::from_millis(1100));
 
     d.signal(Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(10));
@@ -305,6 +314,8 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
         assert_eq!(inode(&env.pin(p)), *ino, "{p} keeps its namespace");
         wait_healthy(app(*ip));
     }
+    // The same sandboxes: the same creation time (AGE goes on).
+    assert_eq!(created(&env), created_before);
     // Nothing duplicated: one veth and one lease per pod.
     assert_eq!(env.bridge_ports().len(), 3, "{:?}", env.bridge_ports());
     assert_eq!(env.leases().len(), 3);

@@ -269,6 +269,11 @@ impl RunningPod {
         })
     }
 
+    /// When its sandbox was created (the same after a daemon restart that recovered it).
+    pub fn created(&self) -> std::time::SystemTime {
+        self.sandbox.created()
+    }
+
     /// The namespace's identity (inode), stable across container restarts.
     pub fn netns_inode(&self) -> std::io::Result<u64> {
         netns::inode(&*self.sandbox.netns)

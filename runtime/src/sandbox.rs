@@ -72,6 +72,19 @@ struct PodLock {
 }
 
 impl PodLock {
+    /// Marks now as the sandbox's creation time (the lock file's mtime; flock never changes it).
+    fn mark_created(&self) {
+        let _ = self._flock.set_modified(std::time::SystemTime::now());
+    }
+
+    /// When the sandbox was created, as [`PodLock::mark_created`] recorded it.
+    fn created(&self) -> std::time::SystemTime {
+        self._flock
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| std::time::SystemTime::now())
+    }
+
     /// Gives the lock up and removes its file: the pod is gone. Unlinked while still held, so a
     /// process that opened the old file and locks it after us sees that it is no longer the
     /// path's file and tries again (see [`lock_pod`]).
@@ -152,6 +165,7 @@ impl Sandbox {
     pub async fn create(cfg: &Config, pod: &str) -> Result<Sandbox, SandboxError> {
         let t0 = std::time::Instant::now();
         let lock = lock_pod(cfg, pod)?;
+        lock.mark_created();
         let netns_path = cfg.netns_path(pod);
         let ipam = Ipam::new(cfg);
         // We hold the lock, so any pin, lease or volume of this pod is a dead process' leftover.
@@ -281,6 +295,12 @@ impl Sandbox {
     /// The configuration it was made with.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// When this sandbox was created: kept across daemon restarts (a recovered sandbox is the
+    /// same one), new with each re-create.
+    pub fn created(&self) -> std::time::SystemTime {
+        self.lock.created()
     }
 
     /// Removes the namespace, the veth, the lease and the volumes.

@@ -448,10 +448,13 @@ impl Pods {
             }
         };
         if let Some(e) = self.entries.get_mut(name) {
+            // A recovered sandbox keeps its age.
+            e.created = running
+                .as_ref()
+                .map_or_else(SystemTime::now, |p| p.created());
             e.running = running;
             e.error = error;
             e.delayed = None;
-            e.created = SystemTime::now();
         }
     }
 
