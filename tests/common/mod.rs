@@ -18,6 +18,12 @@ pub use peapod_guests::{BACKUP, HELLO_P1, KV_SERVER, TOOLBOX};
 
 pub const PEAPOD: &str = env!("CARGO_BIN_EXE_peapod");
 
+/// Are the tests running under an emulator (the board suites: `PEAPOD_TEST_RUNNER` is set)?
+/// Tests that repeat a cycle many times repeat it fewer times there.
+pub fn emulated() -> bool {
+    std::env::var_os("PEAPOD_TEST_RUNNER").is_some_and(|r| !r.is_empty())
+}
+
 /// The `peapod` binary as a command. `PEAPOD_TEST_RUNNER` (e.g. `qemu-aarch64 -L
 /// /usr/aarch64-linux-gnu`) runs it through an emulator: a test binary running under qemu-user
 /// cannot exec a foreign binary itself without binfmt_misc.
