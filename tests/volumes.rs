@@ -647,6 +647,15 @@ fn env_from_files_reads_a_mounted_file_at_each_start() {
     let (status, out) = env.run_to_end(&spec, MIN);
     assert!(!status.success(), "{out}");
     assert!(!out.contains("OUTSIDE-CONTENT"), "{out}");
+    // A FIFO (no writer will ever come) is refused, not waited on.
+    std::fs::remove_file(h.dir.join("level")).unwrap();
+    nix::unistd::mkfifo(&h.dir.join("level"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (status, out) = env.run_to_end(&spec, MIN);
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("env_from_files LEVEL: /conf/level: not a regular file"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -67,19 +67,19 @@ pub fn host_veth_name(bridge: &str, pod: &str) -> String {
 /// The exclusive lock on `<run_dir>/pods/<pod>.lock`: whoever holds it owns the pod's sandbox.
 #[derive(Debug)]
 struct PodLock {
-    _flock: Flock<File>,
+    flock: Flock<File>,
     path: PathBuf,
 }
 
 impl PodLock {
     /// Marks now as the sandbox's creation time (the lock file's mtime; flock never changes it).
     fn mark_created(&self) {
-        let _ = self._flock.set_modified(std::time::SystemTime::now());
+        let _ = self.flock.set_modified(std::time::SystemTime::now());
     }
 
     /// When the sandbox was created, as [`PodLock::mark_created`] recorded it.
     fn created(&self) -> std::time::SystemTime {
-        self._flock
+        self.flock
             .metadata()
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| std::time::SystemTime::now())
@@ -116,10 +116,7 @@ fn lock_pod(cfg: &Config, pod: &str) -> Result<PodLock, SandboxError> {
         // Still the file at `path`? (Its owner may have removed it between our open and lock.)
         let held = flock.metadata().map_err(io)?;
         if std::fs::metadata(&path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
-            return Ok(PodLock {
-                _flock: flock,
-                path,
-            });
+            return Ok(PodLock { flock, path });
         }
     }
 }

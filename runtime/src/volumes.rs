@@ -292,11 +292,22 @@ pub fn pods(cfg: &Config) -> Vec<String> {
 }
 
 /// The value of an `env_from_files` variable: file `rel` beneath `dir`, read without leaving it
-/// (cap-std), at most [`MAX_ENV_FILE`] bytes of UTF-8.
+/// (cap-std), at most [`MAX_ENV_FILE`] bytes of UTF-8. Only a regular file is opened, and
+/// without blocking: a FIFO or a device put in a shared host directory must not hang the pod's
+/// thread (every container of the pod runs on it).
 pub fn read_env_file(dir: &Path, rel: &str) -> Result<String, String> {
+    use cap_std::fs::OpenOptionsExt;
     let d = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
         .map_err(|e| e.to_string())?;
-    let f = d.open(rel).map_err(|e| e.to_string())?;
+    if !d.metadata(rel).map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut options = cap_std::fs::OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    let f = d.open_with(rel, &options).map_err(|e| e.to_string())?;
+    // Checked again on what was opened: the name may have been swapped in between.
     if !f.metadata().map_err(|e| e.to_string())?.is_file() {
         return Err("not a regular file".into());
     }
