@@ -426,11 +426,22 @@ fn systemd_notifications_arrive_in_order() {
     let ps = env.ps();
     assert_eq!(ps["n"]["status"], "running", "{ps:?}");
     got.push(ready);
-    // The watchdog is pinged (every 100 ms for WATCHDOG_USEC=200000).
-    for _ in 0..3 {
-        got.push(recv());
+    // The watchdog is pinged (every 100 ms for WATCHDOG_USEC=200000), and a STATUS= line says
+    // how many pods are ready once that changes.
+    let mut statuses = Vec::new();
+    while got.len() < 4 || statuses.is_empty() {
+        let m = recv();
+        if m.starts_with("STATUS=") {
+            statuses.push(m);
+        } else {
+            got.push(m);
+        }
     }
     assert!(got[1..].iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
+    assert!(
+        statuses[0].starts_with("STATUS=1 pods, 1 ready; api on "),
+        "{statuses:?}"
+    );
     d.signal(Signal::SIGTERM);
     let stopping = loop {
         let m = recv();

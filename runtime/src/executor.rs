@@ -87,6 +87,8 @@ pub enum Outcome {
     Limit(LimitReached),
     /// Could not be started: what it is given is missing (a volume, an `env_from_files` file).
     NotStarted(String),
+    /// Ended by its supervisor: a liveness or startup probe failed (the message says which).
+    Unhealthy(String),
 }
 
 impl Outcome {
@@ -103,6 +105,7 @@ impl Outcome {
             Outcome::Trapped(_) => "Trapped",
             Outcome::Limit(l) => l.reason(),
             Outcome::NotStarted(_) => "CreateContainerConfigError",
+            Outcome::Unhealthy(_) => "Unhealthy",
         }
     }
 
@@ -121,6 +124,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Trapped(m) => write!(f, "trapped: {m}"),
             Outcome::Limit(l) => write!(f, "{l}"),
             Outcome::NotStarted(m) => write!(f, "not started: {m}"),
+            Outcome::Unhealthy(m) => write!(f, "unhealthy: {m}"),
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct RunSpec {
     /// Variables read from files of the mounts when the run starts.
     pub env_files: Vec<EnvFile>,
     pub log: ContainerLog,
+    /// Where the run's memory figure is kept for `inspect`.
+    pub usage: Arc<crate::cpu::Usage>,
 }
 
 /// A host directory preopened for the guest at `guest` (a volume mount).
@@ -506,7 +512,7 @@ impl Executor {
                 }
             }
         }
-        let limits = Limiter::new(spec.memory_limit);
+        let limits = Limiter::new(spec.memory_limit).with_gauge(spec.usage.clone());
         let result = match &*module.0 {
             Linked::Component(pre) => {
                 let mut table = ResourceTable::new();
@@ -648,6 +654,7 @@ mod tests {
             mounts: vec![],
             env_files: vec![],
             log: ContainerLog::new("p", "c", None),
+            usage: Default::default(),
         };
         let e = wasmtime::Error::from(LimitReached::Memory(16 << 20)).context("backtrace");
         let o = classify(&e, &spec);

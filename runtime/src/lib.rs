@@ -9,7 +9,8 @@
 //!   precompiled `.cwasm` files and the compile cache; [`limits`]: what a run may grow;
 //!   [`module_file`]: reading untrusted files (regular, capped, with the caller's rights);
 //!   [`loader`]: a pod's modules read and compiled.
-//! - [`supervisor`]: restart policy and backoff of one container.
+//! - [`supervisor`]: restart policy and backoff of one container, with its probes ([`probe`])
+//!   and its CPU metered and capped ([`cpu`]).
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
 //! - [`logs`]: container output into the log; [`crilog`]: CRI-format log files with rotation.
 //! - [`daemon`]: `peapod daemon`, its pods, its API; [`client`]: the API's client (the CLI).
@@ -17,6 +18,7 @@
 pub mod artifact;
 pub mod client;
 pub mod config;
+pub mod cpu;
 pub mod crilog;
 pub mod daemon;
 pub mod durable;
@@ -29,6 +31,7 @@ pub mod module_file;
 pub mod net;
 pub mod netns;
 pub mod pod;
+pub mod probe;
 pub mod sandbox;
 pub mod spec;
 pub mod supervisor;

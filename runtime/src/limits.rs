@@ -57,6 +57,8 @@ pub struct Limiter {
     table_elements: usize,
     /// The last growth allowed, undone if wasmtime then fails to grow.
     pending: u64,
+    /// Where `used` is shown to others (`inspect`).
+    gauge: Option<std::sync::Arc<crate::cpu::Usage>>,
 }
 
 impl Limiter {
@@ -66,6 +68,20 @@ impl Limiter {
             used: 0,
             table_elements: 0,
             pending: 0,
+            gauge: None,
+        }
+    }
+
+    /// Keeps `usage.memory` equal to what the run holds.
+    pub fn with_gauge(mut self, usage: std::sync::Arc<crate::cpu::Usage>) -> Self {
+        self.gauge = Some(usage);
+        self
+    }
+
+    fn show(&self) {
+        if let Some(g) = &self.gauge {
+            g.memory
+                .store(self.used, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -80,6 +96,7 @@ impl Limiter {
         }
         self.used += bytes;
         self.pending = bytes;
+        self.show();
         Ok(())
     }
 }
@@ -100,6 +117,7 @@ impl wasmtime::ResourceLimiter for Limiter {
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
         self.used -= std::mem::take(&mut self.pending);
+        self.show();
         Ok(())
     }
 

@@ -22,8 +22,8 @@ use crate::limits::DEFAULT_OPEN_FILES;
 use crate::logs::{ContainerLog, LogSink};
 use crate::netns;
 use crate::sandbox::{Sandbox, SandboxError};
-use crate::spec::{PodSpec, mount_of};
-use crate::supervisor::{Control, Final, Status, supervise};
+use crate::spec::{Kind, PodSpec, mount_of};
+use crate::supervisor::{Container, Control, Final, Status, supervise};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -85,9 +85,12 @@ pub struct PodReport {
 impl PodReport {
     /// True when every container's last run exited 0.
     pub fn success(&self) -> bool {
-        self.containers
-            .iter()
-            .all(|c| c.last.as_ref().is_none_or(|o| o.success()))
+        self.containers.iter().all(|c| {
+            c.ended_on_stop
+                .as_ref()
+                .or(c.last.as_ref())
+                .is_none_or(|o| o.success())
+        })
     }
 }
 
@@ -197,40 +200,35 @@ impl RunningPod {
                     })
                     .collect(),
                 log,
+                usage: Default::default(),
             };
-            let control = Control::new(&c.name, opts.linger);
+            // A plain init container's supervisor ends with its run: the sequence goes on.
+            let control = Control::new(&c.name, c.kind, opts.linger && c.kind != Kind::Init);
+            let run = RunSpec {
+                usage: control.usage(),
+                ..run
+            };
             controls.push(control.clone());
-            containers.push((module, run, c.restart_policy, control));
+            let container = Container {
+                exec: exec.clone(),
+                module,
+                run,
+                policy: c.restart_policy,
+                backoff: spec.backoff,
+                probes: c.probes.clone(),
+                cpu_limit: c.cpu_limit,
+                pre_stop: c.pre_stop.clone(),
+                grace: spec.termination_grace_period,
+            };
+            containers.push((c.kind, container, control));
         }
         let thread = {
             let fd = sandbox.netns.clone();
-            let exec = exec.clone();
             let stop = stop.clone();
-            let backoff = spec.backoff;
             std::thread::Builder::new()
                 .name(format!("pod-{}", spec.name))
                 .spawn(move || {
-                    let r = pod_thread(fd, move || async move {
-                        let tasks: Vec<_> = containers
-                            .into_iter()
-                            .map(|(m, run, policy, control)| {
-                                tokio::spawn(supervise(
-                                    exec.clone(),
-                                    m,
-                                    run,
-                                    policy,
-                                    backoff,
-                                    stop.clone(),
-                                    control,
-                                ))
-                            })
-                            .collect();
-                        let mut finals = Vec::new();
-                        for t in tasks {
-                            finals.push(t.await.map_err(|e| format!("supervisor: {e}"))?);
-                        }
-                        Ok(finals)
-                    });
+                    let r = pod_thread(fd, move || run_containers(containers, stop));
                     let _ = tx.send(r);
                 })
         };
@@ -352,6 +350,103 @@ impl RunningPod {
             teardown,
         })
     }
+}
+
+/// Runs a pod's containers in Kubernetes' order, on the pod thread: each init container to
+/// completion and each native sidecar until it has started (its startup probe passed), one by
+/// one; then the app containers, together. Returns when the app containers have ended for good
+/// (or an init container failed for good), or on `stop`: app containers stop first, then the
+/// sidecars in reverse order. The finals are in spec order; a container that never ran has
+/// `last: None`.
+async fn run_containers(
+    containers: Vec<(Kind, Container, Control)>,
+    stop: CancellationToken,
+) -> Result<Vec<Final>, String> {
+    let names: Vec<String> = containers.iter().map(|c| c.1.run.name.clone()).collect();
+    let mut finals: Vec<Option<Final>> = vec![None; containers.len()];
+    let join = |h: tokio::task::JoinHandle<Final>| async move {
+        h.await.map_err(|e| format!("supervisor: {e}"))
+    };
+    let mut sidecars = Vec::new();
+    let mut apps = Vec::new();
+    let apps_stop = CancellationToken::new();
+    let mut go_on = true;
+    for (i, (kind, container, control)) in containers.into_iter().enumerate() {
+        if !go_on || stop.is_cancelled() {
+            break;
+        }
+        match kind {
+            Kind::App => {
+                let task = tokio::spawn(supervise(container, apps_stop.clone(), control));
+                apps.push((i, task));
+            }
+            Kind::Sidecar => {
+                let own = CancellationToken::new();
+                let task = tokio::spawn(supervise(container, own.clone(), control.clone()));
+                sidecars.push((i, own, task));
+                tokio::select! {
+                    _ = control.until(|s| s.started) => {}
+                    _ = stop.cancelled() => go_on = false,
+                }
+            }
+            Kind::Init => {
+                let id = container.run.log.id().to_string();
+                let own = CancellationToken::new();
+                let mut task = tokio::spawn(supervise(container, own.clone(), control.clone()));
+                let f = tokio::select! {
+                    f = &mut task => f.map_err(|e| format!("supervisor: {e}"))?,
+                    _ = stop.cancelled() => {
+                        own.cancel();
+                        join(task).await?
+                    }
+                };
+                // Ended for good: exited 0, or failed under a policy of Never.
+                go_on = f.last.as_ref().is_some_and(|o| o.success()) && !f.stopped;
+                if !go_on && !f.stopped {
+                    tracing::warn!(
+                        "{id}: init container failed for good: the pod's containers do not start"
+                    );
+                }
+                finals[i] = Some(f);
+            }
+        }
+    }
+    if !apps.is_empty() {
+        let index: Vec<usize> = apps.iter().map(|a| a.0).collect();
+        let all = futures::future::join_all(apps.into_iter().map(|(_, t)| t));
+        tokio::pin!(all);
+        let ended = tokio::select! {
+            ended = &mut all => Some(ended),
+            _ = stop.cancelled() => None,
+        };
+        let ended = match ended {
+            Some(ended) => ended,
+            None => {
+                apps_stop.cancel();
+                all.await
+            }
+        };
+        for (i, f) in index.into_iter().zip(ended) {
+            finals[i] = Some(f.map_err(|e| format!("supervisor: {e}"))?);
+        }
+    }
+    for (i, own, task) in sidecars.into_iter().rev() {
+        own.cancel();
+        finals[i] = Some(join(task).await?);
+    }
+    Ok(finals
+        .into_iter()
+        .zip(names)
+        .map(|(f, name)| {
+            f.unwrap_or(Final {
+                name,
+                last: None,
+                restarts: 0,
+                stopped: false,
+                ended_on_stop: None,
+            })
+        })
+        .collect())
 }
 
 /// Runs `work` on the calling thread after moving it into the namespace `fd`, on a current-thread

@@ -5,6 +5,12 @@
 //! restart, is capped at `max`, and falls back to `initial` after a run of at least `reset_after`
 //! (what Kubernetes does for CrashLoopBackOff). Whatever the settings, a container starts at most
 //! once per [`MIN_BACKOFF`] (10 ms): a module that exits at once cannot spin the pod's thread.
+//!
+//! Beside each run go its probes ([`crate::probe::watch`]): a failed liveness or startup probe
+//! ends the run as `Unhealthy`, which the policy treats as a failure. Each run is metered for CPU
+//! and held to its `cpu_limit` ([`crate::cpu`]). On stop, a container with a `pre_stop` hook gets
+//! the call and up to the pod's grace period to exit on its own; WASI has no signals, so one
+//! without a hook is ended at once.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,8 +19,10 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::cpu::{Metered, Usage};
 use crate::executor::{Executor, Outcome, Prepared, RunSpec};
-use crate::spec::{Backoff, MIN_BACKOFF, RestartPolicy};
+use crate::probe::Observer;
+use crate::spec::{Backoff, Kind, MIN_BACKOFF, ProbeAction, Probes, RestartPolicy};
 
 /// Whether a container that ended with `outcome` is started again.
 pub fn should_restart(policy: RestartPolicy, outcome: &Outcome) -> bool {
@@ -60,6 +68,8 @@ pub struct Final {
     pub restarts: u32,
     /// Stopped by the pod (shutdown) rather than ending for good by its policy.
     pub stopped: bool,
+    /// Stopped while running, it ended on its own after its `pre_stop` hook: how.
+    pub ended_on_stop: Option<Outcome>,
 }
 
 /// Where a container is in its life, as `ps` and `inspect` show it.
@@ -73,11 +83,29 @@ pub enum State {
     Exited,
 }
 
+/// How a run ended, with when (Kubernetes' `lastState.terminated`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Terminated {
+    pub exit_code: Option<i32>,
+    pub reason: &'static str,
+    pub message: String,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub started_at: Option<SystemTime>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub finished_at: Option<SystemTime>,
+}
+
 /// A container's live status, shared between its supervisor and whoever asks.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub name: String,
+    /// init, sidecar or app.
+    pub kind: Kind,
     pub state: State,
+    /// Running, past its startup probe, and passing its readiness probe (if it has one).
+    pub ready: bool,
+    /// Running and past its startup probe (if it has one).
+    pub started: bool,
     pub restarts: u32,
     /// When the current (or last) run started.
     #[serde(serialize_with = "rfc3339_opt")]
@@ -88,8 +116,14 @@ pub struct Status {
     /// The last run's exit code (absent for a trap or a limit).
     pub exit_code: Option<i32>,
     /// Why the last run ended, in Kubernetes' words: Completed, Error, Trapped, OOMKilled,
-    /// LimitReached (or Restarted, on request).
+    /// LimitReached, Unhealthy (or Restarted, on request).
     pub reason: Option<&'static str>,
+    /// How the previous run ended, apart from the state of the current one.
+    pub last_state: Option<Terminated>,
+    /// CPU time of all its runs so far.
+    pub cpu_seconds: f64,
+    /// Linear memory and tables of the current run.
+    pub memory_bytes: u64,
 }
 
 fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -104,30 +138,60 @@ fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::
 pub struct Control {
     status: Arc<Mutex<Status>>,
     restart: Arc<Notify>,
+    /// Signalled on every change of the status.
+    changed: Arc<Notify>,
+    usage: Arc<Usage>,
     /// Keep the supervisor alive after the container ended for good, so a restart request can start
     /// it again (the daemon); without it the supervisor returns (`peapod run`).
     linger: bool,
 }
 
 impl Control {
-    pub fn new(name: &str, linger: bool) -> Self {
+    pub fn new(name: &str, kind: Kind, linger: bool) -> Self {
         Control {
             status: Arc::new(Mutex::new(Status {
                 name: name.into(),
+                kind,
                 state: State::Waiting,
+                ready: false,
+                started: false,
                 restarts: 0,
                 started_at: None,
                 last: None,
                 exit_code: None,
                 reason: None,
+                last_state: None,
+                cpu_seconds: 0.0,
+                memory_bytes: 0,
             })),
             restart: Arc::new(Notify::new()),
+            changed: Arc::new(Notify::new()),
+            usage: Arc::new(Usage::default()),
             linger,
         }
     }
 
     pub fn status(&self) -> Status {
-        self.status.lock().expect("status lock").clone()
+        let mut s = self.status.lock().expect("status lock").clone();
+        s.cpu_seconds = self.usage.cpu().as_secs_f64();
+        s.memory_bytes = self.usage.memory.load(std::sync::atomic::Ordering::Relaxed);
+        s
+    }
+
+    /// What the container uses; the executor's limiter keeps its memory figure.
+    pub fn usage(&self) -> Arc<Usage> {
+        self.usage.clone()
+    }
+
+    /// Waits until `cond` holds for the status.
+    pub async fn until(&self, cond: impl Fn(&Status) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            if cond(&self.status.lock().expect("status lock")) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Ends the current run (if any) and starts the container again at once, in place: same pod,
@@ -138,41 +202,124 @@ impl Control {
 
     fn update(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.status.lock().expect("status lock"));
+        self.changed.notify_waiters();
     }
+}
+
+/// What the probes of a run see: the container's control, and its id for the log.
+struct Probed<'a> {
+    control: &'a Control,
+    id: &'a str,
+    /// Readiness comes from a probe: its changes are news.
+    probed: bool,
+}
+
+impl Observer for Probed<'_> {
+    fn started(&self) {
+        self.control.update(|s| s.started = true);
+    }
+
+    fn ready(&self, ready: bool) {
+        if self.probed {
+            tracing::info!("{}: {}", self.id, if ready { "ready" } else { "not ready" });
+        }
+        self.control.update(|s| s.ready = ready);
+    }
+
+    fn failed(&self, probe: &'static str, why: &str, failures: u32) {
+        tracing::debug!("{}: {probe} failed ({failures} in a row): {why}", self.id);
+    }
+}
+
+/// Everything one container's supervisor needs.
+pub struct Container {
+    pub exec: Executor,
+    pub module: Prepared,
+    pub run: RunSpec,
+    pub policy: RestartPolicy,
+    pub backoff: Backoff,
+    pub probes: Probes,
+    /// Millicores.
+    pub cpu_limit: Option<u32>,
+    pub pre_stop: Option<ProbeAction>,
+    /// How long a stop waits for a container with a `pre_stop` hook.
+    pub grace: Duration,
 }
 
 /// Runs a container until its policy says it is done (or, lingering, until stopped), or `stop` is
 /// cancelled.
-pub async fn supervise(
-    exec: Executor,
-    module: Prepared,
-    spec: RunSpec,
-    policy: RestartPolicy,
-    backoff: Backoff,
-    stop: CancellationToken,
-    control: Control,
-) -> Final {
+pub async fn supervise(c: Container, stop: CancellationToken, control: Control) -> Final {
+    let Container {
+        exec,
+        module,
+        run: spec,
+        policy,
+        backoff,
+        probes,
+        cpu_limit,
+        pre_stop,
+        grace,
+    } = c;
     let mut backoff = BackoffState::new(backoff);
     let mut done = Final {
         name: spec.name.clone(),
         last: None,
         restarts: 0,
         stopped: false,
+        ended_on_stop: None,
     };
     let id = spec.log.id();
+    let usage = control.usage();
     loop {
         let started = Instant::now();
+        let started_at = SystemTime::now();
         control.update(|s| {
             s.state = State::Running;
-            s.started_at = Some(SystemTime::now());
+            s.started_at = Some(started_at);
         });
+        let mut run = Metered::new(exec.run(&module, &spec), &usage, cpu_limit);
+        let observer = Probed {
+            control: &control,
+            id,
+            probed: probes.readiness.is_some(),
+        };
         let outcome = tokio::select! {
-            o = exec.run(&module, &spec) => Some(o),
+            o = &mut run => Some(o),
+            why = crate::probe::watch(&probes, &observer) => Some(Outcome::Unhealthy(why)),
             _ = control.restart.notified() => None,
             _ = stop.cancelled() => {
+                let outcome = match &pre_stop {
+                    Some(hook) => graceful(&mut run, hook, grace, id).await,
+                    None => None,
+                };
+                drop(run);
+                control.update(|s| {
+                    s.state = State::Exited;
+                    s.ready = false;
+                    s.started = false;
+                    if let Some(o) = &outcome {
+                        s.last = Some(o.to_string());
+                        s.exit_code = o.exit_code();
+                        s.reason = Some(o.reason());
+                    }
+                });
+                done.ended_on_stop = outcome;
                 done.stopped = true;
                 return done;
             }
+        };
+        drop(run);
+        usage.memory.store(0, std::sync::atomic::Ordering::Relaxed);
+        let ended = |s: &mut Status, reason: &'static str, message: String, code| {
+            s.ready = false;
+            s.started = false;
+            s.last_state = Some(Terminated {
+                exit_code: code,
+                reason,
+                message,
+                started_at: Some(started_at),
+                finished_at: Some(SystemTime::now()),
+            });
         };
         let requested = match outcome {
             Some(outcome) => {
@@ -180,6 +327,12 @@ pub async fn supervise(
                     s.last = Some(outcome.to_string());
                     s.exit_code = outcome.exit_code();
                     s.reason = Some(outcome.reason());
+                    ended(
+                        s,
+                        outcome.reason(),
+                        outcome.to_string(),
+                        outcome.exit_code(),
+                    );
                 });
                 let restart = should_restart(policy, &outcome);
                 done.last = Some(outcome.clone());
@@ -221,7 +374,12 @@ pub async fn supervise(
                     }
                 }
             }
-            None => true,
+            None => {
+                control.update(|s| {
+                    ended(s, "Restarted", "restarted on request".into(), None);
+                });
+                true
+            }
         };
         if requested {
             tracing::info!("{id}: restarting in place on request");
@@ -232,6 +390,51 @@ pub async fn supervise(
         }
         done.restarts += 1;
         control.update(|s| s.restarts = done.restarts);
+    }
+}
+
+/// A stop of a running container with a `pre_stop` hook: calls the hook while the module keeps
+/// running (it serves the call), then waits for the module to end, all within `grace`. Returns
+/// how the run ended, or `None` when the grace period ran out (the caller ends it).
+async fn graceful<F>(
+    run: &mut Metered<'_, F>,
+    hook: &ProbeAction,
+    grace: Duration,
+    id: &str,
+) -> Option<Outcome>
+where
+    F: std::future::Future<Output = Outcome>,
+{
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    tracing::info!(
+        "{id}: stopping: pre_stop {hook}, then up to {} to exit",
+        humantime::format_duration(grace)
+    );
+    tokio::select! {
+        o = &mut *run => {
+            tracing::info!("{id}: {o} during its pre_stop hook");
+            return Some(o);
+        }
+        r = crate::probe::check(hook, grace) => {
+            if let Err(why) = r {
+                tracing::warn!("{id}: pre_stop hook failed: {why}");
+            }
+        }
+        _ = &mut deadline => {}
+    }
+    tokio::select! {
+        o = &mut *run => {
+            tracing::info!("{id}: {o} after its pre_stop hook");
+            Some(o)
+        }
+        _ = &mut deadline => {
+            tracing::warn!(
+                "{id}: still running after the grace period ({}): ending it",
+                humantime::format_duration(grace)
+            );
+            None
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! A multi-purpose test guest (wasip2): `toolbox COMMAND ARGS...`
 //!
 //! ```text
-//! listen ADDR [TEXT]     accept forever; send TEXT (default: "hello from ADDR") and close
+//! listen ADDR [TEXT] [MS] after MS (default 0) ms, accept forever; send TEXT (default:
+//!                        "hello from ADDR") and close
 //! connect ADDR [TRIES]   connect (retrying every 100ms, TRIES times, default 1), print what the
 //!                        server sent, exit 0; exit 1 if it never connected
 //! exit CODE              exit with CODE
@@ -24,6 +25,12 @@
 //!                        hold (stay alive, serving nothing)
 //! fill-loop PATH         write PATH in 64 KiB chunks until a write fails, start over, forever
 //!                        (a guest pressing against its volume's size limit)
+//! http ADDR [FLAG...]    an HTTP/1.1 server for probes and hooks: GET /status/CODE answers
+//!                        CODE, GET /shutdown answers 200, prints "shutdown requested" and
+//!                        exits 0, anything else answers 200 "ok". FLAGs:
+//!                        --delay MS (wait before listening), --hang-after MS (then stop
+//!                        answering, listener held: a deadlocked server), --ignore-shutdown
+//!                        (answer /shutdown but keep serving)
 //! ```
 
 use std::io::{Read, Write};
@@ -34,7 +41,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source|hog|fs|fill-loop ...");
+            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source|hog|fs|fill-loop|http ...");
             std::process::exit(2)
         })
     };
@@ -61,6 +68,9 @@ fn main() {
         "listen" => {
             let addr = arg(2);
             let text = args.get(3).cloned().unwrap_or(format!("hello from {addr}"));
+            if let Some(ms) = args.get(4) {
+                std::thread::sleep(Duration::from_millis(ms.parse().expect("listen delay MS")));
+            }
             let l = TcpListener::bind(addr).unwrap_or_else(|e| {
                 eprintln!("cannot listen on {addr}: {e}");
                 std::process::exit(1)
@@ -135,6 +145,7 @@ fn main() {
                 c.write_all(&chunk).expect("source: write");
             }
         }
+        "http" => http(arg(2), &args[3..]),
         "fs" => {
             let failed = args[2..].iter().filter(|op| !fs_op(op)).count();
             std::process::exit(i32::from(failed > 0))
@@ -230,4 +241,63 @@ fn fs_op(op: &str) -> bool {
         Err(e) => println!("{verb} {path}: error: {:?}: {e}", e.kind()),
     }
     result.is_ok()
+}
+
+/// `http ADDR [FLAG...]`: see the module's docs.
+fn http(addr: &str, flags: &[String]) {
+    let ms = |name: &str| {
+        flags
+            .iter()
+            .position(|f| f == name)
+            .map(|i| Duration::from_millis(flags[i + 1].parse().expect("FLAG MS")))
+    };
+    if let Some(d) = ms("--delay") {
+        std::thread::sleep(d);
+    }
+    let hang_after = ms("--hang-after");
+    let ignore_shutdown = flags.iter().any(|f| f == "--ignore-shutdown");
+    let l = TcpListener::bind(addr).unwrap_or_else(|e| {
+        eprintln!("cannot listen on {addr}: {e}");
+        std::process::exit(1)
+    });
+    println!("http listening on {addr}");
+    let t0 = std::time::Instant::now();
+    for mut c in l.incoming().flatten() {
+        if hang_after.is_some_and(|h| t0.elapsed() >= h) {
+            println!("hanging (listener held, nothing answered)");
+            drop(c);
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        // The request head, up to its blank line (or 8 KiB).
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+            match c.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        let (code, body) = match path.strip_prefix("/status/") {
+            Some(code) => (code.parse().unwrap_or(500), "status"),
+            None if path == "/shutdown" => (200, "bye"),
+            None => (200, "ok"),
+        };
+        let _ = write!(
+            c,
+            "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = c.flush();
+        drop(c);
+        if path == "/shutdown" {
+            println!("shutdown requested");
+            if !ignore_shutdown {
+                std::process::exit(0);
+            }
+        }
+    }
 }

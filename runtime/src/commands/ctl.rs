@@ -1,4 +1,5 @@
-//! The commands that talk to the daemon: `apply`, `ps`, `inspect`, `logs`, `restart`, `delete`.
+//! The commands that talk to the daemon: `apply`, `ps`, `top`, `inspect`, `logs`, `restart`,
+//! `delete`.
 //!
 //! Exit status: 0 done; 1 the daemon refused (no such pod, conflict, failure); 2 invalid input
 //! (a spec that does not validate, bad arguments); 3 the daemon cannot be reached.
@@ -34,6 +35,17 @@ pub struct Ps {
     /// Output format: table or json
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
     output: String,
+}
+
+/// Show what each container uses: CPU (in cores, as `cpu_limit` counts them, measured over
+/// the interval) and linear memory.
+#[derive(clap::Args, Debug)]
+pub struct Top {
+    /// Only these pods
+    pods: Vec<String>,
+    /// How long CPU use is measured over
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
 }
 
 /// Show one pod as JSON.
@@ -238,6 +250,93 @@ fn age(secs: u64) -> String {
     }
 }
 
+/// Prints rows as columns padded to their widest cell (the first row is the header).
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// `64Mi`, `512Ki`: bytes as kubectl top prints them.
+fn binary_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1}Gi", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{}Mi", b >> 20),
+        b => format!("{}Ki", b.div_ceil(1024)),
+    }
+}
+
+impl Top {
+    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        for p in &self.pods {
+            if let Err(code) = pod_name(p) {
+                return Ok(code);
+            }
+        }
+        let client = Client::new(&config.socket);
+        let rt = runtime()?;
+        let sample = || {
+            let v = rt.block_on(client.get("/v1/pods"))?;
+            let t = std::time::Instant::now();
+            let mut cpu = std::collections::BTreeMap::new();
+            for p in v["pods"].as_array().into_iter().flatten() {
+                for c in p["containers"].as_array().into_iter().flatten() {
+                    let key = (p["name"].to_string(), c["name"].to_string());
+                    cpu.insert(key, c["cpu_seconds"].as_f64().unwrap_or(0.0));
+                }
+            }
+            Ok::<_, ClientError>((v, t, cpu))
+        };
+        let (_, t0, before) = match sample() {
+            Ok(s) => s,
+            Err(e) => return Ok(fail(e)),
+        };
+        std::thread::sleep(self.interval);
+        let (v, t1, after) = match sample() {
+            Ok(s) => s,
+            Err(e) => return Ok(fail(e)),
+        };
+        let wall = t1.duration_since(t0).as_secs_f64();
+        let mut rows = vec![vec![
+            "POD".to_string(),
+            "CONTAINER".into(),
+            "STATE".into(),
+            "CPU(cores)".into(),
+            "MEMORY(bytes)".into(),
+            "CPU-TIME".into(),
+        ]];
+        for p in v["pods"].as_array().into_iter().flatten() {
+            if !self.pods.is_empty() && !self.pods.iter().any(|n| p["name"] == n.as_str()) {
+                continue;
+            }
+            for c in p["containers"].as_array().into_iter().flatten() {
+                let key = (p["name"].to_string(), c["name"].to_string());
+                let used = after.get(&key).copied().unwrap_or(0.0)
+                    - before.get(&key).copied().unwrap_or(0.0);
+                rows.push(vec![
+                    p["name"].as_str().unwrap_or("?").into(),
+                    c["name"].as_str().unwrap_or("?").into(),
+                    c["state"].as_str().unwrap_or("?").into(),
+                    format!("{}m", (used.max(0.0) / wall * 1000.0).round() as u64),
+                    binary_size(c["memory_bytes"].as_u64().unwrap_or(0)),
+                    format!("{:.2}s", c["cpu_seconds"].as_f64().unwrap_or(0.0)),
+                ]);
+            }
+        }
+        print_table(&rows);
+        Ok(ExitCode::from(EXIT_OK))
+    }
+}
+
 impl Ps {
     pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         for p in &self.pods {
@@ -270,7 +369,7 @@ impl Ps {
             }
             let empty = Vec::new();
             let pods = v["pods"].as_array().unwrap_or(&empty);
-            let mut rows = vec![[
+            let mut rows = vec![vec![
                 "NAME".to_string(),
                 "STATUS".into(),
                 "IP".into(),
@@ -280,12 +379,16 @@ impl Ps {
                 "SOURCE".into(),
             ]];
             for p in pods {
-                let containers = p["containers"].as_array().unwrap_or(&empty);
-                let ready = containers
+                // Kubernetes' READY: ready containers of those that stay (apps and
+                // sidecars; plain init containers end by design).
+                let containers: Vec<&serde_json::Value> = p["containers"]
+                    .as_array()
+                    .unwrap_or(&empty)
                     .iter()
-                    .filter(|c| c["state"] == "running")
-                    .count();
-                rows.push([
+                    .filter(|c| c["kind"] != "init")
+                    .collect();
+                let ready = containers.iter().filter(|c| c["ready"] == true).count();
+                rows.push(vec![
                     p["name"].as_str().unwrap_or("?").into(),
                     p["status"].as_str().unwrap_or("?").into(),
                     p["ip"].as_str().unwrap_or("-").into(),
@@ -295,17 +398,7 @@ impl Ps {
                     p["source"].as_str().unwrap_or("?").into(),
                 ]);
             }
-            let widths: Vec<usize> = (0..7)
-                .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-                .collect();
-            for r in rows {
-                let line: Vec<String> = r
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                println!("{}", line.join("  ").trim_end());
-            }
+            print_table(&rows);
             for problem in v["problems"].as_array().unwrap_or(&empty) {
                 eprintln!("warning: {}", problem.as_str().unwrap_or_default());
             }

@@ -92,7 +92,10 @@ impl Run {
             let report = pod.stop().await?;
             for c in &report.containers {
                 let how = match (&c.last, c.stopped) {
-                    (_, true) => "stopped".to_string(),
+                    (_, true) => match &c.ended_on_stop {
+                        Some(o) => format!("stopped: {o} after its pre_stop hook"),
+                        None => "stopped".to_string(),
+                    },
                     (Some(o), false) => o.to_string(),
                     (None, false) => "never ran".to_string(),
                 };

@@ -83,11 +83,21 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
 
     let mut watchdog = watchdog_interval().map(tokio::time::interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // What the last STATUS= line said: pods, and pods ready.
+    let mut readiness = (count, usize::MAX);
     loop {
         tokio::select! {
             // Skipped while an apply or a reload holds the pods: the loop must keep pinging
             // the watchdog.
-            _ = tick.tick() => if let Ok(mut p) = pods.try_lock() { p.tick().await },
+            _ = tick.tick() => if let Ok(mut p) = pods.try_lock() {
+                p.tick().await;
+                let now = p.readiness();
+                if now != readiness {
+                    readiness = now;
+                    let status = format!("{} pods, {} ready; api on {}", now.0, now.1, cfg.socket.display());
+                    notify(&[NotifyState::Status(&status)]);
+                }
+            },
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {

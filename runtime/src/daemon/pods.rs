@@ -22,7 +22,7 @@ use crate::loader;
 use crate::module_file::{self, Caller, Read};
 use crate::pod::{Options, RunningPod};
 use crate::sandbox::{self, Sandbox};
-use crate::spec::{PodSpec, Problem, SpecError};
+use crate::spec::{Kind, PodSpec, Problem, SpecError};
 use crate::supervisor::{State, Status};
 
 /// Where a pod's spec comes from.
@@ -139,6 +139,8 @@ pub struct PodView {
     pub source: String,
     pub created: String,
     pub age_seconds: u64,
+    /// Every container (plain init containers aside) is ready.
+    pub ready: bool,
     pub restarts: u32,
     pub containers: Vec<Status>,
     /// Its volumes and where they are on the host.
@@ -655,10 +657,23 @@ impl Pods {
     pub fn view(&self, name: &str) -> Option<PodView> {
         let e = self.entries.get(name)?;
         let containers = e.running.as_ref().map(|p| p.statuses()).unwrap_or_default();
+        // Plain init containers end by design; the pod's state is that of the others.
+        let (init, live): (Vec<&Status>, Vec<&Status>) =
+            containers.iter().partition(|c| c.kind == Kind::Init);
         let status = match (&e.running, &e.error) {
             (None, None) if e.delayed.is_some() => "waiting",
             (None, _) => "failed",
-            _ if containers.iter().all(|c| c.state == State::Running) => "running",
+            _ if init
+                .iter()
+                .any(|c| c.state == State::Exited && c.reason != Some("Completed")) =>
+            {
+                "failed"
+            }
+            _ if init.iter().all(|c| c.state == State::Exited)
+                && live.iter().all(|c| c.state == State::Running) =>
+            {
+                "running"
+            }
             // Waiting after a run: its backoff; before the first: it is being started.
             _ if containers
                 .iter()
@@ -666,9 +681,13 @@ impl Pods {
             {
                 "restarting"
             }
-            _ if containers.iter().any(|c| c.state == State::Waiting) => "starting",
-            _ if containers.iter().all(|c| c.state == State::Exited) => {
-                if containers.iter().all(|c| c.exit_code == Some(0)) {
+            _ if containers.iter().any(|c| c.state == State::Waiting)
+                || init.iter().any(|c| c.state != State::Exited) =>
+            {
+                "starting"
+            }
+            _ if live.iter().all(|c| c.state == State::Exited) => {
+                if live.iter().all(|c| c.exit_code == Some(0)) {
                     "succeeded"
                 } else {
                     "failed"
@@ -690,6 +709,7 @@ impl Pods {
             },
             created: humantime::format_rfc3339_seconds(e.created).to_string(),
             age_seconds: age.as_secs(),
+            ready: !live.is_empty() && live.iter().all(|c| c.ready),
             restarts: containers.iter().map(|c| c.restarts).sum(),
             containers,
             volumes: crate::volumes::views(&self.cfg, &e.spec),
@@ -708,6 +728,12 @@ impl Pods {
 
     pub fn views(&self) -> Vec<PodView> {
         self.entries.keys().filter_map(|n| self.view(n)).collect()
+    }
+
+    /// How many pods there are, and how many of them are ready.
+    pub fn readiness(&self) -> (usize, usize) {
+        let views = self.views();
+        (views.len(), views.iter().filter(|v| v.ready).count())
     }
 
     /// Problems of the last reload of the pods directory.

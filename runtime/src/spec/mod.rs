@@ -42,7 +42,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod supervision;
 mod volumes;
+pub use supervision::{DEFAULT_GRACE, Probe, ProbeAction, Probes, parse_millicores};
 pub use volumes::{EnvFromFile, MountSpec, VolumeKind, VolumeSpec, mount_of};
 
 /// When a container that ended is started again (Kubernetes' `restartPolicy`).
@@ -97,6 +99,10 @@ pub struct PodSpec {
     pub name: String,
     pub restart_policy: RestartPolicy,
     pub backoff: Backoff,
+    /// How long a stop waits for containers with a `pre_stop` hook to exit.
+    pub termination_grace_period: std::time::Duration,
+    /// Every container: the `[[init_containers]]` first, in order, then the `[[containers]]`
+    /// (see [`ContainerSpec::kind`]).
     pub containers: Vec<ContainerSpec>,
     /// `[[volumes]]`: what containers may mount (see [`volumes`]).
     pub volumes: Vec<VolumeSpec>,
@@ -105,10 +111,24 @@ pub struct PodSpec {
     pub warnings: Vec<Problem>,
 }
 
+/// What part a container plays in its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An `[[init_containers]]` entry: runs to completion before the next entry starts.
+    Init,
+    /// An `[[init_containers]]` entry with `restart_policy = "Always"` (a native sidecar):
+    /// started in order, kept running beside the app, stopped after it.
+    Sidecar,
+    /// A `[[containers]]` entry.
+    App,
+}
+
 /// One container (WASI module) of a pod, with the pod's defaults applied.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     pub name: String,
+    pub kind: Kind,
     /// The module's path, resolved against the spec file's directory.
     pub module: PathBuf,
     /// Line of the `module` field, so module problems found later point at it.
@@ -125,8 +145,23 @@ pub struct ContainerSpec {
     pub volume_mounts: Vec<MountSpec>,
     /// Variables read from files of its mounts at each start.
     pub env_from_files: Vec<EnvFromFile>,
-    /// Index in the file's `[[containers]]` list.
+    pub probes: Probes,
+    /// Millicores (`cpu_limit = "250m"`); `None`: no cap.
+    pub cpu_limit: Option<u32>,
+    /// `lifecycle.pre_stop.http_get`: called when the container is stopped.
+    pub pre_stop: Option<ProbeAction>,
+    /// Index in its list (`[[containers]]` or `[[init_containers]]`).
     pub index: usize,
+}
+
+impl ContainerSpec {
+    /// The list it came from, as the spec file names it.
+    pub fn list(&self) -> &'static str {
+        match self.kind {
+            Kind::App => "containers",
+            Kind::Init | Kind::Sidecar => "init_containers",
+        }
+    }
 }
 
 /// One thing wrong with a spec file.
@@ -185,6 +220,8 @@ impl fmt::Display for Problem {
 struct RawFile {
     pod: RawPod,
     #[serde(default)]
+    init_containers: Vec<RawContainer>,
+    #[serde(default)]
     containers: Vec<RawContainer>,
     #[serde(default)]
     volumes: Vec<volumes::RawVolume>,
@@ -198,6 +235,7 @@ struct RawPod {
     restart_policy: RestartPolicy,
     #[serde(default)]
     restart_backoff: RawBackoff,
+    termination_grace_period: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -224,6 +262,11 @@ struct RawContainer {
     volume_mounts: Vec<volumes::RawMount>,
     #[serde(default)]
     env_from_files: BTreeMap<String, String>,
+    liveness_probe: Option<supervision::RawProbe>,
+    readiness_probe: Option<supervision::RawProbe>,
+    startup_probe: Option<supervision::RawProbe>,
+    cpu_limit: Option<String>,
+    lifecycle: Option<supervision::RawLifecycle>,
 }
 
 /// Is `s` a DNS-1123 label (what Kubernetes requires of pod and container names)?
@@ -346,19 +389,41 @@ impl PodSpec {
             );
         }
 
+        let termination_grace_period = supervision::duration(
+            raw.pod.termination_grace_period.as_deref(),
+            DEFAULT_GRACE,
+            &[Key::F("pod"), Key::F("termination_grace_period")],
+            &mut problem,
+        );
         let pod_volumes = volumes::volumes(raw.volumes, &line_of, &mut problem);
 
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut seen = HashSet::new();
         let mut containers = Vec::new();
-        for (i, c) in raw.containers.into_iter().enumerate() {
-            let at = |field: &'static str| [Key::F("containers"), Key::I(i), Key::F(field)];
+        let all = (raw.init_containers.into_iter().enumerate())
+            .map(|(i, c)| ("init_containers", i, c))
+            .chain(
+                raw.containers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| ("containers", i, c)),
+            );
+        for (list, i, c) in all {
+            let at = |field: &'static str| [Key::F(list), Key::I(i), Key::F(field)];
+            let kind = match (list, c.restart_policy) {
+                ("containers", _) => Kind::App,
+                (_, Some(RestartPolicy::Always)) => Kind::Sidecar,
+                _ => Kind::Init,
+            };
             if !is_dns1123_label(&c.name) {
                 problem(&at("name"), format!("{:?} {NAME_RULE}", c.name));
             } else if !seen.insert(c.name.clone()) {
                 problem(
                     &at("name"),
-                    format!("{:?} is used by another container of this pod", c.name),
+                    format!(
+                        "{:?} is used by another container of this pod (init containers included)",
+                        c.name
+                    ),
                 );
             }
             if c.module.as_os_str().is_empty() {
@@ -386,16 +451,51 @@ impl PodSpec {
                     "must be at least 1 (stdout and stderr are handles too)".into(),
                 );
             }
-            let volume_mounts = volumes::mounts(i, c.volume_mounts, &pod_volumes, &mut problem);
-            let env_from_files =
-                volumes::env_from_files(i, c.env_from_files, &volume_mounts, &c.env, &mut problem);
+            let volume_mounts =
+                volumes::mounts((list, i), c.volume_mounts, &pod_volumes, &mut problem);
+            let env_from_files = volumes::env_from_files(
+                (list, i),
+                c.env_from_files,
+                &volume_mounts,
+                &c.env,
+                &mut problem,
+            );
+            let mut probes = Probes::default();
+            for (field, raw, slot) in [
+                ("liveness_probe", c.liveness_probe, &mut probes.liveness),
+                ("readiness_probe", c.readiness_probe, &mut probes.readiness),
+                ("startup_probe", c.startup_probe, &mut probes.startup),
+            ] {
+                if let Some(raw) = raw {
+                    if kind == Kind::Init {
+                        problem(
+                            &at(field),
+                            "an init container runs to completion and has no probes; \
+                             one with restart_policy = \"Always\" (a sidecar) may"
+                                .into(),
+                        );
+                    }
+                    *slot = Some(supervision::probe(raw, field, &at(field), &mut problem));
+                }
+            }
+            let cpu_limit =
+                supervision::cpu_limit(c.cpu_limit.as_deref(), &at("cpu_limit"), &mut problem);
+            let pre_stop =
+                supervision::pre_stop(c.lifecycle, &[Key::F(list), Key::I(i)], &mut problem);
             containers.push(ContainerSpec {
                 module: dir.join(&c.module),
                 module_line: line_of(&at("module")),
                 name: c.name,
+                kind,
                 args: c.args,
                 env: c.env.into_iter().collect(),
-                restart_policy: c.restart_policy.unwrap_or(raw.pod.restart_policy),
+                // A plain init container is retried only after a failure, as in Kubernetes
+                // (its job is to complete); a pod policy of Never leaves a failure as it is.
+                restart_policy: match (kind, c.restart_policy.unwrap_or(raw.pod.restart_policy)) {
+                    (Kind::Init, RestartPolicy::Never) => RestartPolicy::Never,
+                    (Kind::Init, _) => RestartPolicy::OnFailure,
+                    (_, p) => p,
+                },
                 memory_limit: c
                     .memory_limit_mib
                     .unwrap_or(DEFAULT_MEMORY_LIMIT_MIB)
@@ -404,6 +504,9 @@ impl PodSpec {
                 open_files: c.open_files_limit,
                 volume_mounts,
                 env_from_files,
+                probes,
+                cpu_limit,
+                pre_stop,
                 index: i,
             });
         }
@@ -416,6 +519,7 @@ impl PodSpec {
             name: raw.pod.name,
             restart_policy: raw.pod.restart_policy,
             backoff,
+            termination_grace_period,
             containers,
             volumes: pod_volumes,
             warnings,
@@ -439,7 +543,7 @@ impl PodSpec {
             } else {
                 None
             },
-            field: format!("containers[{}].{field}", container.index),
+            field: format!("{}[{}].{field}", container.list(), container.index),
             message,
         }
     }
@@ -687,6 +791,162 @@ memory_limit_mib = 16
             c("open_files_limit = 64").unwrap().containers[0].open_files,
             Some(64)
         );
+    }
+
+    #[test]
+    fn init_containers_probes_and_limits() {
+        let s = parse(
+            "[pod]\nname = \"a\"\ntermination_grace_period = \"5s\"\n\
+             [[init_containers]]\nname = \"migrate\"\nmodule = \"m.wasm\"\n\
+             [[init_containers]]\nname = \"proxy\"\nmodule = \"p.wasm\"\nrestart_policy = \"Always\"\n\
+             startup_probe = { tcp_socket = { port = 9000 }, period = \"1s\" }\n\
+             [[containers]]\nname = \"app\"\nmodule = \"a.wasm\"\ncpu_limit = \"250m\"\n\
+             lifecycle = { pre_stop = { http_get = { path = \"/shutdown\", port = 8080 } } }\n\
+             [containers.liveness_probe]\nhttp_get = { path = \"/healthz\", port = 8080 }\n\
+             [containers.readiness_probe]\ntcp_socket = { port = 8080 }\nsuccess_threshold = 2\n",
+        )
+        .unwrap();
+        assert_eq!(s.termination_grace_period, Duration::from_secs(5));
+        let kinds: Vec<(&str, Kind)> = s
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("migrate", Kind::Init),
+                ("proxy", Kind::Sidecar),
+                ("app", Kind::App)
+            ]
+        );
+        let [migrate, proxy, app] = &s.containers[..] else {
+            panic!()
+        };
+        // A plain init container is retried after a failure only.
+        assert_eq!(migrate.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(
+            proxy.probes.startup.as_ref().unwrap().action,
+            ProbeAction::Tcp { port: 9000 }
+        );
+        assert_eq!(app.cpu_limit, Some(250));
+        let live = app.probes.liveness.as_ref().unwrap();
+        assert_eq!(
+            (
+                live.period,
+                live.timeout,
+                live.failure_threshold,
+                live.success_threshold
+            ),
+            (Duration::from_secs(10), Duration::from_secs(1), 3, 1),
+            "Kubernetes' defaults"
+        );
+        assert_eq!(app.probes.readiness.as_ref().unwrap().success_threshold, 2);
+        assert_eq!(
+            app.pre_stop,
+            Some(ProbeAction::Http {
+                path: "/shutdown".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(
+            s.problem(migrate, "module", "x".into()).field,
+            "init_containers[0].module"
+        );
+    }
+
+    #[test]
+    fn bad_supervision_fields_are_named() {
+        let c = |extra: &str| {
+            parse(&format!(
+                "[pod]\nname = \"a\"\n[[containers]]\nname = \"x\"\nmodule = \"m\"\n{extra}\n"
+            ))
+            .unwrap_err()
+        };
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "liveness_probe = { period = \"1s\" }",
+                "containers[0].liveness_probe",
+                "neither given",
+            ),
+            (
+                "readiness_probe = { tcp_socket = { port = 1 }, http_get = { port = 1 } }",
+                "containers[0].readiness_probe",
+                "both given",
+            ),
+            (
+                "liveness_probe = { tcp_socket = { port = 8080 }, period = \"0s\" }",
+                "containers[0].liveness_probe.period",
+                "longer than 0",
+            ),
+            (
+                "startup_probe = { tcp_socket = { port = 8080 }, failure_threshold = 0 }",
+                "containers[0].startup_probe.failure_threshold",
+                "at least 1",
+            ),
+            (
+                "liveness_probe = { tcp_socket = { port = 8080 }, success_threshold = 2 }",
+                "containers[0].liveness_probe.success_threshold",
+                "must be 1",
+            ),
+            (
+                "liveness_probe = { tcp_socket = { port = 0 } }",
+                "containers[0].liveness_probe.tcp_socket.port",
+                "1-65535",
+            ),
+            (
+                "liveness_probe = { http_get = { port = 80, path = \"health\" } }",
+                "containers[0].liveness_probe.http_get.path",
+                "starts with '/'",
+            ),
+            (
+                "liveness_probe = { tcp_socket = { port = 80 }, period = \"often\" }",
+                "containers[0].liveness_probe.period",
+                "not a duration",
+            ),
+            (
+                "cpu_limit = \"250\"",
+                "containers[0].cpu_limit",
+                "more than this host's",
+            ),
+            (
+                "cpu_limit = \"a lot\"",
+                "containers[0].cpu_limit",
+                "millicores",
+            ),
+            (
+                "cpu_limit = \"0m\"",
+                "containers[0].cpu_limit",
+                "no CPU at all",
+            ),
+        ];
+        for (extra, field, message) in cases {
+            let p = c(extra);
+            assert_eq!(p.len(), 1, "{extra}: {p:?}");
+            assert_eq!(p[0].field, *field, "{extra}: {p:?}");
+            assert_eq!(p[0].line, Some(6), "{extra}: {p:?}");
+            assert!(p[0].message.contains(message), "{extra}: {p:?}");
+        }
+        let p = parse(
+            "[pod]\nname = \"a\"\ntermination_grace_period = \"soon\"\n\
+             [[init_containers]]\nname = \"x\"\nmodule = \"m\"\n\
+             liveness_probe = { tcp_socket = { port = 1 } }\n\
+             [[containers]]\nname = \"x\"\nmodule = \"m\"\n",
+        )
+        .unwrap_err();
+        let got: Vec<(&str, Option<usize>)> =
+            p.iter().map(|p| (p.field.as_str(), p.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("pod.termination_grace_period", Some(3)),
+                ("init_containers[0].liveness_probe", Some(7)),
+                ("containers[0].name", Some(9)),
+            ],
+            "{p:?}"
+        );
+        assert!(p[1].message.contains("runs to completion"), "{p:?}");
+        assert!(p[2].message.contains("init containers included"), "{p:?}");
     }
 
     #[test]

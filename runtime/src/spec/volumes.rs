@@ -281,7 +281,7 @@ pub(super) fn volumes(
 
 /// Validates container `c`'s `volume_mounts` against the pod's volumes.
 pub(super) fn mounts(
-    c: usize,
+    (list, c): (&'static str, usize),
     raw: Vec<RawMount>,
     volumes: &[VolumeSpec],
     problem: &mut Report<'_>,
@@ -291,7 +291,7 @@ pub(super) fn mounts(
     for (j, m) in raw.into_iter().enumerate() {
         let at = |field: &'static str| {
             [
-                Key::F("containers"),
+                Key::F(list),
                 Key::I(c),
                 Key::F("volume_mounts"),
                 Key::I(j),
@@ -328,13 +328,13 @@ pub(super) fn mounts(
 /// Validates container `c`'s `env_from_files`: each path lies inside one of its mounts, and no
 /// variable is also set by `env`.
 pub(super) fn env_from_files(
-    c: usize,
+    (list, c): (&'static str, usize),
     raw: BTreeMap<String, String>,
     mounts: &[MountSpec],
     env: &BTreeMap<String, String>,
     problem: &mut Report<'_>,
 ) -> Vec<EnvFromFile> {
-    let keys = [Key::F("containers"), Key::I(c), Key::F("env_from_files")];
+    let keys = [Key::F(list), Key::I(c), Key::F("env_from_files")];
     let mut out = Vec::new();
     for (var, path) in raw {
         if var.is_empty() || var.contains('=') || var.contains('\0') {
