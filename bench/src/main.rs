@@ -165,6 +165,10 @@ async fn measure(args: &Args, place: &Place, figures: &mut Vec<Figure>) -> Resul
     eprintln!("bench: latency next to a spinning sibling");
     ctx.sibling_latency(figures).await?;
 
+    eprintln!("bench: cpu_limit and probes");
+    ctx.cpu_cap(figures).await?;
+    ctx.probe_cost(figures).await?;
+
     eprintln!("bench: loopback throughput ({} MiB a run)", args.mib);
     let runs = args.iterations.clamp(1, 5);
     let wasm = ctx.throughput(runs).await?;

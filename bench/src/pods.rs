@@ -266,6 +266,104 @@ impl Ctx {
         Ok(())
     }
 
+    /// A one-container pod of `module args` with `extra` TOML lines in its container.
+    fn spec_with(
+        &mut self,
+        what: &str,
+        module: &str,
+        args: &[&str],
+        extra: &str,
+    ) -> Result<PodSpec> {
+        let name = self.name(what);
+        let text = format!(
+            "[pod]\nname = {name:?}\n[[containers]]\nname = \"c\"\nmodule = {module:?}\nargs = {args:?}\n{extra}\n"
+        );
+        Ok(PodSpec::parse(
+            &self.dir.join(format!("{name}.toml")),
+            &text,
+        )?)
+    }
+
+    /// `cpu_limit` accuracy: the share of one core a never-yielding spinner with `cpu_limit =
+    /// "250m"` uses over each one-second window (from its own CPU clock, as `inspect` shows
+    /// it), against the same spinner without a limit.
+    pub async fn cpu_cap(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
+        let windows = self.iterations.clamp(2, 5);
+        let mut runs = vec![];
+        for extra in ["cpu_limit = \"250m\"", ""] {
+            let spec = self.spec_with("cpu", peapod_guests::TOOLBOX, &["spin"], extra)?;
+            let modules = self.compile(&spec)?;
+            let pod = self.start(&spec, modules, None).await?;
+            let cpu = || pod.statuses()[0].cpu_seconds;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut shares = vec![];
+            for _ in 0..windows {
+                let (c0, t0) = (cpu(), Instant::now());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                shares.push((cpu() - c0) / t0.elapsed().as_secs_f64() * 100.0);
+            }
+            pod.stop().await?;
+            runs.push(shares);
+        }
+        figures.push(
+            Figure::new(
+                "cpu_limit",
+                "spinner with cpu_limit 250m, share of a core per 1 s",
+                "%",
+                &runs[0],
+            )
+            .against("no limit", &runs[1]),
+        );
+        Ok(())
+    }
+
+    /// Probe overhead: CPU time of the pod's thread (probe client and the app answering it,
+    /// from the kernel's schedstat) per 1000 probes, for an HTTP and a TCP readiness probe
+    /// every 10 ms against kv-server, over one second each.
+    pub async fn probe_cost(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
+        let period = Duration::from_millis(10);
+        let mut runs = vec![];
+        for probe in [
+            "http_get = { path = \"/healthz\", port = 8080 }",
+            "tcp_socket = { port = 8080 }",
+        ] {
+            let extra = format!("readiness_probe = {{ {probe}, period = \"10ms\" }}");
+            let mut samples = vec![];
+            for _ in 0..self.iterations.clamp(2, 5) {
+                let spec = self.spec_with(
+                    "probe",
+                    peapod_guests::KV_SERVER,
+                    &["--listen", "0.0.0.0:8080"],
+                    &extra,
+                )?;
+                let modules = self.compile(&spec)?;
+                let pod = self.start(&spec, modules, None).await?;
+                wait_accept(SocketAddr::from((pod.ip, 8080)))?;
+                let thread = pod_thread_id(&spec.name)?;
+                let (c0, t0) = (thread_cpu_ns(thread)?, Instant::now());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let used = thread_cpu_ns(thread)? - c0;
+                let probes = t0.elapsed().as_secs_f64() / period.as_secs_f64();
+                samples.push(used as f64 / 1e6 / probes * 1000.0);
+                pod.stop().await?;
+            }
+            runs.push(samples);
+        }
+        figures.push(Figure::new(
+            "probes",
+            "http_get probe: pod CPU per 1000 probes",
+            "ms",
+            &runs[0],
+        ));
+        figures.push(Figure::new(
+            "probes",
+            "tcp_socket probe: pod CPU per 1000 probes",
+            "ms",
+            &runs[1],
+        ));
+        Ok(())
+    }
+
     /// 5. In-pod loopback throughput: a wasip2 sender and receiver over 127.0.0.1.
     pub async fn throughput(&mut self, iterations: usize) -> Result<Vec<f64>> {
         let mib = self.mib.to_string();
@@ -480,4 +578,26 @@ fn instance(addr: SocketAddr) -> Result<String> {
         .find_map(|l| l.strip_prefix("X-Instance: "))
         .map(str::to_string)
         .context("no X-Instance")
+}
+
+/// The id of this process's thread named `pod-NAME` (a pod's thread; names are cut at 15 bytes).
+fn pod_thread_id(pod: &str) -> Result<u32> {
+    let want: String = format!("pod-{pod}").chars().take(15).collect();
+    for t in std::fs::read_dir("/proc/self/task")? {
+        let t = t?;
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == want {
+            return Ok(t.file_name().to_string_lossy().parse()?);
+        }
+    }
+    Err(anyhow!("no thread named {want}"))
+}
+
+/// Nanoseconds thread `tid` of this process has run (the first field of its schedstat).
+fn thread_cpu_ns(tid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))?;
+    Ok(s.split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()?)
 }
