@@ -68,6 +68,11 @@ fn pods_directory_is_kept_running() {
         warn.contains("b.toml"),
         "ps warns about the bad file: {warn}"
     );
+    let (_, out, warn) = env.ctl(&["ps", "-o", "json"]);
+    assert!(
+        warn.contains("b.toml") && serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+        "ps -o json too, on stderr (stdout stays JSON): {warn}"
+    );
     assert_eq!(env.wait_running("b"), b_ip);
     assert_eq!(
         http(app(b_ip), "GET", "/healthz", "").unwrap().instance,
@@ -790,4 +795,35 @@ fn cli_takes_kubectl_habits() {
     let none = env.ctl_ok(&["logs", "ha", "-c", "app", "--since", "10ms"]);
     assert!(!none.contains("kv-server listening"), "{none}");
     d.terminate();
+}
+
+#[test]
+fn a_peapod_run_pod_is_named_as_such_not_just_missing() {
+    if !root_or_skip("a_peapod_run_pod_is_named_as_such_not_just_missing") {
+        return;
+    }
+    let env = Env::new();
+    let _d = env.daemon();
+    let spec = env.spec("solo.toml", &env.kv_spec("solo", ""));
+    let mut run = env.start(&spec);
+    run.started("solo");
+    for args in [
+        &["inspect", "solo"][..],
+        &["ps", "solo"],
+        &["delete", "solo"],
+        &["restart", "solo"],
+    ] {
+        let (code, _, err) = env.ctl(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("no pod named \"solo\"")
+                && err.contains("runs under `peapod run`, not the daemon"),
+            "{args:?}: {err}"
+        );
+    }
+    // A name nobody runs gets the plain answer.
+    let (code, _, err) = env.ctl(&["inspect", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(!err.contains("peapod run"), "{err}");
+    run.terminate();
 }

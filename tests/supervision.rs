@@ -103,6 +103,27 @@ fn a_failing_init_container_keeps_the_app_from_starting() {
     assert!(out.contains("/app: never ran"), "{out}");
     assert!(!out.contains("listening on 127.0.0.1:8080"), "{out}");
     assert!(env.leases().is_empty(), "the pod is removed: {out}");
+
+    // Under the daemon with the default policy it is retried with backoff, the app still held.
+    let _d = env.daemon();
+    let pod = unique("initretry");
+    env.pod_file(
+        &format!("{pod}.toml"),
+        &format!(
+            "[pod]\nname = \"{pod}\"\nrestart_backoff = {{ initial = \"10ms\", max = \"20ms\" }}\n\n\
+             [[init_containers]]\nname = \"migrate\"\nmodule = {TOOLBOX:?}\nargs = [\"exit\", \"1\"]\n\n\
+             [[containers]]\nname = \"app\"\nmodule = {TOOLBOX:?}\nargs = [\"listen\", \"127.0.0.1:8080\"]\n"
+        ),
+    );
+    let p = eventually(Duration::from_secs(60), "init retried", || {
+        env.ps()
+            .remove(&pod)
+            .filter(|p| p["containers"][0]["restarts"].as_u64() >= Some(3))
+    });
+    assert_eq!(p["containers"][0]["reason"], "Error", "{p}");
+    assert_eq!(p["containers"][1]["started_at"], Value::Null, "{p}");
+    assert_ne!(p["status"], "running", "{p}");
+    assert_eq!(p["ready"], false, "{p}");
 }
 
 #[test]
@@ -267,6 +288,17 @@ fn cpu_limit_caps_a_busy_loop() {
     // 25 % of a core, plus at most one 20 ms burst and one 10 ms tick over the window.
     assert!(share <= 0.30, "a 250m spinner used {share:.3} of a core");
     assert!(share >= 0.02, "the spinner ran at all: {share:.3}");
+    // `peapod top` measures the same over its interval, in cores as cpu_limit counts them.
+    let top = env.ctl_ok(&["top", &pod, "--interval", "500ms"]);
+    let row: Vec<&str> = top
+        .lines()
+        .find(|l| l.starts_with(&format!("{pod} ")))
+        .unwrap_or_else(|| panic!("{top}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1..3], ["spin", "running"], "{top}");
+    let millicores: u64 = row[3].strip_suffix('m').unwrap().parse().unwrap();
+    assert!(millicores <= 300, "{top}");
     let inspect: Value = serde_json::from_str(&env.ctl_ok(&["inspect", &pod])).unwrap();
     let c = &inspect["containers"][0];
     assert!(c["memory_bytes"].as_u64() > Some(0), "{c}");
@@ -317,4 +349,60 @@ fn pre_stop_is_called_before_the_module_is_ended() {
     );
     assert!(out.contains("/app: stopped (restarts: 0)"), "{out}");
     assert!(env.leases().is_empty(), "{out}");
+}
+
+#[test]
+fn app_containers_stop_before_their_sidecars() {
+    if !root_or_skip("app_containers_stop_before_their_sidecars") {
+        return;
+    }
+    let env = Env::new();
+    let pod = unique("stoporder");
+    let hook = |port: u16| {
+        format!(
+            "args = [\"http\", \"127.0.0.1:{port}\"]\n\
+             lifecycle = {{ pre_stop = {{ http_get = {{ path = \"/shutdown\", port = {port} }} }} }}\n"
+        )
+    };
+    let spec = env.spec(
+        "pod.toml",
+        &format!(
+            "[pod]\nname = \"{pod}\"\n\n\
+             [[init_containers]]\nname = \"proxy\"\nmodule = {TOOLBOX:?}\nrestart_policy = \"Always\"\n{}\
+             startup_probe = {{ tcp_socket = {{ port = 9000 }}, period = \"50ms\", failure_threshold = 100 }}\n\n\
+             [[containers]]\nname = \"app\"\nmodule = {TOOLBOX:?}\n{}",
+            hook(9000),
+            hook(8080)
+        ),
+    );
+    let mut p = env.start(&spec);
+    p.wait_for(
+        &format!("{pod}/app: http listening on"),
+        Duration::from_secs(60),
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = p.wait_exit(Duration::from_secs(60));
+    let out = p.output();
+    assert!(status.success(), "{out}");
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("{needle}: {out}"))
+    };
+    // "... during its pre_stop hook" or "... after ...": the module exits as it answers.
+    let app_ended = at(&format!("{pod}/app: exited with code 0 "));
+    let proxy_asked = at(&format!("{pod}/proxy: stopping: pre_stop"));
+    assert!(
+        at(&format!("{pod}/app: stopping: pre_stop")) < app_ended,
+        "{out}"
+    );
+    assert!(
+        app_ended < proxy_asked,
+        "the sidecar stops after the app: {out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{pod}/proxy: stopped: exited with code 0 after its pre_stop hook"
+        )),
+        "{out}"
+    );
 }

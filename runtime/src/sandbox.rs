@@ -417,6 +417,19 @@ pub async fn collect_orphans(
     Ok(removed)
 }
 
+/// Whether some process holds pod `pod`'s lock, read without creating or taking anything: a
+/// pod the daemon does not know that is held is one of `peapod run`'s.
+pub fn held(cfg: &Config, pod: &str) -> bool {
+    let path = cfg.run_dir.join("pods").join(format!("{pod}.lock"));
+    let Ok(f) = File::open(&path) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(f, FlockArg::LockSharedNonblock),
+        Err((_, nix::Error::EWOULDBLOCK))
+    )
+}
+
 /// Pods whose lock another process holds (`peapod run`): their sandboxes are not ours to touch.
 fn locked_elsewhere(cfg: &Config) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(cfg.run_dir.join("pods")) else {

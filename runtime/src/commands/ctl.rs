@@ -100,6 +100,38 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("create runtime")
 }
 
+/// [`done`], and when the daemon said it has no pod `pod`, [`hint_run`].
+fn done_for<T>(
+    config: &Config,
+    pod: &str,
+    r: Result<T, ClientError>,
+    then: impl FnOnce(T),
+) -> ExitCode {
+    let missing = matches!(
+        r,
+        Err(ClientError::Api {
+            status: StatusCode::NOT_FOUND,
+            ..
+        })
+    );
+    let code = done(r, then);
+    if missing {
+        hint_run(config, pod);
+    }
+    code
+}
+
+/// If `peapod run` runs a pod named `pod`, says so: it is not the daemon's, and the commands
+/// that talk to the daemon cannot reach it.
+fn hint_run(config: &Config, pod: &str) {
+    if peapod::sandbox::held(config, pod) {
+        eprintln!(
+            "peapod: pod {pod:?} runs under `peapod run`, not the daemon: ps, inspect, logs, \
+             restart and delete act on the daemon's pods only (stop it where it runs: Ctrl-C or SIGTERM)"
+        );
+    }
+}
+
 /// Prints a client error and picks the exit status.
 fn fail(e: ClientError) -> ExitCode {
     ExitCode::from(report(e))
@@ -360,14 +392,22 @@ impl Ps {
                     .filter(|p| self.pods.iter().any(|n| p["name"] == n.as_str()))
                     .collect();
             }
+            let empty = Vec::new();
+            // The pods directory's problems go to stderr in both formats: stdout stays the
+            // table, or the array of pods.
+            let warn = || {
+                for problem in v["problems"].as_array().unwrap_or(&empty) {
+                    eprintln!("warning: {}", problem.as_str().unwrap_or_default());
+                }
+            };
             if self.output == "json" {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v["pods"]).unwrap_or_default()
                 );
+                warn();
                 return;
             }
-            let empty = Vec::new();
             let pods = v["pods"].as_array().unwrap_or(&empty);
             let mut rows = vec![vec![
                 "NAME".to_string(),
@@ -399,13 +439,12 @@ impl Ps {
                 ]);
             }
             print_table(&rows);
-            for problem in v["problems"].as_array().unwrap_or(&empty) {
-                eprintln!("warning: {}", problem.as_str().unwrap_or_default());
-            }
+            warn();
         });
         if !missing.is_empty() {
             for m in &missing {
                 eprintln!("peapod: no pod named {m:?}");
+                hint_run(&config, m);
             }
             return Ok(ExitCode::from(EXIT_FAILED));
         }
@@ -420,7 +459,7 @@ impl Inspect {
             Err(code) => return Ok(code),
         };
         let r = runtime()?.block_on(Client::new(&config.socket).get(&format!("/v1/pods/{pod}")));
-        Ok(done(r, |v| {
+        Ok(done_for(&config, pod, r, |v| {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
         }))
     }
@@ -443,7 +482,9 @@ impl Restart {
                 )),
                 |_| println!("{pod}/{c} restarted in place"),
             ),
-            (pod, None) => done(
+            (pod, None) => done_for(
+                &config,
+                pod,
                 rt.block_on(client.json(Method::POST, &format!("/v1/pods/{pod}/restart"), None)),
                 |v| {
                     println!(
@@ -467,7 +508,7 @@ impl Delete {
             &format!("/v1/pods/{pod}"),
             None,
         ));
-        Ok(done(r, |_| println!("pod/{pod} deleted")))
+        Ok(done_for(&config, pod, r, |_| println!("pod/{pod} deleted")))
     }
 }
 
