@@ -298,7 +298,9 @@ fn cpu_limit_caps_a_busy_loop() {
         .collect();
     assert_eq!(row[1..3], ["spin", "running"], "{top}");
     let millicores: u64 = row[3].strip_suffix('m').unwrap().parse().unwrap();
-    assert!(millicores <= 300, "{top}");
+    // A short window between two API answers: looser than the 2 s figure above, far from the
+    // ~1000m of a spinner without a limit.
+    assert!(millicores <= 500, "{top}");
     let inspect: Value = serde_json::from_str(&env.ctl_ok(&["inspect", &pod])).unwrap();
     let c = &inspect["containers"][0];
     assert!(c["memory_bytes"].as_u64() > Some(0), "{c}");
