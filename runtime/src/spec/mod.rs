@@ -235,7 +235,7 @@ struct RawPod {
     restart_policy: RestartPolicy,
     #[serde(default)]
     restart_backoff: RawBackoff,
-    termination_grace_period: Option<String>,
+    termination_grace_period: Option<supervision::RawDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -390,7 +390,7 @@ impl PodSpec {
         }
 
         let termination_grace_period = supervision::duration(
-            raw.pod.termination_grace_period.as_deref(),
+            raw.pod.termination_grace_period.as_ref(),
             DEFAULT_GRACE,
             &[Key::F("pod"), Key::F("termination_grace_period")],
             &mut problem,
@@ -796,14 +796,15 @@ memory_limit_mib = 16
     #[test]
     fn init_containers_probes_and_limits() {
         let s = parse(
-            "[pod]\nname = \"a\"\ntermination_grace_period = \"5s\"\n\
+            "[pod]\nname = \"a\"\ntermination_grace_period = 5\n\
              [[init_containers]]\nname = \"migrate\"\nmodule = \"m.wasm\"\n\
              [[init_containers]]\nname = \"proxy\"\nmodule = \"p.wasm\"\nrestart_policy = \"Always\"\n\
              startup_probe = { tcp_socket = { port = 9000 }, period = \"1s\" }\n\
              [[containers]]\nname = \"app\"\nmodule = \"a.wasm\"\ncpu_limit = \"250m\"\n\
              lifecycle = { pre_stop = { http_get = { path = \"/shutdown\", port = 8080 } } }\n\
              [containers.liveness_probe]\nhttp_get = { path = \"/healthz\", port = 8080 }\n\
-             [containers.readiness_probe]\ntcp_socket = { port = 8080 }\nsuccess_threshold = 2\n",
+             [containers.readiness_probe]\ntcp_socket = { port = 8080 }\nsuccess_threshold = 2\n\
+             period = 2\ntimeout = \"250ms\"\n",
         )
         .unwrap();
         assert_eq!(s.termination_grace_period, Duration::from_secs(5));
@@ -841,7 +842,11 @@ memory_limit_mib = 16
             (Duration::from_secs(10), Duration::from_secs(1), 3, 1),
             "Kubernetes' defaults"
         );
-        assert_eq!(app.probes.readiness.as_ref().unwrap().success_threshold, 2);
+        let ready = app.probes.readiness.as_ref().unwrap();
+        assert_eq!(
+            (ready.success_threshold, ready.period, ready.timeout),
+            (2, Duration::from_secs(2), Duration::from_millis(250))
+        );
         assert_eq!(
             app.pre_stop,
             Some(ProbeAction::Http {
@@ -908,6 +913,16 @@ memory_limit_mib = 16
                 "cpu_limit = \"250\"",
                 "containers[0].cpu_limit",
                 "more than this host's",
+            ),
+            (
+                "liveness_probe = { tcp_socket = { port = 80 }, period = -1 }",
+                "containers[0].liveness_probe.period",
+                "not negative",
+            ),
+            (
+                "liveness_probe = { tcp_socket = { port = 80 }, timeout = true }",
+                "containers[0].liveness_probe.timeout",
+                "a duration such as",
             ),
             (
                 "cpu_limit = \"a lot\"",

@@ -76,9 +76,9 @@ impl Probes {
 pub(super) struct RawProbe {
     tcp_socket: Option<RawTcp>,
     http_get: Option<RawHttp>,
-    initial_delay: Option<String>,
-    period: Option<String>,
-    timeout: Option<String>,
+    initial_delay: Option<RawDuration>,
+    period: Option<RawDuration>,
+    timeout: Option<RawDuration>,
     failure_threshold: Option<u32>,
     success_threshold: Option<u32>,
 }
@@ -113,6 +113,37 @@ pub(super) struct RawHandler {
     http_get: RawHttp,
 }
 
+/// A duration as written: `"10s"`, `"500ms"`, or a whole number of seconds (Kubernetes'
+/// `periodSeconds` habit).
+pub(super) enum RawDuration {
+    Text(String),
+    Seconds(u64),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"10s\" or \"500ms\", or a number of seconds")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.into()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                u64::try_from(v)
+                    .map(RawDuration::Seconds)
+                    .map_err(|_| E::custom(format!("{v} seconds: a duration is not negative")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// The default of `termination_grace_period` (Kubernetes' 30 s).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
@@ -120,24 +151,26 @@ type Report<'a> = dyn FnMut(&[Key], String) + 'a;
 
 /// Parses a duration field, reporting a bad one at `keys`.
 pub(super) fn duration(
-    value: Option<&str>,
+    value: Option<&RawDuration>,
     default: Duration,
     keys: &[Key],
     problem: &mut Report<'_>,
 ) -> Duration {
-    match value.map(humantime::parse_duration) {
+    match value {
         None => default,
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
-            problem(
-                keys,
-                format!(
-                    "{:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\"",
-                    value.unwrap_or_default()
-                ),
-            );
-            default
-        }
+        Some(RawDuration::Seconds(s)) => Duration::from_secs(*s),
+        Some(RawDuration::Text(t)) => match humantime::parse_duration(t) {
+            Ok(d) => d,
+            Err(e) => {
+                problem(
+                    keys,
+                    format!(
+                        "{t:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\" (or a number of seconds)"
+                    ),
+                );
+                default
+            }
+        },
     }
 }
 
@@ -201,19 +234,19 @@ pub(super) fn probe(
         }
     };
     let initial_delay = duration(
-        raw.initial_delay.as_deref(),
+        raw.initial_delay.as_ref(),
         Duration::ZERO,
         &at("initial_delay"),
         problem,
     );
     let period = duration(
-        raw.period.as_deref(),
+        raw.period.as_ref(),
         Duration::from_secs(10),
         &at("period"),
         problem,
     );
     let timeout = duration(
-        raw.timeout.as_deref(),
+        raw.timeout.as_ref(),
         Duration::from_secs(1),
         &at("timeout"),
         problem,
