@@ -90,23 +90,11 @@ pub fn print(m: &Machine, figures: &[Figure]) {
         })
         .collect();
     let head = ["figure", "unit", "peapod", "peer", "peer figure", "ratio"].map(String::from);
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            rows.iter()
-                .chain([&head])
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+    let table: Vec<&[String]> = [&head[..]]
+        .into_iter()
+        .chain(rows.iter().map(|r| &r[..]))
         .collect();
-    for r in [&head].into_iter().chain(rows.iter()) {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    print!("{}", peapod::table::render(&table));
 }
 
 pub fn write_json(path: &Path, m: &Machine, figures: &[Figure]) -> Result<()> {

@@ -35,4 +35,5 @@ pub mod probe;
 pub mod sandbox;
 pub mod spec;
 pub mod supervisor;
+pub mod table;
 pub mod volumes;

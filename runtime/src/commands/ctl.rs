@@ -282,20 +282,9 @@ fn age(secs: u64) -> String {
     }
 }
 
-/// Prints rows as columns padded to their widest cell (the first row is the header).
+/// Prints rows as columns (the first row is the header).
 fn print_table(rows: &[Vec<String>]) {
-    let columns = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    print!("{}", peapod::table::render(rows));
 }
 
 /// `64Mi`, `512Ki`: bytes as kubectl top prints them.
