@@ -6,7 +6,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -826,4 +826,54 @@ fn a_peapod_run_pod_is_named_as_such_not_just_missing() {
     assert_eq!(code, 1);
     assert!(!err.contains("peapod run"), "{err}");
     run.terminate();
+}
+
+/// A reload that takes long (here a re-create waiting out a pre_stop grace period; on a board, a
+/// compile) runs beside the main loop: the watchdog keeps being pinged.
+#[test]
+fn the_watchdog_is_pinged_through_a_long_reload() {
+    if !root_or_skip("the_watchdog_is_pinged_through_a_long_reload") {
+        return;
+    }
+    let env = Env::new();
+    let spec = |text: &str| {
+        format!(
+            "# {text}\n[pod]\nname = \"slow\"\ntermination_grace_period = \"3s\"\n\n\
+             [[containers]]\nname = \"app\"\nmodule = {TOOLBOX:?}\n\
+             args = [\"http\", \"127.0.0.1:8080\", \"--ignore-shutdown\"]\n\
+             lifecycle = {{ pre_stop = {{ http_get = {{ path = \"/shutdown\", port = 8080 }} }} }}\n"
+        )
+    };
+    env.pod_file("slow.toml", &spec("first"));
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut d = env.spawn_daemon(|c| {
+        c.env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "400000");
+    });
+    d.wait_for("ready in", Duration::from_secs(120));
+    env.wait_running("slow");
+    // Re-created: the old app ignores its pre_stop hook, so the reload waits 3 s for it.
+    env.pod_file("slow.toml", &spec("second"));
+    let mut pings = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    while d.count("still running after the grace period") == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{}", d.output());
+        if let Ok(n) = sock.recv(&mut buf)
+            && buf[..n].trim_ascii_end() == b"WATCHDOG=1"
+        {
+            pings.push(Instant::now());
+        }
+    }
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    let longest = gaps.iter().max().copied().unwrap_or(Duration::MAX);
+    // Pinged every 200 ms; a main loop that waited for the reload would be silent for 3 s.
+    assert!(
+        pings.len() >= 5 && longest < Duration::from_millis(1500),
+        "{} pings, longest gap {longest:?}",
+        pings.len()
+    );
 }

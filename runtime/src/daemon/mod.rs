@@ -82,34 +82,32 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     tracing::info!("ready in {:.1?}: {status}", t0.elapsed());
 
     let mut watchdog = watchdog_interval().map(tokio::time::interval);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // What the last STATUS= line said: pods, and pods ready.
-    let mut readiness = (count, usize::MAX);
+    // Reloads, crash-guard launches and STATUS= lines run in a worker of their own: a reload
+    // may compile modules or wait out a pre_stop grace period, and the main loop must keep
+    // pinging the watchdog meanwhile.
+    let reload = Arc::new(tokio::sync::Notify::new());
+    let worker_stop = CancellationToken::new();
+    let worker = tokio::spawn(worker(
+        pods.clone(),
+        reload.clone(),
+        worker_stop.clone(),
+        count,
+        cfg.socket.clone(),
+    ));
     loop {
         tokio::select! {
-            // Skipped while an apply or a reload holds the pods: the loop must keep pinging
-            // the watchdog.
-            _ = tick.tick() => if let Ok(mut p) = pods.try_lock() {
-                p.tick().await;
-                let now = p.readiness();
-                if now != readiness {
-                    readiness = now;
-                    let status = format!("{} pods, {} ready; api on {}", now.0, now.1, cfg.socket.display());
-                    notify(&[NotifyState::Status(&status)]);
-                }
-            },
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", cfg.pods_dir.display());
-                pods.lock().await.reload().await;
+                reload.notify_one();
             }
             Some(()) = changed.recv() => {
                 // Editors write in several steps: wait for the directory to settle.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while changed.try_recv().is_ok() {}
                 tracing::info!("{} changed: reloading", cfg.pods_dir.display());
-                pods.lock().await.reload().await;
+                reload.notify_one();
             }
             _ = async { watchdog.as_mut().expect("some").tick().await }, if watchdog.is_some() => {
                 notify(&[NotifyState::Watchdog]);
@@ -120,12 +118,52 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     notify(&[NotifyState::Stopping]);
     drop(watcher);
     shutdown.cancel();
+    // A reload under way is finished, not cut in half.
+    worker_stop.cancel();
+    let _ = worker.await;
     pods.lock().await.stop_all().await;
     // Streams (logs -f) may keep the server busy: give it a moment, then go.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The daemon's background work: reloads on request (coalesced: requests that arrive during
+/// one make one more), and every second the crash guard's due launches and a `STATUS=` line to
+/// systemd when the number of pods or of ready pods changed. Returns on `stop`, between two
+/// pieces of work.
+async fn worker(
+    pods: api::Shared,
+    reload: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+    count: usize,
+    socket: std::path::PathBuf,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // What the last STATUS= line said: pods, and pods ready.
+    let mut readiness = (count, usize::MAX);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = reload.notified() => {
+                // Its problems are logged by the reload and shown by `ps`.
+                let _ = pods.lock().await.reload().await;
+            }
+            _ = tick.tick() => {
+                let mut p = pods.lock().await;
+                p.tick().await;
+                let now = p.readiness();
+                if now != readiness {
+                    readiness = now;
+                    let status =
+                        format!("{} pods, {} ready; api on {}", now.0, now.1, socket.display());
+                    notify(&[NotifyState::Status(&status)]);
+                }
+            }
+        }
+    }
 }
 
 /// Raises the soft limit on open fds to the hard one (as Go daemons do): every pod's sockets
