@@ -877,3 +877,50 @@ fn the_watchdog_is_pinged_through_a_long_reload() {
         pings.len()
     );
 }
+
+/// An apply compiles outside the daemon's lock: `ps` answers while a big module compiles.
+#[test]
+fn ps_answers_while_an_apply_compiles() {
+    if !root_or_skip("ps_answers_while_an_apply_compiles") {
+        return;
+    }
+    let env = Env::new();
+    let _d = env.daemon();
+    // ~1 MB of wasm that takes a while to compile: many functions with long bodies.
+    let mut wat = String::from("(module\n");
+    for i in 0..1000 {
+        wat.push_str(&format!("(func $f{i} (param i64) (result i64) local.get 0"));
+        for k in 0..100 {
+            wat.push_str(&format!(" i64.const {k} i64.mul i64.const {i} i64.xor"));
+        }
+        wat.push_str(")\n");
+    }
+    wat.push_str("(func (export \"_start\")))\n");
+    let module = env.dir.path().join("big.wasm");
+    std::fs::write(&module, wat::parse_str(&wat).unwrap()).unwrap();
+    let spec = env.spec(
+        "big.toml",
+        &format!(
+            "[pod]\nname = \"big\"\nrestart_policy = \"Never\"\n\
+             [[containers]]\nname = \"app\"\nmodule = {module:?}\n"
+        ),
+    );
+    let mut apply = env.peapod(&["apply", "-f", spec.to_str().unwrap()]);
+    let mut apply = apply.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    // Answered in the middle of the compile.
+    let mut answered_during = 0;
+    while apply.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(300));
+        env.ctl_ok(&["ps"]);
+        if apply.try_wait().unwrap().is_none() {
+            answered_during += 1;
+        }
+    }
+    assert!(apply.wait().unwrap().success());
+    assert!(
+        answered_during >= 3,
+        "ps answered {answered_during} times during an apply of {:?}",
+        t0.elapsed()
+    );
+}

@@ -170,8 +170,22 @@ async fn apply(
     if !body.source.is_absolute() {
         return error(StatusCode::BAD_REQUEST, "source: must be an absolute path");
     }
+    // Read and compile without the lock (a compile may take seconds on a board): `ps` and the
+    // other requests go on meanwhile.
+    let (cfg, exec) = pods.lock().await.planner();
+    let (source, text) = (body.source.clone(), body.spec.clone());
+    let planned =
+        tokio::task::spawn_blocking(move || super::pods::plan(&cfg, &exec, &source, &text, caller))
+            .await;
+    let loaded = match planned {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return super::pods::OpError::from(e).into_response(),
+        Err(e) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling: {e}"));
+        }
+    };
     let mut pods = pods.lock().await;
-    match pods.apply(&body.source, &body.spec, caller).await {
+    match pods.commit(&body.source, &body.spec, loaded).await {
         Ok((action, view)) => {
             let status = if action == super::pods::Action::Created {
                 StatusCode::CREATED

@@ -105,6 +105,18 @@ pub fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
     })
 }
 
+/// The first half of an apply, done without the daemon's pods at hand (no lock): read and
+/// compile what `text` names. [`Pods::commit`] does the rest.
+pub fn plan(
+    cfg: &Config,
+    exec: &Executor,
+    source: &Path,
+    text: &str,
+    caller: Caller,
+) -> Result<Loaded, SpecError> {
+    compile(exec, parse(source, text, None, caller, cfg)?)
+}
+
 /// What becomes of a removed pod's logs.
 #[derive(Clone, Copy)]
 enum Logs {
@@ -504,16 +516,20 @@ impl Pods {
         }
     }
 
-    /// `peapod apply`: creates the pod, re-creates it if its spec or modules changed, or leaves it.
-    /// Module files are read with the rights of `caller`, the API client.
-    pub async fn apply(
+    /// The settings and the engine, for [`plan`] outside the lock.
+    pub fn planner(&self) -> (Config, Executor) {
+        (self.cfg.clone(), self.exec.clone())
+    }
+
+    /// `peapod apply`, second half: what [`plan`] compiled becomes the pod `l.spec.name`:
+    /// created, re-created if its spec or modules changed, or left as it is.
+    pub async fn commit(
         &mut self,
         source: &Path,
         text: &str,
-        caller: Caller,
+        l: Loaded,
     ) -> Result<(Action, PodView), OpError> {
-        let p = tokio::task::block_in_place(|| parse(source, text, None, caller, &self.cfg))?;
-        let name = p.spec.name.clone();
+        let name = l.spec.name.clone();
         let current = self.entries.get(&name);
         if let Some(Origin::File(f)) = current.map(|e| &e.origin) {
             return Err(OpError::Conflict(format!(
@@ -521,10 +537,9 @@ impl Pods {
                 f.display()
             )));
         }
-        if current.is_some_and(|e| e.digest == p.digest && e.running.is_some()) {
+        if current.is_some_and(|e| e.digest == l.digest && e.running.is_some()) {
             return Ok((Action::Unchanged, self.view(&name).expect("exists")));
         }
-        let l = compile(&self.exec, p)?;
         let stored = l
             .bytes
             .iter()
