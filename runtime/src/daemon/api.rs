@@ -223,7 +223,7 @@ async fn restart_container(
 }
 
 async fn reload(State(pods): State<Shared>) -> Response {
-    let problems = pods.lock().await.reload().await;
+    let problems = super::pods::reload_beside(&pods).await;
     Json(json!({"problems": problems})).into_response()
 }
 

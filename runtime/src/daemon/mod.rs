@@ -148,8 +148,8 @@ async fn worker(
             biased;
             _ = stop.cancelled() => return,
             _ = reload.notified() => {
-                // Its problems are logged by the reload and shown by `ps`.
-                let _ = pods.lock().await.reload().await;
+                // Problems are logged and shown by `ps`.
+                let _ = pods::reload_beside(&pods).await;
             }
             _ = tick.tick() => {
                 let mut p = pods.lock().await;

@@ -117,6 +117,72 @@ pub fn plan(
     compile(exec, parse(source, text, None, caller, cfg)?)
 }
 
+/// The `*.toml` files of the pods directory, sorted, each with its text or why it cannot be read.
+fn pod_files(cfg: &Config) -> Vec<(PathBuf, Result<String, String>)> {
+    let dir = &cfg.pods_dir;
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect(),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!("{}: {e}", dir.display());
+            }
+            Vec::new()
+        }
+    };
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            // Not blocking on a FIFO, not reading a device: a reload waits on this.
+            let t = module_file::read_text(&p, Caller::myself()).map_err(|e| e.to_string());
+            (p, t)
+        })
+        .collect()
+}
+
+/// What a reload found in the pods directory: each file's pod, read and compiled, or what is
+/// wrong with the file.
+pub struct ReloadPlan(Vec<(PathBuf, Result<Loaded, String>)>);
+
+/// The first half of a reload, done without the daemon's pods at hand (no lock): read and
+/// compile every pod file. Modules that running pods use are already loaded and cost a lookup.
+/// [`Pods::commit_reload`] does the rest.
+pub fn plan_reload(cfg: &Config, exec: &Executor) -> ReloadPlan {
+    let me = Caller::myself();
+    ReloadPlan(
+        pod_files(cfg)
+            .into_iter()
+            .map(|(path, text)| {
+                let loaded = text.and_then(|t| {
+                    let mut p = parse(&path, &t, None, me, cfg).map_err(|e| e.to_string())?;
+                    // Files of the pods directory: their .cwasm modules must be root's own files.
+                    p.root_asks = false;
+                    compile(exec, p).map_err(|e| e.to_string())
+                });
+                (path, loaded)
+            })
+            .collect(),
+    )
+}
+
+/// A reload of the shared pods that reads and compiles without holding their lock (the API
+/// answers meanwhile), then commits under it. Returns the problems, as [`Pods::reload`] does.
+pub async fn reload_beside(pods: &tokio::sync::Mutex<Pods>) -> Vec<String> {
+    // One reload at a time from plan to commit: a plan of an older directory never lands after
+    // a newer one.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (cfg, exec) = pods.lock().await.planner();
+    match tokio::task::spawn_blocking(move || plan_reload(&cfg, &exec)).await {
+        Ok(plan) => pods.lock().await.commit_reload(plan).await,
+        Err(e) => vec![format!("reload: {e}")],
+    }
+}
+
 /// What becomes of a removed pod's logs.
 #[derive(Clone, Copy)]
 enum Logs {
@@ -223,7 +289,7 @@ impl Pods {
             tracing::error!("stored pod: {b}");
         }
         let mut keep: BTreeSet<String> = records.iter().map(|(n, _)| n.clone()).collect();
-        for (path, text) in self.pod_files() {
+        for (path, text) in pod_files(&self.cfg) {
             if let Ok(Ok(spec)) = text.map(|t| PodSpec::parse(&path, &t)) {
                 keep.insert(spec.name);
             }
@@ -256,37 +322,17 @@ impl Pods {
     }
 
     /// The `*.toml` files of the pods directory, sorted, with their text (or why not).
-    fn pod_files(&self) -> Vec<(PathBuf, Result<String, String>)> {
-        let dir = &self.cfg.pods_dir;
-        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                .collect(),
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::error!("{}: {e}", dir.display());
-                }
-                Vec::new()
-            }
-        };
-        paths.sort();
-        paths
-            .into_iter()
-            .map(|p| {
-                // Not blocking on a FIFO, not reading a device: the main loop waits on this.
-                let t = module_file::read_text(&p, Caller::myself()).map_err(|e| e.to_string());
-                (p, t)
-            })
-            .collect()
-    }
-
     /// Makes the running file pods equal to the pods directory, and tries again the pods that had
     /// failed to start. A file that does not validate is reported and changes nothing: whatever
     /// pod it described keeps running as it was.
     /// Returns the problems (one message per bad file).
     pub async fn reload(&mut self) -> Vec<String> {
+        let plan = tokio::task::block_in_place(|| plan_reload(&self.cfg, &self.exec));
+        self.commit_reload(plan).await
+    }
+
+    /// [`Pods::reload`]'s second half, with what [`plan_reload`] found.
+    pub async fn commit_reload(&mut self, plan: ReloadPlan) -> Vec<String> {
         let failed_before: BTreeSet<String> = self
             .entries
             .iter()
@@ -294,16 +340,9 @@ impl Pods {
             .map(|(n, _)| n.clone())
             .collect();
         let mut problems: BTreeMap<PathBuf, String> = BTreeMap::new();
-        let mut found: BTreeMap<String, (PathBuf, Parsed)> = BTreeMap::new();
-        let me = Caller::myself();
-        for (path, text) in self.pod_files() {
-            let parsed = text.and_then(|t| {
-                // Files of the pods directory: their .cwasm modules must be root's own files.
-                let mut p = parse(&path, &t, None, me, &self.cfg).map_err(|e| e.to_string())?;
-                p.root_asks = false;
-                Ok(p)
-            });
-            let p = match parsed {
+        let mut found: BTreeMap<String, (PathBuf, Loaded)> = BTreeMap::new();
+        for (path, loaded) in plan.0 {
+            let p = match loaded {
                 Ok(p) => p,
                 Err(e) => {
                     problems.insert(path, e);
@@ -348,24 +387,17 @@ impl Pods {
             tracing::info!("pod {name}: its file is gone; deleting");
             self.remove(&name, Logs::Drop).await;
         }
-        for (name, (path, p)) in found {
+        for (name, (path, l)) in found {
             let current = self.entries.get(&name);
-            let unchanged = current.is_some_and(|e| e.digest == p.digest);
+            let unchanged = current.is_some_and(|e| e.digest == l.digest);
             if unchanged && current.is_some_and(|e| e.running.is_some()) {
                 continue;
             }
-            match compile(&self.exec, p) {
-                Ok(l) => {
-                    if current.is_some() {
-                        tracing::info!("pod {name}: {} changed; re-creating", path.display());
-                        self.remove(&name, Logs::Keep).await;
-                    }
-                    self.start(Origin::File(path), l).await;
-                }
-                Err(e) => {
-                    problems.insert(path, e.to_string());
-                }
+            if current.is_some() {
+                tracing::info!("pod {name}: {} changed; re-creating", path.display());
+                self.remove(&name, Logs::Keep).await;
             }
+            self.start(Origin::File(path), l).await;
         }
         // Pods that failed to start (API pods too: a full or read-only disk, a missing
         // directory) are tried again: a reload is the user's word that the cause may be gone.
