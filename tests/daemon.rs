@@ -311,7 +311,7 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
         wait_gone(app(*ip));
     }
 
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     let mut d = env.daemon();
     eprintln!("recovery of {} pods: {:?}", pods.len(), t0.elapsed());
     for (p, (ip, ino)) in pods.iter().zip(&before) {

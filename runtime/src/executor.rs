@@ -433,16 +433,19 @@ impl Executor {
 
     fn deserialize(&self, path: &Path, code: &[u8]) -> wasmtime::Result<Linked> {
         let link = |e: LoadError| wasmtime::Error::msg(e.to_string());
-        // SAFETY: `code` is what wasmtime wrote: either a cache entry whose MAC (under a key
-        // only root can read) checked out, or a `.cwasm` whose checksum checked out and whose
-        // file root vouches for (`prepare` refuses it otherwise). wasmtime itself refuses
-        // artifacts of another target, version or engine configuration.
+        // Both deserializations below are sound for the same reason: `code` is what wasmtime
+        // wrote: either a cache entry whose MAC (under a key only root can read) checked out, or
+        // a `.cwasm` whose checksum checked out and whose file root vouches for (`prepare`
+        // refuses it otherwise). wasmtime itself refuses artifacts of another target, version or
+        // engine configuration.
         match Engine::detect_precompiled(code) {
             Some(wasmtime::Precompiled::Component) => {
+                // SAFETY: see above: a trusted artifact of this engine.
                 let c = unsafe { Component::deserialize(&self.engine, code)? };
                 self.link_component(path, &c).map_err(link)
             }
             Some(wasmtime::Precompiled::Module) => {
+                // SAFETY: see above: a trusted artifact of this engine.
                 let m = unsafe { Module::deserialize(&self.engine, code)? };
                 self.link_module(path, &m).map_err(link)
             }

@@ -454,7 +454,7 @@ async fn run_containers(
 fn pod_thread<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, String>
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<R, String>>,
+    Fut: Future<Output = Result<R, String>>,
 {
     netns::enter(&*fd).map_err(|e| format!("setns: {e}"))?;
     let for_blocking = fd.clone();

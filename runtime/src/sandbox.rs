@@ -135,7 +135,7 @@ fn crash_point(point: &str) {
 pub async fn in_netns<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, SandboxError>
 where
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<R, SandboxError>>,
+    Fut: Future<Output = Result<R, SandboxError>>,
     R: Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -403,7 +403,7 @@ async fn graceful<F>(
     id: &str,
 ) -> Option<Outcome>
 where
-    F: std::future::Future<Output = Outcome>,
+    F: Future<Output = Outcome>,
 {
     let deadline = tokio::time::sleep(grace);
     tokio::pin!(deadline);

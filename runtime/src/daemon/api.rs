@@ -179,7 +179,7 @@ async fn apply(
             .await;
     let loaded = match planned {
         Ok(Ok(l)) => l,
-        Ok(Err(e)) => return super::pods::OpError::from(e).into_response(),
+        Ok(Err(e)) => return OpError::from(e).into_response(),
         Err(e) => {
             return error(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling: {e}"));
         }

@@ -473,7 +473,7 @@ impl Pods {
             open_files: Some(self.cfg.limits.open_files),
         };
         self.guard.starting(name);
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let result = match Sandbox::recover(&self.cfg, name).await {
             Ok((sandbox, recovered)) => {
                 if recovered {

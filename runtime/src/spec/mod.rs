@@ -100,7 +100,7 @@ pub struct PodSpec {
     pub restart_policy: RestartPolicy,
     pub backoff: Backoff,
     /// How long a stop waits for containers with a `pre_stop` hook to exit.
-    pub termination_grace_period: std::time::Duration,
+    pub termination_grace_period: Duration,
     /// Every container: the `[[init_containers]]` first, in order, then the `[[containers]]`
     /// (see [`ContainerSpec::kind`]).
     pub containers: Vec<ContainerSpec>,
