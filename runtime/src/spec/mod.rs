@@ -964,6 +964,109 @@ memory_limit_mib = 16
         assert!(p[2].message.contains("init containers included"), "{p:?}");
     }
 
+    /// A spec with every kind of field, for the property tests to cut and change.
+    const FULL: &str = r#"[pod]
+name = "full"
+restart_policy = "OnFailure"
+termination_grace_period = "5s"
+[pod.restart_backoff]
+initial = "10ms"
+[[volumes]]
+name = "data"
+empty_dir = { size_limit = "8Mi" }
+[[volumes]]
+name = "cfg"
+files = { "a.conf" = "x" }
+[[init_containers]]
+name = "migrate"
+module = "m.wasm"
+[[init_containers]]
+name = "proxy"
+module = "p.wasm"
+restart_policy = "Always"
+startup_probe = { tcp_socket = { port = 9000 }, period = "1s" }
+[[containers]]
+name = "app"
+module = "a.wasm"
+args = ["--port", "8080"]
+env = { PORT = "8080" }
+memory_limit_mib = 64
+cpu_limit = "500m"
+volume_mounts = [{ name = "data", mount_path = "/data" }, { name = "cfg", mount_path = "/etc/app" }]
+env_from_files = { CONF = "/etc/app/a.conf" }
+lifecycle = { pre_stop = { http_get = { path = "/stop", port = 8080 } } }
+[containers.liveness_probe]
+http_get = { path = "/healthz", port = 8080 }
+failure_threshold = 2
+"#;
+
+    /// Whatever the text, parsing returns (never panics), and every problem names a field and
+    /// a line that exists.
+    fn well_formed(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        let lines = text.lines().count().max(1);
+        if let Err(problems) = parse(text) {
+            proptest::prop_assert!(!problems.is_empty());
+            for p in &problems {
+                proptest::prop_assert!(!p.field.is_empty(), "{p:?}");
+                proptest::prop_assert!(!p.message.is_empty(), "{p:?}");
+                if let Some(l) = p.line {
+                    proptest::prop_assert!(l >= 1 && l <= lines + 1, "{p:?} of {lines} lines");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_full_spec_parses() {
+        let s = parse(FULL).unwrap();
+        assert_eq!(s.containers.len(), 3);
+        assert_eq!(s.volumes.len(), 2);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 512, ..Default::default() })]
+
+        #[test]
+        fn any_text_is_answered(text in "\\PC{0,400}") {
+            well_formed(&text)?;
+        }
+
+        /// The full spec with one line dropped, one value replaced by another of any type, or
+        /// cut short anywhere: the edits a user (or a broken editor) makes.
+        #[test]
+        fn edited_specs_are_answered(
+            line in 0usize..40,
+            value in proptest::prop_oneof![
+                proptest::strategy::Just("0".to_string()),
+                proptest::strategy::Just("-1".to_string()),
+                proptest::strategy::Just("18446744073709551616".to_string()),
+                proptest::strategy::Just("\"\"".to_string()),
+                proptest::strategy::Just("[]".to_string()),
+                proptest::strategy::Just("{}".to_string()),
+                proptest::strategy::Just("true".to_string()),
+                proptest::strategy::Just("1e400".to_string()),
+                "\"[ -~]{0,20}\"",
+                "-?[0-9]{1,25}",
+            ],
+            cut in 0usize..1400,
+        ) {
+            let lines: Vec<&str> = FULL.lines().collect();
+            let dropped: Vec<&str> = lines.iter().enumerate()
+                .filter(|(i, _)| *i != line % lines.len()).map(|(_, l)| *l).collect();
+            well_formed(&dropped.join("\n"))?;
+            let replaced: Vec<String> = lines.iter().enumerate().map(|(i, l)| {
+                match l.split_once(" = ") {
+                    Some((k, _)) if i == line % lines.len() => format!("{k} = {value}"),
+                    _ => l.to_string(),
+                }
+            }).collect();
+            well_formed(&replaced.join("\n"))?;
+            let at = FULL.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(FULL.len());
+            well_formed(&FULL[..at])?;
+        }
+    }
+
     #[test]
     fn syntax_error_has_line() {
         let p = parse("[pod]\nname = \"a\n").unwrap_err();
