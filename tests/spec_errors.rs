@@ -109,6 +109,36 @@ fn every_kind_of_bad_spec_is_refused_with_file_line_and_field() {
                 "FILE:6: containers[0].args: invalid type: string \"--port 80\", expected a sequence",
             ],
         ),
+        (
+            "probe-without-action.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}[containers.liveness_probe]\nperiod = \"0s\"\n",
+                ok("app")
+            ),
+            vec![
+                "FILE:6: containers[0].liveness_probe: neither given: a probe has exactly one of tcp_socket or http_get",
+                "FILE:7: containers[0].liveness_probe.period: must be longer than 0",
+            ],
+        ),
+        (
+            "init-with-probe.toml",
+            format!(
+                "[pod]\nname = \"a\"\n[[init_containers]]\nname = \"init\"\nmodule = {KV_SERVER:?}\n\
+                 readiness_probe = {{ tcp_socket = {{ port = 80 }} }}\n{}",
+                ok("app")
+            ),
+            vec![
+                "FILE:6: init_containers[0].readiness_probe: an init container runs to completion",
+            ],
+        ),
+        (
+            "cpu-limit.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}cpu_limit = \"100000m\"\n",
+                ok("app")
+            ),
+            vec!["FILE:6: containers[0].cpu_limit: 100000m is more than this host's"],
+        ),
     ];
     for (file, text, wants) in &cases {
         assert_refused(&env, file, text, wants);
