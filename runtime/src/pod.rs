@@ -168,6 +168,8 @@ impl RunningPod {
                     ),
                 }
             }
+            // A plain init container's supervisor ends with its run: the sequence goes on.
+            let control = Control::new(&c.name, c.kind, opts.linger && c.kind != Kind::Init);
             let run = RunSpec {
                 name: c.name.clone(),
                 args: c.args.clone(),
@@ -200,13 +202,7 @@ impl RunningPod {
                     })
                     .collect(),
                 log,
-                usage: Default::default(),
-            };
-            // A plain init container's supervisor ends with its run: the sequence goes on.
-            let control = Control::new(&c.name, c.kind, opts.linger && c.kind != Kind::Init);
-            let run = RunSpec {
                 usage: control.usage(),
-                ..run
             };
             controls.push(control.clone());
             let container = Container {
@@ -364,9 +360,8 @@ async fn run_containers(
 ) -> Result<Vec<Final>, String> {
     let names: Vec<String> = containers.iter().map(|c| c.1.run.name.clone()).collect();
     let mut finals: Vec<Option<Final>> = vec![None; containers.len()];
-    let join = |h: tokio::task::JoinHandle<Final>| async move {
-        h.await.map_err(|e| format!("supervisor: {e}"))
-    };
+    let joined =
+        |r: Result<Final, tokio::task::JoinError>| r.map_err(|e| format!("supervisor: {e}"));
     let mut sidecars = Vec::new();
     let mut apps = Vec::new();
     let apps_stop = CancellationToken::new();
@@ -394,10 +389,10 @@ async fn run_containers(
                 let own = CancellationToken::new();
                 let mut task = tokio::spawn(supervise(container, own.clone(), control.clone()));
                 let f = tokio::select! {
-                    f = &mut task => f.map_err(|e| format!("supervisor: {e}"))?,
+                    f = &mut task => joined(f)?,
                     _ = stop.cancelled() => {
                         own.cancel();
-                        join(task).await?
+                        joined(task.await)?
                     }
                 };
                 // Ended for good: exited 0, or failed under a policy of Never.
@@ -427,12 +422,12 @@ async fn run_containers(
             }
         };
         for (i, f) in index.into_iter().zip(ended) {
-            finals[i] = Some(f.map_err(|e| format!("supervisor: {e}"))?);
+            finals[i] = Some(joined(f)?);
         }
     }
     for (i, own, task) in sidecars.into_iter().rev() {
         own.cancel();
-        finals[i] = Some(join(task).await?);
+        finals[i] = Some(joined(task.await)?);
     }
     Ok(finals
         .into_iter()

@@ -126,6 +126,15 @@ pub struct Status {
     pub memory_bytes: u64,
 }
 
+impl Status {
+    /// How the last run ended, in the flat fields.
+    fn record(&mut self, o: &Outcome) {
+        self.last = Some(o.to_string());
+        self.exit_code = o.exit_code();
+        self.reason = Some(o.reason());
+    }
+}
+
 fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
@@ -298,9 +307,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
                     s.ready = false;
                     s.started = false;
                     if let Some(o) = &outcome {
-                        s.last = Some(o.to_string());
-                        s.exit_code = o.exit_code();
-                        s.reason = Some(o.reason());
+                        s.record(o);
                     }
                 });
                 done.ended_on_stop = outcome;
@@ -324,9 +331,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
         let requested = match outcome {
             Some(outcome) => {
                 control.update(|s| {
-                    s.last = Some(outcome.to_string());
-                    s.exit_code = outcome.exit_code();
-                    s.reason = Some(outcome.reason());
+                    s.record(&outcome);
                     ended(
                         s,
                         outcome.reason(),

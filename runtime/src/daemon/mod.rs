@@ -91,7 +91,6 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
         pods.clone(),
         reload.clone(),
         worker_stop.clone(),
-        count,
         cfg.socket.clone(),
     ));
     loop {
@@ -137,12 +136,11 @@ async fn worker(
     pods: api::Shared,
     reload: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
-    count: usize,
     socket: std::path::PathBuf,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // What the last STATUS= line said: pods, and pods ready.
-    let mut readiness = (count, usize::MAX);
+    // What the last STATUS= line said: pods, and pods ready (none yet: READY=1 said pods only).
+    let mut readiness = None;
     loop {
         tokio::select! {
             biased;
@@ -155,8 +153,8 @@ async fn worker(
                 let mut p = pods.lock().await;
                 p.tick().await;
                 let now = p.readiness();
-                if now != readiness {
-                    readiness = now;
+                if readiness != Some(now) {
+                    readiness = Some(now);
                     let status =
                         format!("{} pods, {} ready; api on {}", now.0, now.1, socket.display());
                     notify(&[NotifyState::Status(&status)]);

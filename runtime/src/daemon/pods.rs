@@ -183,6 +183,16 @@ pub async fn reload_beside(pods: &tokio::sync::Mutex<Pods>) -> Vec<String> {
     }
 }
 
+/// A pod is ready when every container that stays (apps and sidecars; plain init containers
+/// end by design) is, and it has one.
+fn pod_ready(containers: &[Status]) -> bool {
+    let mut live = containers
+        .iter()
+        .filter(|c| c.kind != Kind::Init)
+        .peekable();
+    live.peek().is_some() && live.all(|c| c.ready)
+}
+
 /// What becomes of a removed pod's logs.
 #[derive(Clone, Copy)]
 enum Logs {
@@ -756,7 +766,7 @@ impl Pods {
             },
             created: humantime::format_rfc3339_seconds(e.created).to_string(),
             age_seconds: age.as_secs(),
-            ready: !live.is_empty() && live.iter().all(|c| c.ready),
+            ready: pod_ready(&containers),
             restarts: containers.iter().map(|c| c.restarts).sum(),
             containers,
             volumes: crate::volumes::views(&self.cfg, &e.spec),
@@ -777,10 +787,15 @@ impl Pods {
         self.entries.keys().filter_map(|n| self.view(n)).collect()
     }
 
-    /// How many pods there are, and how many of them are ready.
+    /// How many pods there are, and how many of them are ready (every second: from the
+    /// containers' statuses alone, not whole views).
     pub fn readiness(&self) -> (usize, usize) {
-        let views = self.views();
-        (views.len(), views.iter().filter(|v| v.ready).count())
+        let ready = self
+            .entries
+            .values()
+            .filter(|e| e.running.as_ref().is_some_and(|p| pod_ready(&p.statuses())))
+            .count();
+        (self.entries.len(), ready)
     }
 
     /// Problems of the last reload of the pods directory.
