@@ -915,6 +915,16 @@ memory_limit_mib = 16
                 "more than this host's",
             ),
             (
+                "liveness_probe = { tcp_socket = { port = 80 }, period = \"100000000h\" }",
+                "containers[0].liveness_probe.period",
+                "longer than the most allowed, 1day",
+            ),
+            (
+                "liveness_probe = { tcp_socket = { port = 80 }, timeout = 86401 }",
+                "containers[0].liveness_probe.timeout",
+                "longer than the most allowed",
+            ),
+            (
                 "liveness_probe = { tcp_socket = { port = 80 }, period = -1 }",
                 "containers[0].liveness_probe.period",
                 "not negative",

@@ -149,8 +149,33 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 type Report<'a> = dyn FnMut(&[Key], String) + 'a;
 
-/// Parses a duration field, reporting a bad one at `keys`.
+/// The longest probe duration or grace period: a day (timers far in the future overflow the
+/// clock's arithmetic, and nothing a probe does needs longer).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a duration field, reporting a bad one (or one over [`MAX_DURATION`]) at `keys`.
 pub(super) fn duration(
+    value: Option<&RawDuration>,
+    default: Duration,
+    keys: &[Key],
+    problem: &mut Report<'_>,
+) -> Duration {
+    let d = parsed(value, default, keys, problem);
+    if d > MAX_DURATION {
+        problem(
+            keys,
+            format!(
+                "{} is longer than the most allowed, {}",
+                humantime::format_duration(d),
+                humantime::format_duration(MAX_DURATION)
+            ),
+        );
+        return default;
+    }
+    d
+}
+
+fn parsed(
     value: Option<&RawDuration>,
     default: Duration,
     keys: &[Key],
