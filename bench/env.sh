@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by the bench scripts: a throwaway peapod installation of their own, removed on exit.
-#   bench_env PREFIX SECOND_OCTET   bridge PREFIX<tag>, subnet 10.SECOND_OCTET.x.0/24, a temp dir
+#   bench_env PREFIX SECOND_OCTET   bridge PREFIX<tag>, subnet 10.SECOND_OCTET.x.0/22, a temp dir
 #                                   ($dir) for run/state/pods; exports the PEAPOD_* settings
 # A script that starts a daemon sets $daemon_pid; cleanup kills it (by that PID) first.
 now_ms() { date +%s%3N; }
@@ -12,7 +12,7 @@ bench_env() {
     bridge=$1$tag
     export PEAPOD_CONFIG=/dev/null PEAPOD_RUN_DIR=$dir/run PEAPOD_STATE_DIR=$dir/state \
         PEAPOD_PODS_DIR=$dir/pods PEAPOD_BRIDGE=$bridge \
-        PEAPOD_SUBNET=10.$2.$(( (RANDOM % 250) + 1 )).0/24
+        PEAPOD_SUBNET=10.$2.$(( RANDOM % 64 * 4 )).0/22
     mkdir -p "$dir/pods"
     daemon_pid=
     trap bench_cleanup EXIT INT TERM

@@ -80,3 +80,53 @@ fn three_hundred_modules_serve_in_a_pi_address_space() {
     assert!(!d.output().contains("mmap failed"), "{}", d.output());
     assert!(d.terminate().success());
 }
+
+/// A Linux bridge takes at most 1023 ports: past that, a pod fails with an error that says so
+/// (not the kernel's "Exchange full"), and nothing of it is left. The bridge and its ports live
+/// in a network namespace of the test's own, which `peapod run` uses as its host.
+#[test]
+fn a_full_bridge_is_a_clear_error() {
+    if !root_or_skip("a_full_bridge_is_a_clear_error") {
+        return;
+    }
+    let env = Env::new();
+    let host = TestNetns::new();
+    let mut batch = format!("link add {} type bridge\n", env.bridge);
+    for i in 0..peapod::net::BRIDGE_MAX_PORTS {
+        // (veths: the dummy driver is not in every kernel or container)
+        batch += &format!(
+            "link add v{i} type veth peer name w{i}\nlink set v{i} master {}\n",
+            env.bridge
+        );
+    }
+    host.ip_batch(&batch);
+    let spec = env.spec("full.toml", &env.kv_spec("full", ""));
+    let mut run = env.peapod(&["run", spec.to_str().unwrap()]);
+    host.enter_on_exec(&mut run);
+    let out = run.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the bridge has 1023 ports already, the most a Linux bridge takes"),
+        "{stderr}"
+    );
+    assert!(env.leases().is_empty(), "{:?}", env.leases());
+    assert!(!env.pin("full").exists());
+    let ports = cmd(
+        "ip",
+        &[
+            "-n",
+            &host.name,
+            "-o",
+            "link",
+            "show",
+            "master",
+            &env.bridge,
+        ],
+    );
+    assert_eq!(
+        ports.lines().count(),
+        peapod::net::BRIDGE_MAX_PORTS,
+        "a veth was left"
+    );
+}

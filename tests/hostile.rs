@@ -393,7 +393,10 @@ fn api_survives_idle_and_slow_clients() {
     let t0 = Instant::now();
     let (status, v) = raw_api(&env, "GET", "/v1/healthz", "");
     assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
-    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    // A bound on "answers at all" (a starved accept loop never does), not a speed goal; an
+    // emulated daemon on a loaded machine is many times slower.
+    let bound = Duration::from_secs(if emulated() { 60 } else { 10 });
+    assert!(t0.elapsed() < bound, "{:?}", t0.elapsed());
     eprintln!(
         "figure: healthz answered in {:?} with {} idle clients",
         t0.elapsed(),

@@ -62,16 +62,17 @@ impl Place {
                 .output()?
                 .stdout,
         )?;
-        let third = (0..=255u32)
-            .map(|k| (nanos + k) % 256)
-            .find(|x| !routes.contains(&format!("10.199.{x}.")))
-            .context("no free /24 in 10.199.0.0/16")?;
+        // A /22 (1021 pods, as the default subnet holds) no route uses yet.
+        let third = (0..64u32)
+            .map(|k| (nanos + k) % 64 * 4)
+            .find(|x| (*x..x + 4).all(|y| !routes.contains(&format!("10.199.{y}."))))
+            .context("no free /22 in 10.199.0.0/16")?;
         let dir = tempfile::Builder::new().prefix("peapod-bench").tempdir()?;
         let cfg = Config {
             run_dir: dir.path().join("run"),
             state_dir: dir.path().join("state"),
             bridge: format!("ppbench{tag}"),
-            subnet: format!("10.199.{third}.0/24").parse()?,
+            subnet: format!("10.199.{third}.0/22").parse()?,
             socket: dir.path().join("run/peapod.sock"),
             pods_dir: dir.path().join("pods"),
             ..Config::default()

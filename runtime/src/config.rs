@@ -10,7 +10,7 @@
 //! pods_dir = "/etc/peapod/pods"  # pod specs the daemon keeps running
 //! [network]
 //! bridge = "peapod0"
-//! subnet = "10.66.0.0/24"        # the bridge takes the first address, pods the rest
+//! subnet = "10.66.0.0/22"        # the bridge takes the first address, pods the rest (1021)
 //! [logs]
 //! dir = "/var/lib/peapod/logs"   # container logs (CRI format) [default: <state_dir>/logs]
 //! max_size = "10MiB"             # rotate a container's log past this size
@@ -43,7 +43,7 @@ pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_LOG_MAX_FILES: u32 = 5;
 /// Clear of podman (10.88.0.0/16, and 10.89.x.0/24 for its extra networks), docker
 /// (172.17.0.0/16 and up), k3s (10.42.0.0/16, 10.43.0.0/16) and common home LANs.
-pub const DEFAULT_SUBNET: &str = "10.66.0.0/24";
+pub const DEFAULT_SUBNET: &str = "10.66.0.0/22";
 
 /// Settings every command shares.
 #[derive(Debug, Clone, PartialEq, Eq)]

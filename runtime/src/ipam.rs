@@ -191,6 +191,15 @@ impl Ipam {
             Err(e) => return Err(self.io(&path)(e)),
         };
         match f.subnet {
+            // A wider subnet with the same gateway (an upgrade from the old /24 default to the
+            // /22): every lease stays valid, and is kept.
+            Some(found)
+                if found != self.subnet
+                    && self.subnet.contains(&found)
+                    && found.hosts().next() == Some(self.gateway) =>
+            {
+                Ok(f)
+            }
             Some(found) if found != self.subnet && !f.leases.is_empty() => {
                 Err(IpamError::SubnetChanged {
                     path,
@@ -274,6 +283,27 @@ mod tests {
         ));
         i.release("keep").unwrap();
         assert_eq!(other.allocate("x").unwrap(), Ipv4Addr::new(10, 2, 0, 2));
+    }
+
+    #[test]
+    fn a_wider_subnet_with_the_same_gateway_keeps_the_leases() {
+        let d = tempfile::tempdir().unwrap();
+        let narrow = ipam(d.path(), "10.1.0.0/24");
+        let a = narrow.allocate("a").unwrap();
+        let wide = ipam(d.path(), "10.1.0.0/22");
+        assert_eq!(wide.leases().unwrap()["a"], a);
+        let b = wide.allocate("b").unwrap();
+        assert_ne!(a, b);
+        // The other way (and a wider subnet with another gateway) would strand leases.
+        assert!(matches!(
+            narrow.allocate("c"),
+            Err(IpamError::SubnetChanged { .. })
+        ));
+        let shifted = ipam(d.path(), "10.0.0.0/14");
+        assert!(matches!(
+            shifted.allocate("c"),
+            Err(IpamError::SubnetChanged { .. })
+        ));
     }
 
     #[test]

@@ -44,13 +44,16 @@ fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
 }
 
-/// A netlink connection in the namespace of the thread that opened it.
+/// The most ports a Linux bridge takes (`BR_MAX_PORTS` is 1024, and port 0 is never used).
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+
 /// A link attached to a bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
     pub name: String,
 }
 
+/// A netlink connection in the namespace of the thread that opened it.
 pub struct Netlink {
     handle: Handle,
 }
@@ -135,12 +138,18 @@ impl Netlink {
             .controller(controller)
             .up()
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| NetError::new(format!("create veth {host}"), e))
+        match self.handle.link().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            // The kernel's bridge numbers its ports in 10 bits, port 0 unused.
+            Err(e) if is_errno(&e, libc::EXFULL) => Err(NetError {
+                op: format!("create veth {host}"),
+                source: std::io::Error::other(format!(
+                    "the bridge has {BRIDGE_MAX_PORTS} ports already, the most a Linux bridge \
+                     takes: give further pods another bridge (--bridge / network.bridge) and subnet"
+                )),
+            }),
+            Err(e) => Err(NetError::new(format!("create veth {host}"), e)),
+        }
     }
 
     /// Deletes link `name`; `false` if there was none.

@@ -628,3 +628,59 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap()
         .count()
 }
+
+/// A network namespace of the test's own (`ip netns add`), deleted with everything in it when
+/// dropped, also when the test fails.
+pub struct TestNetns {
+    pub name: String,
+    file: std::fs::File,
+}
+
+impl TestNetns {
+    pub fn new() -> TestNetns {
+        let name = unique("pptns");
+        cmd("ip", &["netns", "add", &name]);
+        let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+        TestNetns { name, file }
+    }
+
+    /// Runs `ip -batch` inside the namespace.
+    pub fn ip_batch(&self, batch: &str) {
+        use std::io::Write;
+        let mut ip = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        ip.stdin
+            .take()
+            .unwrap()
+            .write_all(batch.as_bytes())
+            .unwrap();
+        assert!(ip.wait().unwrap().success(), "ip -batch in {}", self.name);
+    }
+
+    /// Makes `c` run in this namespace (its "host" network namespace).
+    pub fn enter_on_exec(&self, c: &mut Command) {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        use std::os::unix::process::CommandExt;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: only a setns(2) call between fork and exec; `fd` stays open in the child
+        // (the namespace file is owned by `self`, which outlives the spawn).
+        unsafe {
+            c.pre_exec(move || {
+                let ns = BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

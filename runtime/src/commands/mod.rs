@@ -20,30 +20,33 @@ pub const EXIT_INVALID: u8 = 2;
 /// The runtime failed (kernel, files, permissions). What was created was removed.
 pub const EXIT_RUNTIME: u8 = 3;
 
+/// The heading of the options every command takes, apart from the command's own.
+const GLOBAL: &str = "Global options (also PEAPOD_* variables and the config file)";
+
 /// Kubernetes-style pods of WebAssembly containers for small ARM boards.
 #[derive(Parser, Debug)]
 #[command(name = "peapod", version)]
 pub struct Cli {
     /// Runtime config file [default: /etc/peapod/peapod.toml if it exists]
-    #[arg(long, global = true, env = "PEAPOD_CONFIG")]
+    #[arg(long, global = true, env = "PEAPOD_CONFIG", help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// Where namespace pins live (<run-dir>/netns/<pod>) [default: /run/peapod]
-    #[arg(long, global = true, env = "PEAPOD_RUN_DIR")]
+    #[arg(long, global = true, env = "PEAPOD_RUN_DIR", help_heading = GLOBAL)]
     run_dir: Option<PathBuf>,
     /// Where IP leases are kept [default: /var/lib/peapod]
-    #[arg(long, global = true, env = "PEAPOD_STATE_DIR")]
+    #[arg(long, global = true, env = "PEAPOD_STATE_DIR", help_heading = GLOBAL)]
     state_dir: Option<PathBuf>,
     /// Host bridge pods attach to [default: peapod0]
-    #[arg(long, global = true, env = "PEAPOD_BRIDGE")]
+    #[arg(long, global = true, env = "PEAPOD_BRIDGE", help_heading = GLOBAL)]
     bridge: Option<String>,
-    /// IPv4 subnet of the bridge [default: 10.66.0.0/24]
-    #[arg(long, global = true, env = "PEAPOD_SUBNET")]
+    /// IPv4 subnet of the bridge [default: 10.66.0.0/22]
+    #[arg(long, global = true, env = "PEAPOD_SUBNET", help_heading = GLOBAL)]
     subnet: Option<String>,
     /// The daemon's API socket [default: <run-dir>/peapod.sock]
-    #[arg(long, global = true, env = "PEAPOD_SOCKET")]
+    #[arg(long, global = true, env = "PEAPOD_SOCKET", help_heading = GLOBAL)]
     socket: Option<PathBuf>,
     /// Pod specs the daemon keeps running [default: /etc/peapod/pods]
-    #[arg(long, global = true, env = "PEAPOD_PODS_DIR")]
+    #[arg(long, global = true, env = "PEAPOD_PODS_DIR", help_heading = GLOBAL)]
     pods_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
