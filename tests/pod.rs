@@ -428,6 +428,41 @@ fn containers_get_only_what_the_spec_grants() {
 }
 
 #[test]
+fn a_jobs_output_is_peapod_runs_own() {
+    if !root_or_skip("a_jobs_output_is_peapod_runs_own") {
+        return;
+    }
+    let env = Env::new();
+    // One container writes to stdout and exits 0; the other writes to stderr and fails.
+    let spec = env.spec(
+        "job.toml",
+        &format!(
+            "[pod]\nname = \"own\"\nrestart_policy = \"Never\"\n\n{}{}",
+            container("out", TOOLBOX, &["env"], None).replace("\n\n", "\nenv = { X = \"1\" }\n\n"),
+            container("err", TOOLBOX, &["bogus"], None)
+        ),
+    );
+    let out = env
+        .peapod(&["run", spec.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // `$(peapod run job.toml)`: exactly the guest's stdout, nothing of peapod's own.
+    assert_eq!(stdout, "args: [\"out\", \"env\"]\nenv: X=1\n", "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l == "unknown command \"bogus\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("own/err: exited with code 1"), "{stderr}");
+    assert!(!stderr.contains("env: X=1"), "{stderr}");
+    assert!(env.leases().is_empty());
+}
+
+#[test]
 fn a_closed_output_pipe_never_skips_cleanup() {
     if !root_or_skip("a_closed_output_pipe_never_skips_cleanup") {
         return;

@@ -30,8 +30,9 @@ impl Stream {
     }
 }
 
-/// Receives every line of every container of a pod, besides the log: `(pod/container, stream,
-/// line)`. Used to keep or inspect output (benchmarks read results from it).
+/// Receives every line of every container of a pod: `(pod/container, stream, line)`. Besides a
+/// log file, or instead of the process log when there is none: `peapod run` prints guests' output
+/// with it, benchmarks read results from it.
 pub type LogSink = Arc<dyn Fn(&str, Stream, &str) + Send + Sync>;
 
 /// Where one container's output goes.
@@ -99,6 +100,9 @@ impl ContainerLog {
                     *lost = (0, Some(std::time::Instant::now()));
                 }
             }
+            return;
+        }
+        if self.sink.is_some() {
             return;
         }
         match stream {

@@ -105,7 +105,8 @@ impl RunningPod {
         Self::start_with_logs(cfg, exec, spec, modules, None).await
     }
 
-    /// [`RunningPod::start`], with every output line also handed to `sink`.
+    /// [`RunningPod::start`], with every output line handed to `sink` (instead of the process
+    /// log).
     pub async fn start_with_logs(
         cfg: &Config,
         exec: &Executor,

@@ -192,12 +192,13 @@ impl Env {
         stderr
     }
 
-    /// Starts `peapod run SPEC` in the background, its output going to a log file.
+    /// Starts `peapod run --prefix SPEC` in the background, its output (the guests' lines as
+    /// `pod/container: line`, on stdout and stderr) going to one log file.
     pub fn start(&self, spec: &Path) -> Peapod {
         let log = self.dir.path().join(format!("{}.log", unique("run")));
         let out = std::fs::File::create(&log).unwrap();
         let child = self
-            .peapod(&["run", spec.to_str().unwrap()])
+            .peapod(&["run", "--prefix", spec.to_str().unwrap()])
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()

@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use peapod::config::Config;
 use peapod::executor::Executor;
 use peapod::loader;
+use peapod::logs::{LogSink, Stream};
 use peapod::module_file::Caller;
 use peapod::pod::RunningPod;
 use peapod::spec::PodSpec;
@@ -32,6 +34,27 @@ macro_rules! say {
 pub struct Run {
     /// The pod spec (TOML)
     spec: PathBuf,
+    /// Start each line of the guests' output with `POD/CONTAINER: ` (as `kubectl logs --prefix`)
+    #[arg(long)]
+    prefix: bool,
+}
+
+/// Guests' output as `peapod run`'s own, so `$(peapod run job.toml)` is the job's output: a
+/// guest's stdout on stdout, its stderr on stderr, a whole line at a time. Write errors are
+/// ignored (a closed pipe must not stop the pod or skip its cleanup).
+fn print_lines(prefix: bool) -> LogSink {
+    Arc::new(move |id: &str, stream: Stream, line: &str| {
+        use std::io::Write as _;
+        let text = if prefix {
+            format!("{id}: {line}\n")
+        } else {
+            format!("{line}\n")
+        };
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+            Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+        };
+    })
 }
 
 impl Run {
@@ -74,13 +97,16 @@ impl Run {
         rt.block_on(async move {
             let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
             let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-            let mut pod = match RunningPod::start(&config, &exec, &spec, modules).await {
-                Ok(p) => p,
-                Err(e) => {
-                    say!("peapod: {e}");
-                    return Ok(ExitCode::from(EXIT_RUNTIME));
-                }
-            };
+            let sink = print_lines(self.prefix);
+            let mut pod =
+                match RunningPod::start_with_logs(&config, &exec, &spec, modules, Some(sink)).await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        say!("peapod: {e}");
+                        return Ok(ExitCode::from(EXIT_RUNTIME));
+                    }
+                };
             let signalled = tokio::select! {
                 _ = pod.wait() => false,
                 _ = term.recv() => true,
