@@ -38,10 +38,8 @@ fn spec_for(env: &Env, file: &str, pod: &str, module: &Path, args: &str) -> std:
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_precompiled_module_runs_and_bad_ones_are_refused() {
-    if !root_or_skip("a_precompiled_module_runs_and_bad_ones_are_refused") {
-        return;
-    }
     let env = Env::new();
     let dir = env.dir.path();
     let good = dir.join("kv.cwasm");
@@ -95,10 +93,8 @@ fn a_precompiled_module_runs_and_bad_ones_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn peapod_run_compiles_each_module_once_across_runs() {
-    if !root_or_skip("peapod_run_compiles_each_module_once_across_runs") {
-        return;
-    }
     let env = Env::new();
     let spec = spec_for(
         &env,

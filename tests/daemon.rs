@@ -27,10 +27,8 @@ fn wait_gone(addr: SocketAddr) {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn pods_directory_is_kept_running() {
-    if !root_or_skip("pods_directory_is_kept_running") {
-        return;
-    }
     let env = Env::new();
     env.pod_file("a.toml", &env.kv_spec("a", ""));
     let mut d = env.daemon();
@@ -111,10 +109,8 @@ fn pods_directory_is_kept_running() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn cli_drives_the_api() {
-    if !root_or_skip("cli_drives_the_api") {
-        return;
-    }
     let env = Env::new();
     // No daemon yet: a clear message, exit 3.
     let (code, _, err) = env.ctl(&["ps"]);
@@ -275,10 +271,8 @@ fn cli_drives_the_api() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn recovery_after_kill_keeps_ips_and_namespaces() {
-    if !root_or_skip("recovery_after_kill_keeps_ips_and_namespaces") {
-        return;
-    }
     let env = Env::new();
     env.pod_file("f1.toml", &env.kv_spec("f1", ""));
     env.pod_file("f2.toml", &env.kv_spec("f2", ""));
@@ -367,10 +361,8 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn kill_while_creating_a_pod() {
-    if !root_or_skip("kill_while_creating_a_pod") {
-        return;
-    }
     let env = Env::new();
     env.pod_file("c.toml", &env.kv_spec("c", ""));
     // The daemon dies (SIGKILL) right after the lease is on disk, before the veth exists.
@@ -398,10 +390,8 @@ fn kill_while_creating_a_pod() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn systemd_notifications_arrive_in_order() {
-    if !root_or_skip("systemd_notifications_arrive_in_order") {
-        return;
-    }
     let env = Env::new();
     env.pod_file("n.toml", &env.kv_spec("n", ""));
     let sock_path = env.dir.path().join("notify.sock");
@@ -459,10 +449,8 @@ fn systemd_notifications_arrive_in_order() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn socket_is_for_root_and_its_group() {
-    if !root_or_skip("socket_is_for_root_and_its_group") {
-        return;
-    }
     let env = Env::new();
     let mut d = env.daemon();
     let meta = std::fs::metadata(env.socket()).unwrap();
@@ -543,10 +531,8 @@ fn systemd_unit_verifies() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn bad_names_and_bad_requests_get_clear_errors() {
-    if !root_or_skip("bad_names_and_bad_requests_get_clear_errors") {
-        return;
-    }
     let env = Env::new();
     let mut d = env.daemon();
     // A name that is no name is bad input (2), not an unreachable daemon (3).
@@ -577,10 +563,8 @@ fn bad_names_and_bad_requests_get_clear_errors() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_re_created_pod_keeps_its_previous_logs_and_stale_logs_are_collected() {
-    if !root_or_skip("a_re_created_pod_keeps_its_previous_logs_and_stale_logs_are_collected") {
-        return;
-    }
     let env = Env::new();
     // Logs of a pod that no longer exists (a daemon killed while it deleted the pod): a later pod
     // of that name must not inherit them.
@@ -627,10 +611,8 @@ fn a_re_created_pod_keeps_its_previous_logs_and_stale_logs_are_collected() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn healthz_says_starting_until_start_up_is_done() {
-    if !root_or_skip("healthz_says_starting_until_start_up_is_done") {
-        return;
-    }
     let env = Env::new();
     // A module that takes a while to compile holds start-up back.
     let mut wat = String::from("(module\n");
@@ -675,10 +657,8 @@ fn healthz_says_starting_until_start_up_is_done() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn an_apply_that_cannot_start_leaves_nothing() {
-    if !root_or_skip("an_apply_that_cannot_start_leaves_nothing") {
-        return;
-    }
     let env = Env::new();
     let mut d = env.daemon();
     // A host_path to be made (DirectoryOrCreate) where a dangling symlink is: it validates (the
@@ -707,10 +687,8 @@ fn an_apply_that_cannot_start_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn pods_come_back_on_a_read_only_state_dir() {
-    if !root_or_skip("pods_come_back_on_a_read_only_state_dir") {
-        return;
-    }
     let env = Env::new();
     let vols = "[[volumes]]\nname = \"cfg\"\nfiles = { \"a.conf\" = \"x\" }\n";
     env.pod_file(
@@ -741,10 +719,8 @@ fn pods_come_back_on_a_read_only_state_dir() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn cli_takes_kubectl_habits() {
-    if !root_or_skip("cli_takes_kubectl_habits") {
-        return;
-    }
     let env = Env::new();
     let mut d = env.daemon();
     // apply -f DIR: every *.toml in it.
@@ -798,10 +774,8 @@ fn cli_takes_kubectl_habits() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_peapod_run_pod_is_named_as_such_not_just_missing() {
-    if !root_or_skip("a_peapod_run_pod_is_named_as_such_not_just_missing") {
-        return;
-    }
     let env = Env::new();
     let _d = env.daemon();
     let spec = env.spec("solo.toml", &env.kv_spec("solo", ""));
@@ -831,10 +805,8 @@ fn a_peapod_run_pod_is_named_as_such_not_just_missing() {
 /// A reload that takes long (here a re-create waiting out a pre_stop grace period; on a board, a
 /// compile) runs beside the main loop: the watchdog keeps being pinged.
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn the_watchdog_is_pinged_through_a_long_reload() {
-    if !root_or_skip("the_watchdog_is_pinged_through_a_long_reload") {
-        return;
-    }
     let env = Env::new();
     let spec = |text: &str| {
         format!(
@@ -880,10 +852,8 @@ fn the_watchdog_is_pinged_through_a_long_reload() {
 
 /// An apply compiles outside the daemon's lock: `ps` answers while a big module compiles.
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn ps_answers_while_an_apply_compiles() {
-    if !root_or_skip("ps_answers_while_an_apply_compiles") {
-        return;
-    }
     if emulated() {
         // The lock is the same code on every arch; compiling the big module under an emulator
         // takes a minute of CI's time for nothing new.

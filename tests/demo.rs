@@ -31,10 +31,8 @@ fn demo_spec(env: &Env) -> (PathBuf, PathBuf) {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
-    if !root_or_skip("the_demo_sidecar_backs_up_and_restores_the_app_over_localhost") {
-        return;
-    }
     let env = Env::new();
     let (spec, backups) = demo_spec(&env);
     let mut p = env.start(&spec);
@@ -80,10 +78,8 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn the_example_wasip1_job_succeeds() {
-    if !root_or_skip("the_example_wasip1_job_succeeds") {
-        return;
-    }
     let env = Env::new();
     let (status, out) = env.run_to_end(&config("job-p1.toml"), Duration::from_secs(60));
     assert!(status.success(), "{out}");

@@ -17,10 +17,8 @@ const PI_ADDRESS_SPACE: u64 = 512 << 30;
 /// 64-bit hosts only: a 32-bit process (armv7) has 4 GiB in all, and wasmtime's 32-bit defaults.
 #[cfg(target_pointer_width = "64")]
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn three_hundred_modules_serve_in_a_pi_address_space() {
-    if !root_or_skip("three_hundred_modules_serve_in_a_pi_address_space") {
-        return;
-    }
     let env = Env::new();
     let pods = 150; // two modules each
     for i in 0..pods {
@@ -85,10 +83,8 @@ fn three_hundred_modules_serve_in_a_pi_address_space() {
 /// (not the kernel's "Exchange full"), and nothing of it is left. The bridge and its ports live
 /// in a network namespace of the test's own, which `peapod run` uses as its host.
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_full_bridge_is_a_clear_error() {
-    if !root_or_skip("a_full_bridge_is_a_clear_error") {
-        return;
-    }
     let env = Env::new();
     let host = TestNetns::new();
     let mut batch = format!("link add {} type bridge\n", env.bridge);

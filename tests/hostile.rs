@@ -71,10 +71,8 @@ fn still_serving(addr: SocketAddr) {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn table_growth_is_bounded_by_the_memory_limit() {
-    if !root_or_skip("table_growth_is_bounded_by_the_memory_limit") {
-        return;
-    }
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     let (rss0, _) = rss_kib(d.pid());
@@ -128,10 +126,8 @@ fn table_growth_is_bounded_by_the_memory_limit() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn all_memories_of_a_container_share_its_limit() {
-    if !root_or_skip("all_memories_of_a_container_share_its_limit") {
-        return;
-    }
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     let (rss0, _) = rss_kib(d.pid());
@@ -181,10 +177,8 @@ fn all_memories_of_a_container_share_its_limit() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn module_paths_must_be_regular_files() {
-    if !root_or_skip("module_paths_must_be_regular_files") {
-        return;
-    }
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     let fifo = env.dir.path().join("fifo.wasm");
@@ -246,10 +240,8 @@ fn as_nobody(mut cmd: Command) -> (i32, String) {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn precompiled_code_and_files_need_the_callers_rights() {
-    if !root_or_skip("precompiled_code_and_files_need_the_callers_rights") {
-        return;
-    }
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     // Let nobody reach the socket (the test's own) and a directory of files.
@@ -328,10 +320,8 @@ fn precompiled_code_and_files_need_the_callers_rights() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn guest_open_files_are_capped() {
-    if !root_or_skip("guest_open_files_are_capped") {
-        return;
-    }
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     let fds0 = fd_count(d.pid());
@@ -366,10 +356,8 @@ fn guest_open_files_are_capped() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn api_survives_idle_and_slow_clients() {
-    if !root_or_skip("api_survives_idle_and_slow_clients") {
-        return;
-    }
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     // As many idle connections as this process may open (20,000 on these machines).
@@ -428,10 +416,8 @@ fn api_survives_idle_and_slow_clients() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_spinning_sibling_adds_at_most_a_tick_of_latency() {
-    if !root_or_skip("a_spinning_sibling_adds_at_most_a_tick_of_latency") {
-        return;
-    }
     let env = Env::new();
     let name = unique("spin");
     let spin = wat(
@@ -475,10 +461,8 @@ fn a_spinning_sibling_adds_at_most_a_tick_of_latency() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn logs_stream_with_bounded_memory() {
-    if !root_or_skip("logs_stream_with_bounded_memory") {
-        return;
-    }
     let env = Env::new();
     let (mut d, _good) = daemon_with_good_pod(&env);
     // 40 MiB of records in the live log file.
@@ -534,10 +518,8 @@ fn logs_stream_with_bounded_memory() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn backoff_below_the_floor_is_raised() {
-    if !root_or_skip("backoff_below_the_floor_is_raised") {
-        return;
-    }
     let env = Env::new();
     let name = unique("zero");
     let spec = env.spec(
@@ -574,10 +556,8 @@ fn backoff_below_the_floor_is_raised() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_pod_the_daemon_keeps_dying_for_waits_and_can_be_deleted() {
-    if !root_or_skip("a_pod_the_daemon_keeps_dying_for_waits_and_can_be_deleted") {
-        return;
-    }
     let env = Env::new();
     let mut d = env.daemon();
     let spec = env.spec("p.toml", &env.kv_spec("suspect", ""));
@@ -603,10 +583,8 @@ fn a_pod_the_daemon_keeps_dying_for_waits_and_can_be_deleted() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_full_log_disk_is_one_warning_not_one_per_line() {
-    if !root_or_skip("a_full_log_disk_is_one_warning_not_one_per_line") {
-        return;
-    }
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     // The container's log file is /dev/full: every write fails with ENOSPC.

@@ -36,10 +36,8 @@ fn kv(listen: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn modules_share_the_pod_loopback_and_nothing_else_sees_it() {
-    if !root_or_skip("modules_share_the_pod_loopback_and_nothing_else_sees_it") {
-        return;
-    }
     let env = Env::new();
     let port = free_port();
     let local = format!("127.0.0.1:{port}");
@@ -104,10 +102,8 @@ fn modules_share_the_pod_loopback_and_nothing_else_sees_it() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn restart_in_place_keeps_ip_namespace_and_port() {
-    if !root_or_skip("restart_in_place_keeps_ip_namespace_and_port") {
-        return;
-    }
     let env = Env::new();
     let spec = env.spec("p.toml", &pod("inplace", "Always", &[kv("0.0.0.0:8080")]));
     let mut p = env.start(&spec);
@@ -153,10 +149,8 @@ fn restart_in_place_keeps_ip_namespace_and_port() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn policy_never_ends_the_pod_with_the_exit_status() {
-    if !root_or_skip("policy_never_ends_the_pod_with_the_exit_status") {
-        return;
-    }
     let env = Env::new();
     let spec = env.spec(
         "p.toml",
@@ -187,10 +181,8 @@ fn policy_never_ends_the_pod_with_the_exit_status() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn policy_on_failure_restarts_failures_and_ends_on_success() {
-    if !root_or_skip("policy_on_failure_restarts_failures_and_ends_on_success") {
-        return;
-    }
     let env = Env::new();
     // A clean exit ends it: the pod is a job that succeeded.
     let ok = env.spec(
@@ -233,10 +225,8 @@ fn policy_on_failure_restarts_failures_and_ends_on_success() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn policy_always_restarts_clean_exits() {
-    if !root_or_skip("policy_always_restarts_clean_exits") {
-        return;
-    }
     let env = Env::new();
     let spec = env.spec(
         "p.toml",
@@ -255,10 +245,8 @@ fn policy_always_restarts_clean_exits() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_trapping_or_spinning_module_leaves_its_sibling_serving() {
-    if !root_or_skip("a_trapping_or_spinning_module_leaves_its_sibling_serving") {
-        return;
-    }
     let env = Env::new();
     let spec = env.spec(
         "p.toml",
@@ -289,10 +277,8 @@ fn a_trapping_or_spinning_module_leaves_its_sibling_serving() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing() {
-    if !root_or_skip("recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing") {
-        return;
-    }
     let env = Env::new();
     let spec = env.spec("p.toml", &pod("again", "Always", &[kv("0.0.0.0:8080")]));
     let veth = peapod::sandbox::host_veth_name(&env.bridge, "again");
@@ -316,10 +302,8 @@ fn recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn two_pods_at_once_get_different_ips_and_one_name_runs_once() {
-    if !root_or_skip("two_pods_at_once_get_different_ips_and_one_name_runs_once") {
-        return;
-    }
     let env = Env::new();
     let a = env.spec("a.toml", &pod("twin-a", "Always", &[kv("0.0.0.0:8080")]));
     let b = env.spec("b.toml", &pod("twin-b", "Always", &[kv("0.0.0.0:8080")]));
@@ -344,10 +328,8 @@ fn two_pods_at_once_get_different_ips_and_one_name_runs_once() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn leftovers_of_a_killed_run_are_cleaned_by_the_next() {
-    if !root_or_skip("leftovers_of_a_killed_run_are_cleaned_by_the_next") {
-        return;
-    }
     let env = Env::new();
     let spec = env.spec("p.toml", &pod("killed", "Always", &[kv("0.0.0.0:8080")]));
     let mut p = env.start(&spec);
@@ -370,10 +352,8 @@ fn leftovers_of_a_killed_run_are_cleaned_by_the_next() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_wasip1_module_runs_as_a_job() {
-    if !root_or_skip("a_wasip1_module_runs_as_a_job") {
-        return;
-    }
     let env = Env::new();
     for (code, want) in [("0", 0), ("3", 1)] {
         let name = format!("p1job-{code}");
@@ -405,10 +385,8 @@ fn a_wasip1_module_runs_as_a_job() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn containers_get_only_what_the_spec_grants() {
-    if !root_or_skip("containers_get_only_what_the_spec_grants") {
-        return;
-    }
     let env = Env::new();
     let spec = env.spec(
         "p.toml",
@@ -428,10 +406,8 @@ fn containers_get_only_what_the_spec_grants() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_jobs_output_is_peapod_runs_own() {
-    if !root_or_skip("a_jobs_output_is_peapod_runs_own") {
-        return;
-    }
     let env = Env::new();
     // One container writes to stdout and exits 0; the other writes to stderr and fails.
     let spec = env.spec(
@@ -463,10 +439,8 @@ fn a_jobs_output_is_peapod_runs_own() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_closed_output_pipe_never_skips_cleanup() {
-    if !root_or_skip("a_closed_output_pipe_never_skips_cleanup") {
-        return;
-    }
     let env = Env::new();
     // A job that writes output lines and ends: `peapod run job.toml 2>&1 | head -1`.
     let spec = env.spec(

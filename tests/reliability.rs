@@ -39,10 +39,8 @@ fn counts(env: &Env, pid: u32) -> BTreeMap<&'static str, usize> {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_churn_of_pods_leaves_nothing_behind() {
-    if !root_or_skip("a_churn_of_pods_leaves_nothing_behind") {
-        return;
-    }
     // Under an emulator each cycle takes ten times as long; 10 still shows a leak per cycle.
     let cycles: usize = if emulated() { 10 } else { 40 };
     let env = Env::new();
@@ -111,10 +109,8 @@ fn names(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn kill_9_in_a_storm_of_changes_leaves_one_sandbox_per_pod() {
-    if !root_or_skip("kill_9_in_a_storm_of_changes_leaves_one_sandbox_per_pod") {
-        return;
-    }
     let trials: u64 = if emulated() { 2 } else { 20 };
     let env = Env::new();
     env.pod_file("fixed.toml", &env.kv_spec("fixed", ""));

@@ -28,10 +28,8 @@ fn ps_table_row(env: &Env, pod: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn init_containers_and_a_sidecar_start_in_order_before_the_app() {
-    if !root_or_skip("init_containers_and_a_sidecar_start_in_order_before_the_app") {
-        return;
-    }
     let env = Env::new();
     let _d = env.daemon();
     let pod = unique("order");
@@ -80,10 +78,8 @@ fn init_containers_and_a_sidecar_start_in_order_before_the_app() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_failing_init_container_keeps_the_app_from_starting() {
-    if !root_or_skip("a_failing_init_container_keeps_the_app_from_starting") {
-        return;
-    }
     let env = Env::new();
     let spec = env.spec(
         "pod.toml",
@@ -127,10 +123,8 @@ fn a_failing_init_container_keeps_the_app_from_starting() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_hung_module_is_restarted_in_place_by_its_liveness_probe() {
-    if !root_or_skip("a_hung_module_is_restarted_in_place_by_its_liveness_probe") {
-        return;
-    }
     let env = Env::new();
     let _d = env.daemon();
     let pod = unique("hung");
@@ -184,10 +178,8 @@ fn a_hung_module_is_restarted_in_place_by_its_liveness_probe() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn readiness_decides_ready_and_the_ready_column() {
-    if !root_or_skip("readiness_decides_ready_and_the_ready_column") {
-        return;
-    }
     let env = Env::new();
     let _d = env.daemon();
     let pod = unique("ready");
@@ -226,10 +218,8 @@ fn readiness_decides_ready_and_the_ready_column() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn a_startup_probe_holds_liveness_back_until_the_app_is_up() {
-    if !root_or_skip("a_startup_probe_holds_liveness_back_until_the_app_is_up") {
-        return;
-    }
     let env = Env::new();
     let _d = env.daemon();
     let pod = unique("slow");
@@ -257,10 +247,8 @@ fn a_startup_probe_holds_liveness_back_until_the_app_is_up() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn cpu_limit_caps_a_busy_loop() {
-    if !root_or_skip("cpu_limit_caps_a_busy_loop") {
-        return;
-    }
     let env = Env::new();
     let _d = env.daemon();
     let pod = unique("cpu");
@@ -307,10 +295,8 @@ fn cpu_limit_caps_a_busy_loop() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn pre_stop_is_called_before_the_module_is_ended() {
-    if !root_or_skip("pre_stop_is_called_before_the_module_is_ended") {
-        return;
-    }
     let env = Env::new();
     let spec = |name: &str, flags: &str, grace: &str| {
         env.spec(
@@ -354,10 +340,8 @@ fn pre_stop_is_called_before_the_module_is_ended() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test runs it"]
 fn app_containers_stop_before_their_sidecars() {
-    if !root_or_skip("app_containers_stop_before_their_sidecars") {
-        return;
-    }
     let env = Env::new();
     let pod = unique("stoporder");
     let hook = |port: u16| {

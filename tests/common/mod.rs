@@ -40,18 +40,6 @@ pub fn peapod_command() -> Command {
     }
 }
 
-/// Returns `None` (after saying so) when not root; with `CI=true` a skip is a failure.
-pub fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test} needs root (network namespaces) and CI=true forbids skipping");
-    }
-    eprintln!("SKIPPED {test}: needs root (network namespaces, bridges, mounts)");
-    false
-}
-
 /// A short random-ish tag: pid, a counter and the clock, hashed.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
