@@ -175,7 +175,7 @@ fn cli_drives_the_api() {
 
     // logs -f prints lines as they are written: here, those of the app restarted in place.
     let mut follow = env
-        .peapod(&["logs", "-f", "--tail", "0", "web/app"])
+        .peapod(&["logs", "-f", "--tail", "1", "web/app"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -190,7 +190,9 @@ fn cli_drives_the_api() {
             let _ = tx.send(l);
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The last line so far comes first: then the follower is following (no sleep needed).
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("logs -f printed the last line so far");
 
     // Restart a container: in place, same IP, a new instance, counted.
     let out = env.ctl_ok(&["restart", "web/app"]);
@@ -200,9 +202,14 @@ fn cli_drives_the_api() {
         (i != first).then_some(i)
     });
     assert_ne!(first, second);
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("logs -f printed the restarted app's first line");
+    let line = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("logs -f printed the restarted app's first line");
+        if l.contains(&second) {
+            break l;
+        }
+    };
     assert!(line.contains("kv-server listening"), "{line}");
     let _ = follow.kill();
     let _ = follow.wait();
