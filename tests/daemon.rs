@@ -211,8 +211,6 @@ fn cli_drives_the_api() {
         }
     };
     assert!(line.contains("kv-server listening"), "{line}");
-    let _ = follow.kill();
-    let _ = follow.wait();
     let p = env.ps().remove("web").unwrap();
     assert_eq!(p["ip"], ip.to_string());
     assert_eq!(p["containers"][0]["restarts"], 1);
@@ -231,6 +229,18 @@ fn cli_drives_the_api() {
     assert_ne!(ip, ip2, "{out}");
     wait_healthy(app(ip2));
     wait_gone(app(ip));
+    // logs -f goes on across the re-create, with the new sandbox's app.
+    let third = http(app(ip2), "GET", "/healthz", "").unwrap().instance;
+    loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("logs -f printed the re-created app's first line");
+        if l.contains(&third) {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
 
     // The API itself, as curl would use it: JSON answers and JSON errors.
     let (status, v) = raw_api(&env, "GET", "/v1/pods", "");

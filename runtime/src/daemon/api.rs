@@ -255,7 +255,7 @@ async fn logs(
             );
         }
     };
-    let path = {
+    let (path, previous_dir) = {
         let pods = pods.lock().await;
         let containers = match pods.containers(&pod) {
             Ok(c) => c,
@@ -283,8 +283,9 @@ async fn logs(
                 );
             }
         };
+        let previous_dir = pods.log_settings().previous_dir(&pod);
         if !q.previous {
-            pods.log_settings().path(&pod, &container)
+            (pods.log_settings().path(&pod, &container), previous_dir)
         } else {
             let p = pods.log_settings().previous_path(&pod, &container);
             if q.follow {
@@ -302,11 +303,14 @@ async fn logs(
                     ),
                 );
             }
-            p
+            (p, previous_dir)
         }
     };
     // The follower starts at the end now, so nothing between the tail and it is lost or doubled.
     let follower = q.follow.then(|| crilog::Follower::from_end(&path));
+    // A re-create moves the pod's logs to the previous sandbox's directory in one rename (the
+    // follower reads what the old file got last, then the new sandbox's file); a delete removes
+    // both directories, and ends the stream.
     let spans = match crilog::tail_spans(&path, q.tail) {
         Ok(spans) => spans,
         Err(e) => {
@@ -321,20 +325,25 @@ async fn logs(
         None => Body::from_stream(head),
         Some(f) => {
             let first = head;
-            let rest = futures::stream::unfold((f, path), |(mut f, path)| async move {
+            let dirs = (
+                path.parent().map(std::path::Path::to_path_buf),
+                Some(previous_dir),
+            );
+            let rest = futures::stream::unfold((f, dirs), |(mut f, dirs)| async move {
                 loop {
                     // The pod was deleted (its logs with it): the stream ends.
-                    if !path.parent().is_some_and(|d| d.exists()) {
+                    let gone = |d: &Option<PathBuf>| d.as_ref().is_none_or(|d| !d.exists());
+                    if gone(&dirs.0) && gone(&dirs.1) {
                         return None;
                     }
                     match f.poll() {
                         Ok(lines) if !lines.is_empty() => {
                             let mut chunk = lines.join("\n");
                             chunk.push('\n');
-                            return Some((Ok(axum::body::Bytes::from(chunk)), (f, path)));
+                            return Some((Ok(axum::body::Bytes::from(chunk)), (f, dirs)));
                         }
                         Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                        Err(e) => return Some((Err(e), (f, path))),
+                        Err(e) => return Some((Err(e), (f, dirs))),
                     }
                 }
             });
