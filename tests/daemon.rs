@@ -169,7 +169,7 @@ fn cli_drives_the_api() {
     let raw = std::fs::read_to_string(env.state_dir().join("logs/web/job.log")).unwrap();
     let first_line = raw.lines().next().unwrap();
     assert!(
-        peapod::crilog::parse(first_line).is_some_and(|r| r.stream == "stdout" && !r.partial),
+        peapod::logs::cri::parse(first_line).is_some_and(|r| r.stream == "stdout" && !r.partial),
         "CRI format: {first_line}"
     );
 

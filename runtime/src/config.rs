@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::crilog::LogSettings;
 use crate::limits::DEFAULT_OPEN_FILES;
+use crate::logs::cri::LogSettings;
 use crate::module_file::DEFAULT_MAX_MODULE_SIZE;
 
 pub const DEFAULT_CONFIG: &str = "/etc/peapod/peapod.toml";

@@ -12,14 +12,13 @@
 //! - [`supervisor`]: restart policy and backoff of one container, with its probes ([`probe`])
 //!   and its CPU metered and capped ([`cpu`]).
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
-//! - [`logs`]: container output into the log; [`crilog`]: CRI-format log files with rotation.
+//! - [`logs`]: container output into the log, and [`logs::cri`]: CRI-format log files with rotation.
 //! - [`daemon`]: `peapod daemon`, its pods, its API; [`client`]: the API's client (the CLI).
 
 pub mod artifact;
 pub mod client;
 pub mod config;
 pub mod cpu;
-pub mod crilog;
 pub mod daemon;
 pub mod durable;
 pub mod executor;

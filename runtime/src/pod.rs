@@ -16,9 +16,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::crilog::LogSettings;
 use crate::executor::{EnvFile, Executor, Mount, Prepared, RunSpec};
 use crate::limits::DEFAULT_OPEN_FILES;
+use crate::logs::cri::LogSettings;
 use crate::logs::{ContainerLog, LogSink};
 use crate::netns;
 use crate::sandbox::{Sandbox, SandboxError};

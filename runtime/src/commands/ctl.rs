@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use peapod::client::{Client, ClientError};
 use peapod::config::Config;
-use peapod::crilog;
+use peapod::logs::cri;
 use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
@@ -577,7 +577,7 @@ fn print_record(
     timestamps: bool,
     since: Option<std::time::SystemTime>,
 ) -> std::io::Result<()> {
-    let Some(r) = crilog::parse(line) else {
+    let Some(r) = cri::parse(line) else {
         return writeln!(out, "{line}");
     };
     if let Some(since) = since

@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::pods::{OpError, Pods};
-use crate::crilog;
+use crate::logs::cri;
 use crate::module_file::Caller;
 use crate::spec::SpecError;
 
@@ -307,11 +307,11 @@ async fn logs(
         }
     };
     // The follower starts at the end now, so nothing between the tail and it is lost or doubled.
-    let follower = q.follow.then(|| crilog::Follower::from_end(&path));
+    let follower = q.follow.then(|| cri::Follower::from_end(&path));
     // A re-create moves the pod's logs to the previous sandbox's directory in one rename (the
     // follower reads what the old file got last, then the new sandbox's file); a delete removes
     // both directories, and ends the stream.
-    let spans = match crilog::tail_spans(&path, q.tail) {
+    let spans = match cri::tail_spans(&path, q.tail) {
         Ok(spans) => spans,
         Err(e) => {
             return error(
@@ -354,7 +354,7 @@ async fn logs(
 }
 
 /// One span of a log file as a stream of chunks read as they are sent.
-fn span(s: crilog::Span) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> + Send {
+fn span(s: cri::Span) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> + Send {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     futures::StreamExt::flatten(futures::stream::once(async move {
         let mut f = tokio::fs::File::from_std(s.file);
@@ -365,7 +365,7 @@ fn span(s: crilog::Span) -> impl futures::Stream<Item = std::io::Result<axum::bo
         match reader {
             Ok(r) => futures::future::Either::Left(tokio_util::io::ReaderStream::with_capacity(
                 r,
-                crilog::CHUNK,
+                cri::CHUNK,
             )),
             Err(e) => futures::future::Either::Right(futures::stream::once(async { Err(e) })),
         }

@@ -286,7 +286,7 @@ impl Pods {
         }
     }
 
-    pub fn log_settings(&self) -> &crate::crilog::LogSettings {
+    pub fn log_settings(&self) -> &crate::logs::cri::LogSettings {
         &self.cfg.logs
     }
 

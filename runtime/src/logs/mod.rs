@@ -1,13 +1,17 @@
 //! Container output: a module's stdout and stderr, cut into lines. Each line goes to the
-//! container's log file in the CRI format when the pod has one (the daemon, see [`crate::crilog`]),
-//! else to the process log with the pod and container names (`demo/app: hello`).
+//! container's log file in the CRI format when the pod has one (the daemon, see [`cri`]), to a
+//! [`LogSink`] (`peapod run`), or else to the process log with the pod and container names
+//! (`demo/app: hello`).
+
+pub mod cri;
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::crilog::CriFile;
 use std::task::{Context, Poll};
+
+use self::cri::CriFile;
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};

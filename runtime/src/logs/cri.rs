@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::logs::Stream;
+use super::Stream;
 
 /// Where log files go and how big they may grow.
 #[derive(Debug, Clone, PartialEq, Eq)]
