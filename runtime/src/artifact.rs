@@ -130,7 +130,7 @@ impl Cache {
                 None
             }
         };
-        sweep_temp_files(&dir);
+        crate::durable::sweep(&dir);
         Cache {
             dir,
             engine: h.finish(),
@@ -166,13 +166,7 @@ impl Cache {
             return Ok(());
         };
         make_private_dir(&self.dir)?;
-        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
-        let r = std::fs::write(&tmp, seal_with_key(key, artifact))
-            .and_then(|()| std::fs::rename(&tmp, entry));
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        r
+        crate::durable::write(entry, &seal_with_key(key, artifact))
     }
 
     pub fn dir(&self) -> &Path {
@@ -185,26 +179,6 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Removes temp files (`<entry>.tmp<pid>`) that a process killed while writing left in the
-/// cache directory: those of processes that no longer run.
-fn sweep_temp_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some((_, pid)) = name.rsplit_once(".tmp") else {
-            continue;
-        };
-        if pid
-            .parse::<u32>()
-            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
-        {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
 }
 
 fn load_or_make_key(path: &Path) -> std::io::Result<[u8; KEY_LEN]> {
@@ -278,8 +252,8 @@ mod tests {
         let cache = dir.path().join("cache");
         std::fs::create_dir(&cache).unwrap();
         // No process has pid 999999999 (the kernel's limit is 4194304); ours runs.
-        let dead = cache.join("a.cwasm.tmp999999999");
-        let live = cache.join(format!("b.cwasm.tmp{}", std::process::id()));
+        let dead = cache.join(".a.cwasm.999999999.tmp");
+        let live = cache.join(format!(".b.cwasm.{}.tmp", std::process::id()));
         let entry = cache.join("c.cwasm");
         for f in [&dead, &live, &entry] {
             std::fs::write(f, b"").unwrap();

@@ -8,12 +8,12 @@
 //! configured on any interface.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -160,24 +160,10 @@ impl Ipam {
     fn lock(&self) -> Result<Flock<File>, IpamError> {
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         let path = self.dir.join(format!("{}.lock", self.bridge));
-        let file = match OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        {
-            Ok(f) => f,
-            // A read-only state dir: an update that changes nothing needs no write (flock works
-            // on a file open for reading); one that does fails at its write, saying so.
-            Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
-                File::open(&path).map_err(|_| self.io(&path)(e))?
-            }
-            Err(e) => return Err(self.io(&path)(e)),
-        };
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| IpamError::Io {
-            path,
-            source: e.into(),
-        })
+        // A read-only state dir: an update that changes nothing needs no write; one that does
+        // fails at its write, saying so.
+        let lock = crate::durable::lock(&path, true).map_err(self.io(&path))?;
+        Ok(lock.expect("a waiting lock is taken"))
     }
 
     fn read(&self) -> Result<LeaseFile, IpamError> {

@@ -100,19 +100,12 @@ fn lock_pod(cfg: &Config, pod: &str) -> Result<PodLock, SandboxError> {
     let io = |e: std::io::Error| SandboxError::Other(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(&dir).map_err(io)?;
     loop {
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        let flock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
-            nix::Error::EWOULDBLOCK => SandboxError::Running {
+        let flock = crate::durable::lock(&path, false)
+            .map_err(io)?
+            .ok_or_else(|| SandboxError::Running {
                 pod: pod.into(),
                 lock: path.clone(),
-            },
-            e => io(e.into()),
-        })?;
+            })?;
         // Still the file at `path`? (Its owner may have removed it between our open and lock.)
         let held = flock.metadata().map_err(io)?;
         if std::fs::metadata(&path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {

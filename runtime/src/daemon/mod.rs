@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use notify::Watcher;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
@@ -200,20 +200,15 @@ fn lock_daemon(cfg: &Config) -> anyhow::Result<Flock<File>> {
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("create {}", cfg.run_dir.display()))?;
     let path = cfg.run_dir.join("daemon.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
-        nix::Error::EWOULDBLOCK => anyhow::anyhow!(
-            "another peapod daemon is running with run_dir {} (its lock {} is held)",
-            cfg.run_dir.display(),
-            path.display()
-        ),
-        e => anyhow::anyhow!("lock {}: {e}", path.display()),
-    })
+    crate::durable::lock(&path, false)
+        .with_context(|| format!("lock {}", path.display()))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "another peapod daemon is running with run_dir {} (its lock {} is held)",
+                cfg.run_dir.display(),
+                path.display()
+            )
+        })
 }
 
 /// Binds the API socket: mode 0660, group `peapod` when that group exists. A socket file left by
