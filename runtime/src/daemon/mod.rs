@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod crashguard;
+pub mod load;
 pub mod pods;
 pub mod server;
 pub mod store;

@@ -7,167 +7,25 @@
 //! than once in a row, waits out a backoff before it starts ([`super::crashguard`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+
+mod view;
+
+pub use view::PodView;
 
 use super::crashguard::CrashGuard;
+pub use super::load::{Loaded, Origin, ReloadPlan, plan, plan_reload};
+use super::load::{compile, parse, pod_files};
 use super::store::{Record, Store};
 use crate::config::Config;
 use crate::executor::{Executor, Prepared};
-use crate::loader;
-use crate::module_file::{self, Caller, Read};
+use crate::module_file::Caller;
 use crate::pod::{Options, RunningPod};
 use crate::sandbox::{self, Sandbox};
-use crate::spec::{Kind, PodSpec, Problem, SpecError};
-use crate::supervisor::{State, Status};
-
-/// Where a pod's spec comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// A file of the pods directory.
-    File(PathBuf),
-    /// `peapod apply` (kept in the state dir).
-    Api,
-}
-
-/// A validated spec with its compiled modules.
-pub struct Loaded {
-    pub spec: PodSpec,
-    pub modules: Vec<Prepared>,
-    pub digest: String,
-    /// Module bytes, in spec order (stored for API pods).
-    pub bytes: Vec<Vec<u8>>,
-}
-
-fn digest(text: &str, modules: &[&[u8]]) -> String {
-    let mut parts = vec![Sha256::digest(text.as_bytes())];
-    parts.extend(modules.iter().map(Sha256::digest));
-    crate::artifact::sha256_hex(&parts.concat())
-}
-
-/// A validated spec with its module bytes and digest, not compiled yet.
-pub struct Parsed {
-    pub spec: PodSpec,
-    pub modules: Vec<Read>,
-    pub digest: String,
-    /// The caller is root: precompiled modules of any owner may be loaded.
-    pub root_asks: bool,
-}
-
-/// Validates spec text from `source`; `modules` replaces the module paths (stored copies).
-/// Module files are read with the rights of `caller` (see [`crate::module_file`]).
-pub fn parse(
-    source: &Path,
-    text: &str,
-    modules: Option<&[PathBuf]>,
-    caller: Caller,
-    cfg: &Config,
-) -> Result<Parsed, SpecError> {
-    let mut spec = PodSpec::parse(source, text)?;
-    if let Some(paths) = modules {
-        if paths.len() != spec.containers.len() {
-            return Err(SpecError::invalid(
-                source,
-                vec![Problem {
-                    line: None,
-                    field: "containers".into(),
-                    message: "stored record does not match its spec".into(),
-                }],
-            ));
-        }
-        for (c, p) in spec.containers.iter_mut().zip(paths) {
-            c.module = p.clone();
-        }
-    }
-    let read = loader::read_modules(&spec, cfg, caller)?;
-    let bytes: Vec<&[u8]> = read.iter().map(|r| r.bytes.as_slice()).collect();
-    let digest = digest(text, &bytes);
-    Ok(Parsed {
-        spec,
-        modules: read,
-        digest,
-        root_asks: caller.is_root() && modules.is_none(),
-    })
-}
-
-/// Compiles what [`parse`] returned.
-pub fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
-    let modules = loader::compile(exec, &p.spec, &p.modules, p.root_asks)?;
-    Ok(Loaded {
-        spec: p.spec,
-        modules,
-        digest: p.digest,
-        bytes: p.modules.into_iter().map(|r| r.bytes).collect(),
-    })
-}
-
-/// The first half of an apply, done without the daemon's pods at hand (no lock): read and
-/// compile what `text` names. [`Pods::commit`] does the rest.
-pub fn plan(
-    cfg: &Config,
-    exec: &Executor,
-    source: &Path,
-    text: &str,
-    caller: Caller,
-) -> Result<Loaded, SpecError> {
-    compile(exec, parse(source, text, None, caller, cfg)?)
-}
-
-/// The `*.toml` files of the pods directory, sorted, each with its text or why it cannot be read.
-fn pod_files(cfg: &Config) -> Vec<(PathBuf, Result<String, String>)> {
-    let dir = &cfg.pods_dir;
-    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect(),
-        Err(e) => {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::error!("{}: {e}", dir.display());
-            }
-            Vec::new()
-        }
-    };
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            // Not blocking on a FIFO, not reading a device: a reload waits on this.
-            let t = module_file::read_text(&p, Caller::myself()).map_err(|e| e.to_string());
-            (p, t)
-        })
-        .collect()
-}
-
-/// What a reload found in the pods directory: each file's pod, read and compiled, or what is
-/// wrong with the file.
-pub struct ReloadPlan(Vec<(PathBuf, Result<Loaded, String>)>);
-
-/// The first half of a reload, done without the daemon's pods at hand (no lock): read and
-/// compile every pod file. Modules that running pods use are already loaded and cost a lookup.
-/// [`Pods::commit_reload`] does the rest.
-pub fn plan_reload(cfg: &Config, exec: &Executor) -> ReloadPlan {
-    let me = Caller::myself();
-    ReloadPlan(
-        pod_files(cfg)
-            .into_iter()
-            .map(|(path, text)| {
-                let loaded = text.and_then(|t| {
-                    let mut p = parse(&path, &t, None, me, cfg).map_err(|e| e.to_string())?;
-                    // Files of the pods directory: their .cwasm modules must be root's own files.
-                    p.root_asks = false;
-                    compile(exec, p).map_err(|e| e.to_string())
-                });
-                (path, loaded)
-            })
-            .collect(),
-    )
-}
+use crate::spec::{PodSpec, SpecError};
 
 /// A reload of the shared pods that reads and compiles without holding their lock (the API
 /// answers meanwhile), then commits under it. Returns the problems, as [`Pods::reload`] does.
@@ -181,16 +39,6 @@ pub async fn reload_beside(pods: &tokio::sync::Mutex<Pods>) -> Vec<String> {
         Ok(plan) => pods.lock().await.commit_reload(plan).await,
         Err(e) => vec![format!("reload: {e}")],
     }
-}
-
-/// A pod is ready when every container that stays (apps and sidecars; plain init containers
-/// end by design) is, and it has one.
-fn pod_ready(containers: &[Status]) -> bool {
-    let mut live = containers
-        .iter()
-        .filter(|c| c.kind != Kind::Init)
-        .peekable();
-    live.peek().is_some() && live.all(|c| c.ready)
 }
 
 /// What becomes of a removed pod's logs.
@@ -212,29 +60,6 @@ struct Entry {
     error: Option<String>,
     /// Held back by the crash guard until then.
     delayed: Option<Instant>,
-}
-
-/// A pod as `ps` and `inspect` show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PodView {
-    pub name: String,
-    /// starting (before its containers' first run), running, restarting (a container waits out
-    /// its backoff), succeeded, failed, waiting (held back by the crash guard)
-    pub status: String,
-    pub ip: Option<Ipv4Addr>,
-    pub netns: Option<PathBuf>,
-    /// `file:<path>` or `api`
-    pub source: String,
-    pub created: String,
-    pub age_seconds: u64,
-    /// Every container (plain init containers aside) is ready.
-    pub ready: bool,
-    pub restarts: u32,
-    pub containers: Vec<Status>,
-    /// Its volumes and where they are on the host.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<crate::volumes::VolumeView>,
-    pub error: Option<String>,
 }
 
 /// What `apply` did.
@@ -709,93 +534,6 @@ impl Pods {
             .get(name)
             .map(|e| e.spec.containers.iter().map(|c| c.name.clone()).collect())
             .ok_or_else(|| OpError::NotFound(name.into()))
-    }
-
-    pub fn view(&self, name: &str) -> Option<PodView> {
-        let e = self.entries.get(name)?;
-        let containers = e.running.as_ref().map(|p| p.statuses()).unwrap_or_default();
-        // Plain init containers end by design; the pod's state is that of the others.
-        let (init, live): (Vec<&Status>, Vec<&Status>) =
-            containers.iter().partition(|c| c.kind == Kind::Init);
-        let status = match (&e.running, &e.error) {
-            (None, None) if e.delayed.is_some() => "waiting",
-            (None, _) => "failed",
-            _ if init
-                .iter()
-                .any(|c| c.state == State::Exited && c.reason != Some("Completed")) =>
-            {
-                "failed"
-            }
-            _ if init.iter().all(|c| c.state == State::Exited)
-                && live.iter().all(|c| c.state == State::Running) =>
-            {
-                "running"
-            }
-            // Waiting after a run: its backoff; before the first: it is being started.
-            _ if containers
-                .iter()
-                .any(|c| c.state == State::Waiting && c.started_at.is_some()) =>
-            {
-                "restarting"
-            }
-            _ if containers.iter().any(|c| c.state == State::Waiting)
-                || init.iter().any(|c| c.state != State::Exited) =>
-            {
-                "starting"
-            }
-            _ if live.iter().all(|c| c.state == State::Exited) => {
-                if live.iter().all(|c| c.exit_code == Some(0)) {
-                    "succeeded"
-                } else {
-                    "failed"
-                }
-            }
-            _ => "running",
-        };
-        let age = SystemTime::now()
-            .duration_since(e.created)
-            .unwrap_or(Duration::ZERO);
-        Some(PodView {
-            name: name.into(),
-            status: status.into(),
-            ip: e.running.as_ref().map(|p| p.ip),
-            netns: e.running.as_ref().map(|p| p.netns_path.clone()),
-            source: match &e.origin {
-                Origin::File(p) => format!("file:{}", p.display()),
-                Origin::Api => "api".into(),
-            },
-            created: humantime::format_rfc3339_seconds(e.created).to_string(),
-            age_seconds: age.as_secs(),
-            ready: pod_ready(&containers),
-            restarts: containers.iter().map(|c| c.restarts).sum(),
-            containers,
-            volumes: crate::volumes::views(&self.cfg, &e.spec),
-            error: e.error.clone().or_else(|| {
-                e.delayed.map(|t| {
-                    format!(
-                        "crash-loop backoff: the daemon stopped {} times in a row soon after \
-                         starting this pod; it starts in {}s",
-                        self.guard.deaths(name),
-                        t.saturating_duration_since(Instant::now()).as_secs()
-                    )
-                })
-            }),
-        })
-    }
-
-    pub fn views(&self) -> Vec<PodView> {
-        self.entries.keys().filter_map(|n| self.view(n)).collect()
-    }
-
-    /// How many pods there are, and how many of them are ready (every second: from the
-    /// containers' statuses alone, not whole views).
-    pub fn readiness(&self) -> (usize, usize) {
-        let ready = self
-            .entries
-            .values()
-            .filter(|e| e.running.as_ref().is_some_and(|p| pod_ready(&p.statuses())))
-            .count();
-        (self.entries.len(), ready)
     }
 
     /// Problems of the last reload of the pods directory.

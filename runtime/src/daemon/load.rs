@@ -1,0 +1,160 @@
+//! What the daemon should run, read and compiled without touching what runs: a pod's spec from a
+//! file or an API body, parsed, checked against the host and compiled ([`plan`]), and the whole
+//! pods directory ([`plan_reload`]). [`super::pods::Pods`] commits these plans under its lock.
+//!
+//! A pod's *digest* covers its spec text and its modules' bytes: when either changes, the pod is
+//! re-created (new sandbox, new IP).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::executor::{Executor, Prepared};
+use crate::loader;
+use crate::module_file::{self, Caller, Read};
+use crate::spec::{PodSpec, Problem, SpecError};
+
+/// Where a pod's spec comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file of the pods directory.
+    File(PathBuf),
+    /// `peapod apply` (kept in the state dir).
+    Api,
+}
+
+/// A validated spec with its compiled modules.
+pub struct Loaded {
+    pub spec: PodSpec,
+    pub modules: Vec<Prepared>,
+    pub digest: String,
+    /// Module bytes, in spec order (stored for API pods).
+    pub bytes: Vec<Vec<u8>>,
+}
+
+fn digest(text: &str, modules: &[&[u8]]) -> String {
+    let mut parts = vec![Sha256::digest(text.as_bytes())];
+    parts.extend(modules.iter().map(Sha256::digest));
+    crate::artifact::sha256_hex(&parts.concat())
+}
+
+/// A validated spec with its module bytes and digest, not compiled yet.
+pub struct Parsed {
+    pub spec: PodSpec,
+    pub modules: Vec<Read>,
+    pub digest: String,
+    /// The caller is root: precompiled modules of any owner may be loaded.
+    pub root_asks: bool,
+}
+
+/// Validates spec text from `source`; `modules` replaces the module paths (stored copies).
+/// Module files are read with the rights of `caller` (see [`crate::module_file`]).
+pub fn parse(
+    source: &Path,
+    text: &str,
+    modules: Option<&[PathBuf]>,
+    caller: Caller,
+    cfg: &Config,
+) -> Result<Parsed, SpecError> {
+    let mut spec = PodSpec::parse(source, text)?;
+    if let Some(paths) = modules {
+        if paths.len() != spec.containers.len() {
+            return Err(SpecError::invalid(
+                source,
+                vec![Problem {
+                    line: None,
+                    field: "containers".into(),
+                    message: "stored record does not match its spec".into(),
+                }],
+            ));
+        }
+        for (c, p) in spec.containers.iter_mut().zip(paths) {
+            c.module = p.clone();
+        }
+    }
+    let read = loader::read_modules(&spec, cfg, caller)?;
+    let bytes: Vec<&[u8]> = read.iter().map(|r| r.bytes.as_slice()).collect();
+    let digest = digest(text, &bytes);
+    Ok(Parsed {
+        spec,
+        modules: read,
+        digest,
+        root_asks: caller.is_root() && modules.is_none(),
+    })
+}
+
+/// Compiles what [`parse`] returned.
+pub fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
+    let modules = loader::compile(exec, &p.spec, &p.modules, p.root_asks)?;
+    Ok(Loaded {
+        spec: p.spec,
+        modules,
+        digest: p.digest,
+        bytes: p.modules.into_iter().map(|r| r.bytes).collect(),
+    })
+}
+
+/// The first half of an apply, done without the daemon's pods at hand (no lock): read and
+/// compile what `text` names. [`Pods::commit`] does the rest.
+pub fn plan(
+    cfg: &Config,
+    exec: &Executor,
+    source: &Path,
+    text: &str,
+    caller: Caller,
+) -> Result<Loaded, SpecError> {
+    compile(exec, parse(source, text, None, caller, cfg)?)
+}
+
+/// The `*.toml` files of the pods directory, sorted, each with its text or why it cannot be read.
+pub(super) fn pod_files(cfg: &Config) -> Vec<(PathBuf, Result<String, String>)> {
+    let dir = &cfg.pods_dir;
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect(),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!("{}: {e}", dir.display());
+            }
+            Vec::new()
+        }
+    };
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            // Not blocking on a FIFO, not reading a device: a reload waits on this.
+            let t = module_file::read_text(&p, Caller::myself()).map_err(|e| e.to_string());
+            (p, t)
+        })
+        .collect()
+}
+
+/// What a reload found in the pods directory: each file's pod, read and compiled, or what is
+/// wrong with the file.
+pub struct ReloadPlan(pub(super) Vec<(PathBuf, Result<Loaded, String>)>);
+
+/// The first half of a reload, done without the daemon's pods at hand (no lock): read and
+/// compile every pod file. Modules that running pods use are already loaded and cost a lookup.
+/// [`Pods::commit_reload`] does the rest.
+pub fn plan_reload(cfg: &Config, exec: &Executor) -> ReloadPlan {
+    let me = Caller::myself();
+    ReloadPlan(
+        pod_files(cfg)
+            .into_iter()
+            .map(|(path, text)| {
+                let loaded = text.and_then(|t| {
+                    let mut p = parse(&path, &t, None, me, cfg).map_err(|e| e.to_string())?;
+                    // Files of the pods directory: their .cwasm modules must be root's own files.
+                    p.root_asks = false;
+                    compile(exec, p).map_err(|e| e.to_string())
+                });
+                (path, loaded)
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,134 @@
+//! What `ps`, `inspect` and systemd's `STATUS=` show of the pods: each pod's status, derived from
+//! its containers' (init containers end by design), its age, readiness and restarts.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::{Origin, Pods};
+use crate::spec::Kind;
+use crate::supervisor::{State, Status};
+
+/// A pod as `ps` and `inspect` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodView {
+    pub name: String,
+    /// starting (before its containers' first run), running, restarting (a container waits out
+    /// its backoff), succeeded, failed, waiting (held back by the crash guard)
+    pub status: String,
+    pub ip: Option<Ipv4Addr>,
+    pub netns: Option<PathBuf>,
+    /// `file:<path>` or `api`
+    pub source: String,
+    pub created: String,
+    pub age_seconds: u64,
+    /// Every container (plain init containers aside) is ready.
+    pub ready: bool,
+    pub restarts: u32,
+    pub containers: Vec<Status>,
+    /// Its volumes and where they are on the host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::volumes::VolumeView>,
+    pub error: Option<String>,
+}
+
+/// A pod is ready when every container that stays (apps and sidecars; plain init containers
+/// end by design) is, and it has one.
+fn pod_ready(containers: &[Status]) -> bool {
+    let mut live = containers
+        .iter()
+        .filter(|c| c.kind != Kind::Init)
+        .peekable();
+    live.peek().is_some() && live.all(|c| c.ready)
+}
+
+impl Pods {
+    pub fn view(&self, name: &str) -> Option<PodView> {
+        let e = self.entries.get(name)?;
+        let containers = e.running.as_ref().map(|p| p.statuses()).unwrap_or_default();
+        // Plain init containers end by design; the pod's state is that of the others.
+        let (init, live): (Vec<&Status>, Vec<&Status>) =
+            containers.iter().partition(|c| c.kind == Kind::Init);
+        let status = match (&e.running, &e.error) {
+            (None, None) if e.delayed.is_some() => "waiting",
+            (None, _) => "failed",
+            _ if init
+                .iter()
+                .any(|c| c.state == State::Exited && c.reason != Some("Completed")) =>
+            {
+                "failed"
+            }
+            _ if init.iter().all(|c| c.state == State::Exited)
+                && live.iter().all(|c| c.state == State::Running) =>
+            {
+                "running"
+            }
+            // Waiting after a run: its backoff; before the first: it is being started.
+            _ if containers
+                .iter()
+                .any(|c| c.state == State::Waiting && c.started_at.is_some()) =>
+            {
+                "restarting"
+            }
+            _ if containers.iter().any(|c| c.state == State::Waiting)
+                || init.iter().any(|c| c.state != State::Exited) =>
+            {
+                "starting"
+            }
+            _ if live.iter().all(|c| c.state == State::Exited) => {
+                if live.iter().all(|c| c.exit_code == Some(0)) {
+                    "succeeded"
+                } else {
+                    "failed"
+                }
+            }
+            _ => "running",
+        };
+        let age = SystemTime::now()
+            .duration_since(e.created)
+            .unwrap_or(Duration::ZERO);
+        Some(PodView {
+            name: name.into(),
+            status: status.into(),
+            ip: e.running.as_ref().map(|p| p.ip),
+            netns: e.running.as_ref().map(|p| p.netns_path.clone()),
+            source: match &e.origin {
+                Origin::File(p) => format!("file:{}", p.display()),
+                Origin::Api => "api".into(),
+            },
+            created: humantime::format_rfc3339_seconds(e.created).to_string(),
+            age_seconds: age.as_secs(),
+            ready: pod_ready(&containers),
+            restarts: containers.iter().map(|c| c.restarts).sum(),
+            containers,
+            volumes: crate::volumes::views(&self.cfg, &e.spec),
+            error: e.error.clone().or_else(|| {
+                e.delayed.map(|t| {
+                    format!(
+                        "crash-loop backoff: the daemon stopped {} times in a row soon after \
+                         starting this pod; it starts in {}s",
+                        self.guard.deaths(name),
+                        t.saturating_duration_since(Instant::now()).as_secs()
+                    )
+                })
+            }),
+        })
+    }
+
+    pub fn views(&self) -> Vec<PodView> {
+        self.entries.keys().filter_map(|n| self.view(n)).collect()
+    }
+
+    /// How many pods there are, and how many of them are ready (every second: from the
+    /// containers' statuses alone, not whole views).
+    pub fn readiness(&self) -> (usize, usize) {
+        let ready = self
+            .entries
+            .values()
+            .filter(|e| e.running.as_ref().is_some_and(|p| pod_ready(&p.statuses())))
+            .count();
+        (self.entries.len(), ready)
+    }
+}
