@@ -371,3 +371,131 @@ fn span(s: cri::Span) -> impl futures::Stream<Item = std::io::Result<axum::body:
         }
     }))
 }
+
+/// The API's answers to whatever a client sends, in process (no root, no socket): every request
+/// that cannot be carried out gets a JSON error with a 4xx status, never a panic or a 500.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::executor::Executor;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    fn api(dir: &std::path::Path) -> Router {
+        let mut cfg = Config {
+            run_dir: dir.join("run"),
+            state_dir: dir.join("state"),
+            pods_dir: dir.join("pods"),
+            ..Config::default()
+        };
+        cfg.logs.dir = dir.join("logs");
+        let pods = Pods::new(cfg, Executor::new().unwrap());
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        router(Arc::new(Mutex::new(pods)), ready).layer(Extension(Caller::myself()))
+    }
+
+    /// (status, JSON body) of one request.
+    fn ask(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body))
+                .unwrap();
+            let res = app.clone().oneshot(req).await.unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), MAX_BODY)
+                .await
+                .unwrap();
+            let v = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{method} {uri}: {status}: not JSON ({e}): {bytes:?}"));
+            (status, v)
+        })
+    }
+
+    fn refused(status: StatusCode, v: &serde_json::Value) -> Result<(), TestCaseError> {
+        prop_assert!(status.is_client_error(), "{status}: {v}");
+        prop_assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        Ok(())
+    }
+
+    /// A pod spec whose module cannot be read, so no apply of it (or of an edit of it) reaches
+    /// the kernel.
+    const SPEC: &str = "[pod]\nname = \"fuzz\"\nrestart_policy = \"Always\"\n\n\
+        [[containers]]\nname = \"app\"\nmodule = \"/nonexistent/app.wasm\"\n\
+        args = [\"--listen\", \"0.0.0.0:8080\"]\nmemory_limit_mib = 16\n\n\
+        [containers.liveness_probe]\nhttp_get = { path = \"/healthz\", port = 8080 }\n";
+
+    proptest! {
+        // Fewer under an emulator (the board suites set PEAPOD_TEST_RUNNER).
+        #![proptest_config(ProptestConfig {
+            cases: if std::env::var_os("PEAPOD_TEST_RUNNER").is_some() { 32 } else { 128 },
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn any_apply_body_is_answered(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let d = tempfile::tempdir().unwrap();
+            let (status, v) = ask(&api(d.path()), "POST", "/v1/pods", body);
+            refused(status, &v)?;
+        }
+
+        #[test]
+        fn edited_apply_bodies_are_answered(
+            line in 0usize..20,
+            cut in 0usize..400,
+            source in prop_oneof![Just("/srv/pod.toml".to_string()), "[ -~]{0,20}"],
+            extra in prop_oneof![Just(String::new()), Just(", \"x\": 1".to_string()),
+                Just(", \"spec\": 1".to_string()), Just(", \"source\": null".to_string())],
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let app = api(d.path());
+            let lines: Vec<&str> = SPEC.lines().collect();
+            let dropped: Vec<&str> = lines.iter().enumerate()
+                .filter(|(i, _)| *i != line % lines.len()).map(|(_, l)| *l).collect();
+            let short: String = SPEC.chars().take(cut).collect();
+            for spec in [SPEC.to_string(), dropped.join("\n"), short] {
+                let body = format!(
+                    "{{\"source\": {}, \"spec\": {}{extra}}}",
+                    serde_json::to_string(&source).unwrap(),
+                    serde_json::to_string(&spec).unwrap()
+                );
+                let (status, v) = ask(&app, "POST", "/v1/pods", body.into_bytes());
+                refused(status, &v)?;
+            }
+        }
+
+        #[test]
+        fn any_path_and_query_is_answered(
+            name in "[ -~]{0,30}",
+            query in "[ -~]{0,30}",
+            method in prop_oneof![Just("GET"), Just("POST"), Just("DELETE"), Just("PUT")],
+        ) {
+            // The routes that answer 200 without a pod.
+            prop_assume!(!["healthz", "version", "reload", "pods"].contains(&name.as_str()));
+            let d = tempfile::tempdir().unwrap();
+            let app = api(d.path());
+            let enc = |s: &str| s.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+            for uri in [
+                format!("/v1/pods/{}", enc(&name)),
+                format!("/v1/pods/{}/logs?{}", enc(&name), enc(&query)),
+                format!("/v1/pods/{}/logs?container={}&tail={}", enc(&name), enc(&query), enc(&query)),
+                format!("/v1/pods/{}/containers/{}/restart", enc(&name), enc(&query)),
+                format!("/v1/{}", enc(&name)),
+            ] {
+                let (status, v) = ask(&app, method, &uri, Vec::new());
+                refused(status, &v)?;
+            }
+        }
+    }
+}
