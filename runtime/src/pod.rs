@@ -23,7 +23,7 @@ use crate::logs::{ContainerLog, LogSink};
 use crate::netns;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::spec::{Kind, PodSpec, mount_of};
-use crate::supervisor::{Container, Control, Final, Status, supervise};
+use crate::supervisor::{Container, Control, Final, ModuleRunner, Status, supervise};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -207,8 +207,10 @@ impl RunningPod {
             };
             controls.push(control.clone());
             let container = Container {
-                exec: exec.clone(),
-                module,
+                runner: Box::new(ModuleRunner {
+                    exec: exec.clone(),
+                    module,
+                }),
                 run,
                 policy: c.restart_policy,
                 backoff: spec.backoff,

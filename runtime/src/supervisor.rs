@@ -12,6 +12,8 @@
 //! the call and up to the pod's grace period to exit on its own; WASI has no signals, so one
 //! without a hook is ended at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -240,10 +242,28 @@ impl Observer for Probed<'_> {
     }
 }
 
-/// Everything one container's supervisor needs.
-pub struct Container {
+/// One run of a container, to its outcome: in the runtime a module run by the executor
+/// ([`ModuleRunner`]); in the supervisor's tests a script of outcomes on tokio's paused clock, so
+/// policies and backoff are checked to the millisecond without wasm, root or waiting.
+pub trait Runner: Send + Sync + 'static {
+    fn run<'a>(&'a self, spec: &'a RunSpec) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+}
+
+/// A compiled module, run by the executor.
+pub struct ModuleRunner {
     pub exec: Executor,
     pub module: Prepared,
+}
+
+impl Runner for ModuleRunner {
+    fn run<'a>(&'a self, spec: &'a RunSpec) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(self.exec.run(&self.module, spec))
+    }
+}
+
+/// Everything one container's supervisor needs.
+pub struct Container {
+    pub runner: Box<dyn Runner>,
     pub run: RunSpec,
     pub policy: RestartPolicy,
     pub backoff: Backoff,
@@ -259,8 +279,7 @@ pub struct Container {
 /// cancelled.
 pub async fn supervise(c: Container, stop: CancellationToken, control: Control) -> Final {
     let Container {
-        exec,
-        module,
+        runner,
         run: spec,
         policy,
         backoff,
@@ -286,7 +305,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
             s.state = State::Running;
             s.started_at = Some(started_at);
         });
-        let mut run = Metered::new(exec.run(&module, &spec), &usage, cpu_limit);
+        let mut run = Metered::new(runner.run(&spec), &usage, cpu_limit);
         let observer = Probed {
             control: &control,
             id,
@@ -446,6 +465,127 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+
+    /// Each run takes 5 ms (of tokio's clock) and ends with the next scripted outcome; `None`
+    /// runs until stopped.
+    struct Script(Mutex<VecDeque<Option<Outcome>>>);
+
+    impl Runner for Script {
+        fn run<'a>(&'a self, _: &'a RunSpec) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+            let next = self.0.lock().unwrap().pop_front().flatten();
+            Box::pin(async move {
+                match next {
+                    Some(o) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        o
+                    }
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    fn container(policy: RestartPolicy, script: Vec<Option<Outcome>>) -> (Container, Control) {
+        let control = Control::new("c", Kind::App, false);
+        let run = RunSpec {
+            name: "c".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            memory_limit: 1 << 20,
+            open_files: 16,
+            mounts: Vec::new(),
+            env_files: Vec::new(),
+            log: crate::logs::ContainerLog::new("p", "c", Some(Arc::new(|_, _, _| {}))),
+            usage: control.usage(),
+        };
+        let c = Container {
+            runner: Box::new(Script(Mutex::new(script.into()))),
+            run,
+            policy,
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(300),
+                reset_after: Duration::from_secs(600),
+            },
+            probes: Probes::default(),
+            cpu_limit: None,
+            pre_stop: None,
+            grace: Duration::from_secs(30),
+        };
+        (c, control)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_restarted_after_a_doubling_capped_backoff() {
+        let (c, control) = container(
+            RestartPolicy::OnFailure,
+            vec![
+                Some(Outcome::Exited(1)),
+                Some(Outcome::Trapped("unreachable".into())),
+                Some(Outcome::Exited(2)),
+                Some(Outcome::Exited(3)),
+                Some(Outcome::Exited(0)),
+            ],
+        );
+        let t0 = tokio::time::Instant::now();
+        let done = supervise(c, CancellationToken::new(), control.clone()).await;
+        // Five runs of 5 ms, and the waits between them: 100, 200, 300 (the cap), 300 ms.
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(5 * 5 + 100 + 200 + 300 + 300)
+        );
+        assert_eq!((done.restarts, done.last), (4, Some(Outcome::Exited(0))));
+        assert!(!done.stopped);
+        let s = control.status();
+        assert_eq!((s.state, s.restarts), (State::Exited, 4));
+        assert_eq!(s.last_state.unwrap().exit_code, Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_leaves_a_failed_container_failed() {
+        let (c, control) = container(
+            RestartPolicy::Never,
+            vec![Some(Outcome::Trapped("unreachable".into()))],
+        );
+        let done = supervise(c, CancellationToken::new(), control.clone()).await;
+        assert_eq!(done.restarts, 0);
+        assert_eq!(done.last, Some(Outcome::Trapped("unreachable".into())));
+        assert_eq!(control.status().state, State::Exited);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_the_backoff_ends_at_once() {
+        let (mut c, control) = container(RestartPolicy::Always, vec![Some(Outcome::Exited(1))]);
+        c.backoff.initial = Duration::from_secs(60);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(supervise(c, stop.clone(), control.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(control.status().state, State::Waiting);
+        let t0 = tokio::time::Instant::now();
+        stop.cancel();
+        let done = task.await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO, "not after the 60 s backoff");
+        assert!(done.stopped);
+        assert_eq!((done.restarts, done.last), (0, Some(Outcome::Exited(1))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_request_restarts_a_running_container_in_place() {
+        let (c, control) = container(RestartPolicy::Always, vec![None, None]);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(supervise(c, stop.clone(), control.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(control.status().state, State::Running);
+        control.restart.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let s = control.status();
+        assert_eq!((s.state, s.restarts), (State::Running, 1));
+        assert_eq!(s.last_state.unwrap().reason, "Restarted");
+        stop.cancel();
+        let done = task.await.unwrap();
+        assert!(done.stopped && done.last.is_none());
+    }
 
     #[test]
     fn policies() {
