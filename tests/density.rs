@@ -126,3 +126,47 @@ fn a_full_bridge_is_a_clear_error() {
         "a veth was left"
     );
 }
+
+/// A full subnet: the pod that gets no address fails with an error naming the subnet (in `ps`,
+/// `inspect` and the log), is not retried in a loop, and the others keep serving.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_full_subnet_fails_one_pod_clearly_and_the_others_serve() {
+    let mut env = Env::new();
+    // A /29: the bridge takes .1, five pods .2 to .6.
+    env.subnet = format!("{}.{}.{}.0/29", env.net[0], env.net[1], env.net[2]);
+    for i in 0..6 {
+        env.pod_file(&format!("f{i}.toml"), &env.kv_spec(&format!("f{i}"), ""));
+    }
+    let mut d = env.daemon();
+    let ps = env.ps();
+    let failed: Vec<_> = ps.values().filter(|p| p["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{ps:?}");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "no free address left in {} (5 leased)",
+            env.subnet
+        )),
+        "{error}"
+    );
+    for p in ps.values().filter(|p| p["status"] != "failed") {
+        let ip: std::net::Ipv4Addr = p["ip"].as_str().unwrap().parse().unwrap();
+        wait_healthy(SocketAddr::from((ip, 8080)));
+    }
+    assert_eq!(env.leases().len(), 5);
+    assert!(
+        d.output().contains("no free address left in"),
+        "{}",
+        d.output()
+    );
+    // Not retried in a loop: one error line for it, however long the daemon runs.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        d.output().matches("no free address left in").count(),
+        1,
+        "{}",
+        d.output()
+    );
+    assert!(d.terminate().success());
+}
