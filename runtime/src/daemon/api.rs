@@ -308,9 +308,6 @@ async fn logs(
     };
     // The follower starts at the end now, so nothing between the tail and it is lost or doubled.
     let follower = q.follow.then(|| cri::Follower::from_end(&path));
-    // A re-create moves the pod's logs to the previous sandbox's directory in one rename (the
-    // follower reads what the old file got last, then the new sandbox's file); a delete removes
-    // both directories, and ends the stream.
     let spans = match cri::tail_spans(&path, q.tail) {
         Ok(spans) => spans,
         Err(e) => {
@@ -325,15 +322,13 @@ async fn logs(
         None => Body::from_stream(head),
         Some(f) => {
             let first = head;
-            let dirs = (
-                path.parent().map(std::path::Path::to_path_buf),
-                Some(previous_dir),
-            );
+            // A re-create moves the pod's logs to the previous sandbox's directory in one
+            // rename (the follower reads what the old file got last, then the new sandbox's
+            // file); a delete removes both directories, and ends the stream.
+            let dirs = [path.parent().unwrap_or(&path).to_path_buf(), previous_dir];
             let rest = futures::stream::unfold((f, dirs), |(mut f, dirs)| async move {
                 loop {
-                    // The pod was deleted (its logs with it): the stream ends.
-                    let gone = |d: &Option<PathBuf>| d.as_ref().is_none_or(|d| !d.exists());
-                    if gone(&dirs.0) && gone(&dirs.1) {
+                    if !dirs.iter().any(|d| d.exists()) {
                         return None;
                     }
                     match f.poll() {

@@ -8,13 +8,12 @@ pub mod cri;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-
 use std::task::{Context, Poll};
-
-use self::cri::CriFile;
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+use self::cri::CriFile;
 
 /// A line longer than this is logged in pieces.
 pub const MAX_LINE: usize = 16 * 1024;
