@@ -239,8 +239,6 @@ fn cli_drives_the_api() {
             break;
         }
     }
-    let _ = follow.kill();
-    let _ = follow.wait();
 
     // The API itself, as curl would use it: JSON answers and JSON errors.
     let (status, v) = raw_api(&env, "GET", "/v1/pods", "");
@@ -276,6 +274,11 @@ fn cli_drives_the_api() {
     // Delete frees everything; deleting again is an error.
     let out = env.ctl_ok(&["delete", "web"]);
     assert!(out.contains("deleted"), "{out}");
+    // ... and logs -f ends with the pod, on its own.
+    let ended = eventually(Duration::from_secs(30), "logs -f ended", || {
+        follow.try_wait().unwrap()
+    });
+    assert!(ended.success(), "{ended}");
     assert!(env.ps().is_empty());
     wait_gone(app(ip2));
     assert!(env.leases().is_empty() && !env.pin("web").exists());
