@@ -47,8 +47,34 @@ fn pods_directory_is_kept_running() {
         let ip = env.wait_running("a");
         (ip != a_ip).then_some(ip)
     });
-    wait_healthy(app(a2_ip));
+    let a2_instance = wait_healthy(app(a2_ip));
     wait_gone(app(a_ip));
+
+    // A cosmetic edit (comments, whitespace, key order) re-creates nothing. The edit is saved
+    // before c.toml, so the reload that starts c has read it.
+    let spec = env.kv_spec("a", "env = { CHANGED = \"1\" }");
+    let (pod, app_part) = spec.split_once("[[containers]]").unwrap();
+    let mut keys: Vec<&str> = app_part.lines().filter(|l| !l.is_empty()).collect();
+    keys.reverse();
+    env.pod_file(
+        "a.toml",
+        &format!(
+            "# edited\n{pod}\n\n[[containers]]   # the app\n{}\n",
+            keys.join("\n\n")
+        ),
+    );
+    env.pod_file("c.toml", &env.kv_spec("c", ""));
+    env.wait_running("c");
+    assert_eq!(env.wait_running("a"), a2_ip);
+    assert_eq!(
+        http(app(a2_ip), "GET", "/healthz", "").unwrap().instance,
+        a2_instance,
+        "not restarted either"
+    );
+    std::fs::remove_file(env.pods_dir().join("c.toml")).unwrap();
+    eventually(Duration::from_secs(30), "c deleted", || {
+        (!env.ps().contains_key("c")).then_some(())
+    });
 
     // A bad file is reported with file, line and field, and changes nothing running.
     let bad = env.pod_file(

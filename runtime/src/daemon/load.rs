@@ -2,8 +2,9 @@
 //! file or an API body, parsed, checked against the host and compiled ([`plan`]), and the whole
 //! pods directory ([`plan_reload`]). [`super::pods::Pods`] commits these plans under its lock.
 //!
-//! A pod's *digest* covers its spec text and its modules' bytes: when either changes, the pod is
-//! re-created (new sandbox, new IP).
+//! A pod's *digest* covers its spec, as parsed, and its modules' bytes: when either changes, the
+//! pod is re-created (new sandbox, new IP). A comment, whitespace or the order of keys in the file
+//! are not the spec: an edit of only those re-creates nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -34,9 +35,19 @@ pub struct Loaded {
 }
 
 fn digest(text: &str, modules: &[&[u8]]) -> String {
-    let mut parts = vec![Sha256::digest(text.as_bytes())];
+    let mut parts = vec![Sha256::digest(canonical(text).as_bytes())];
     parts.extend(modules.iter().map(Sha256::digest));
     crate::artifact::sha256_hex(&parts.concat())
+}
+
+/// The spec text as its TOML value, written back out: comments, whitespace, quoting and key
+/// order gone (tables are sorted maps), the inline and the `[[...]]` spellings of an array of
+/// tables alike. Called on text that [`PodSpec::parse`] accepted; anything else is kept as is.
+fn canonical(text: &str) -> String {
+    match text.parse::<toml::Table>() {
+        Ok(table) => toml::to_string(&table).unwrap_or_else(|_| text.to_owned()),
+        Err(_) => text.to_owned(),
+    }
 }
 
 /// A validated spec with its module bytes and digest, not compiled yet.
@@ -157,4 +168,33 @@ pub fn plan_reload(cfg: &Config, exec: &Executor) -> ReloadPlan {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest;
+
+    const SPEC: &str = "[pod]\nname = \"a\"\n\n[[containers]]\nname = \"app\"\nmodule = \"a.wasm\"\n\
+                        ports = [{ container_port = 80 }]\n";
+
+    #[test]
+    fn only_what_the_spec_says_changes_the_digest() {
+        let d = digest(SPEC, &[b"module"]);
+        let cosmetic = "# the app\n[pod]\nname='a'   # its name\n\n\n[[containers]]\n\
+                        module = \"a.wasm\"\nname = \"app\"\n\n[[containers.ports]]\n\
+                        container_port = 80\n";
+        assert_eq!(digest(cosmetic, &[b"module"]), d);
+        let changed = SPEC.replace("app", "app2");
+        assert_ne!(digest(&changed, &[b"module"]), d);
+        assert_ne!(digest(SPEC, &[b"module2"]), d);
+        let reordered = format!("{SPEC}\n[[containers]]\nname = \"b\"\nmodule = \"b.wasm\"\n");
+        let swapped = "[pod]\nname = \"a\"\n[[containers]]\nname = \"b\"\nmodule = \"b.wasm\"\n\
+                       [[containers]]\nname = \"app\"\nmodule = \"a.wasm\"\n\
+                       ports = [{ container_port = 80 }]\n";
+        assert_ne!(
+            digest(&reordered, &[b"m"]),
+            digest(swapped, &[b"m"]),
+            "the order of containers is the spec's"
+        );
+    }
 }

@@ -1,8 +1,8 @@
 //! The daemon's pods: what should run (the pods directory and the pods created through the API)
 //! and what runs, kept equal.
 //!
-//! A pod is identified by its name. Its *digest* covers its spec text and its modules' bytes: when
-//! either changes, the pod is re-created (new sandbox, new IP). A pod whose start failed stays
+//! A pod is identified by its name. Its *digest* covers its parsed spec and its modules' bytes
+//! ([`super::load`]): when either changes, the pod is re-created (new sandbox, new IP). A pod whose start failed stays
 //! listed with its error and is tried again on the next reload. A pod the daemon died for, more
 //! than once in a row, waits out a backoff before it starts ([`super::crashguard`]).
 
