@@ -34,8 +34,10 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::artifact::{self, Cache};
+use crate::ipam::Ipam;
 use crate::limits::{LimitReached, Limiter};
 use crate::logs::{ContainerLog, Stream};
+use crate::names::{HostResolver, Names};
 
 /// Address space reserved for a linear memory, and again each time it outgrows that.
 pub const MEMORY_RESERVATION: u64 = 16 << 20;
@@ -147,6 +149,8 @@ pub struct RunSpec {
     pub log: ContainerLog,
     /// Where the run's memory figure is kept for `inspect`.
     pub usage: Arc<crate::cpu::Usage>,
+    /// The leases of the pod's bridge: the pods whose names the guest can look up.
+    pub pod_names: Option<Ipam>,
 }
 
 /// A host directory preopened for the guest at `guest` (a volume mount).
@@ -192,8 +196,10 @@ impl Prepared {
 
 pub struct P2State {
     ctx: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     limits: Limiter,
+    /// What the guest's name lookups mean ([`crate::name_lookup`]).
+    pub(crate) names: Names,
 }
 
 impl WasiView for P2State {
@@ -220,6 +226,9 @@ pub struct Executor {
     /// Every module loaded in this process, by the SHA-256 of its file's bytes, while some pod
     /// holds it: pods of the same module share one copy of its machine code and linking.
     loaded: Arc<Mutex<HashMap<[u8; 32], Weak<Linked>>>>,
+    /// Guests' lookups of the host's names, made from the thread that built the executor (in the
+    /// host's network namespace).
+    resolver: HostResolver,
 }
 
 /// The engine settings every peapod engine uses. Precompiled artifacts must be made with the same
@@ -277,13 +286,15 @@ pub fn precompile(bytes: &[u8], target: Option<&str>) -> wasmtime::Result<Vec<u8
 }
 
 impl Executor {
-    /// Builds the engine and starts its epoch ticker (which stops when the engine is dropped).
+    /// Builds the engine and starts its epoch ticker (which stops when the engine is dropped) and
+    /// its name resolver: call it on a thread in the host's network namespace.
     pub fn new() -> wasmtime::Result<Executor> {
         let engine = Engine::new(&engine_config(None)?)?;
         let mut p2 = Linker::new(&engine);
         // Includes `exit-with-code` (WASI 0.2.12) for components that report an exact code;
         // plain `exit` only says ok (0) or err (reported as 1).
         wasmtime_wasi::p2::add_to_linker_async(&mut p2)?;
+        crate::name_lookup::add_to_linker(&mut p2)?;
         let mut p1 = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |s: &mut P1State| &mut s.ctx)?;
 
@@ -303,6 +314,7 @@ impl Executor {
             p1: Arc::new(p1),
             cache: None,
             loaded: Arc::default(),
+            resolver: HostResolver::new()?,
         })
     }
 
@@ -524,6 +536,10 @@ impl Executor {
                     ctx: wasi.build(),
                     table,
                     limits,
+                    names: Names {
+                        pods: spec.pod_names.clone(),
+                        host: self.resolver.clone(),
+                    },
                 };
                 let mut store = self.store(state, |s| &mut s.limits);
                 match pre.instantiate_async(&mut store).await {
@@ -658,6 +674,7 @@ mod tests {
             env_files: vec![],
             log: ContainerLog::new("p", "c", None),
             usage: Default::default(),
+            pod_names: None,
         };
         let e = wasmtime::Error::from(LimitReached::Memory(16 << 20)).context("backtrace");
         let o = classify(&e, &spec);

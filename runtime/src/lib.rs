@@ -27,6 +27,8 @@ pub mod limits;
 pub mod loader;
 pub mod logs;
 pub mod module_file;
+mod name_lookup;
+pub mod names;
 pub mod net;
 pub mod netns;
 pub mod pod;

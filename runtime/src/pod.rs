@@ -150,6 +150,7 @@ impl RunningPod {
                 return Err(PodError::Volume { pod, source });
             }
         };
+        let pod_names = crate::ipam::Ipam::new(sandbox.config());
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
         let mut controls = Vec::new();
@@ -204,6 +205,7 @@ impl RunningPod {
                     .collect(),
                 log,
                 usage: control.usage(),
+                pod_names: Some(pod_names.clone()),
             };
             controls.push(control.clone());
             let container = Container {

@@ -498,6 +498,7 @@ mod tests {
             env_files: Vec::new(),
             log: crate::logs::ContainerLog::new("p", "c", Some(Arc::new(|_, _, _| {}))),
             usage: control.usage(),
+            pod_names: None,
         };
         let c = Container {
             runner: Box::new(Script(Mutex::new(script.into()))),

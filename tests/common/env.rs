@@ -138,14 +138,17 @@ impl Env {
     /// Starts `peapod run --prefix SPEC` in the background, its output (the guests' lines as
     /// `pod/container: line`, on stdout and stderr) going to one log file.
     pub fn start(&self, spec: &Path) -> Peapod {
+        self.start_with(spec, |_| {})
+    }
+
+    /// [`Env::start`], with changes to the command before it starts.
+    pub fn start_with(&self, spec: &Path, f: impl FnOnce(&mut Command)) -> Peapod {
         let log = self.dir.path().join(format!("{}.log", unique("run")));
         let out = std::fs::File::create(&log).unwrap();
-        let child = self
-            .peapod(&["run", "--prefix", spec.to_str().unwrap()])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+        let mut c = self.peapod(&["run", "--prefix", spec.to_str().unwrap()]);
+        c.stdout(out.try_clone().unwrap()).stderr(out);
+        f(&mut c);
+        let child = c.spawn().unwrap();
         Peapod {
             child: Some(child),
             log,

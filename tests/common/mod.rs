@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 pub use peapod_guests::{BACKUP, HELLO_P1, KV_SERVER, TOOLBOX};
 
+mod dns;
 mod env;
 mod http;
 mod observe;
 mod process;
 
+pub use dns::*;
 pub use env::*;
 pub use http::*;
 pub use observe::*;

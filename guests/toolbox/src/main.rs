@@ -5,6 +5,8 @@
 //!                        "hello from ADDR") and close
 //! connect ADDR [TRIES]   connect (retrying every 100ms, TRIES times, default 1), print what the
 //!                        server sent, exit 0; exit 1 if it never connected
+//! resolve NAME...        look each NAME up (WASI ip-name-lookup): print "NAME: ADDR ADDR..." or
+//!                        "NAME: error: MESSAGE"; exit 1 if any failed
 //! exit CODE              exit with CODE
 //! trap                   trap (panic)
 //! spin                   busy-loop forever, never yielding
@@ -34,14 +36,14 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: toolbox listen|connect|exit|trap|spin|sleep|env|sink|source|hog|fs|fill-loop|http ...");
+            eprintln!("usage: toolbox listen|connect|resolve|exit|trap|spin|sleep|env|sink|source|hog|fs|fill-loop|http ...");
             std::process::exit(2)
         })
     };
@@ -99,6 +101,22 @@ fn main() {
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
+        }
+        "resolve" => {
+            let mut failed = false;
+            for name in &args[2..] {
+                match (name.as_str(), 0).to_socket_addrs() {
+                    Ok(addrs) => {
+                        let ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                        println!("{name}: {}", ips.join(" "));
+                    }
+                    Err(e) => {
+                        println!("{name}: error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            std::process::exit(failed as i32)
         }
         "exit" => {
             let code: i32 = arg(2).parse().expect("exit CODE");
