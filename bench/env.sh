@@ -12,7 +12,7 @@ bench_env() {
     bridge=$1$tag
     export PEAPOD_CONFIG=/dev/null PEAPOD_RUN_DIR=$dir/run PEAPOD_STATE_DIR=$dir/state \
         PEAPOD_PODS_DIR=$dir/pods PEAPOD_BRIDGE=$bridge \
-        PEAPOD_SUBNET=10.$2.$(( RANDOM % 64 * 4 )).0/22
+        PEAPOD_SUBNET=10.$2.$(( RANDOM % 64 * 4 )).0/22 PEAPOD_EGRESS=false
     mkdir -p "$dir/pods"
     daemon_pid=
     trap bench_cleanup EXIT INT TERM

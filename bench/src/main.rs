@@ -75,6 +75,8 @@ impl Place {
             subnet: format!("10.199.{third}.0/22").parse()?,
             socket: dir.path().join("run/peapod.sock"),
             pods_dir: dir.path().join("pods"),
+            // The host's firewall and ip_forward stay as they are.
+            egress: false,
             ..Config::default()
         };
         Ok(Place { tag, dir, cfg })

@@ -52,6 +52,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bridge: String,
     pub subnet: Ipv4Net,
+    /// Pods reach addresses outside the host, masqueraded (`network.egress`).
+    pub egress: bool,
     /// The daemon's API socket.
     pub socket: PathBuf,
     /// Pod specs the daemon keeps running.
@@ -93,6 +95,7 @@ impl Default for Config {
             state_dir: DEFAULT_STATE_DIR.into(),
             bridge: DEFAULT_BRIDGE.into(),
             subnet: DEFAULT_SUBNET.parse().expect("default subnet"),
+            egress: true,
             socket: Path::new(DEFAULT_RUN_DIR).join("peapod.sock"),
             pods_dir: DEFAULT_PODS_DIR.into(),
             logs: LogSettings {
@@ -186,6 +189,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 struct RawNetwork {
     bridge: Option<String>,
     subnet: Option<String>,
+    egress: Option<bool>,
 }
 
 /// Values given on the command line; each wins over the file.
@@ -195,6 +199,7 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub bridge: Option<String>,
     pub subnet: Option<String>,
+    pub egress: Option<bool>,
     pub socket: Option<PathBuf>,
     pub pods_dir: Option<PathBuf>,
 }
@@ -301,6 +306,7 @@ impl Config {
             },
             log_level,
             limits,
+            egress: overrides.egress.or(raw.network.egress).unwrap_or(d.egress),
             run_dir,
             state_dir,
             bridge,
@@ -381,6 +387,22 @@ mod tests {
         assert_eq!(c.socket, Path::new("/run/peapod/peapod.sock"));
         assert_eq!(c.logs.dir, Path::new("/tmp/s/logs"));
         assert_eq!(c.logs.max_size, DEFAULT_LOG_MAX_SIZE);
+        assert!(c.egress, "egress is on unless said otherwise");
+
+        std::fs::write(&f, "[network]\negress = false\n").unwrap();
+        let off = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert!(!off.egress);
+        let flag = Overrides {
+            egress: Some(true),
+            ..Default::default()
+        };
+        assert!(
+            Config::load(Some(&f), &flag).unwrap().egress,
+            "the flag wins"
+        );
+        std::fs::write(&f, "[network]\negress = \"no\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("egress"), "{e}");
     }
 
     #[test]

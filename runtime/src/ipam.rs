@@ -62,6 +62,7 @@ pub struct Ipam {
     bridge: String,
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
+    egress: bool,
 }
 
 impl Ipam {
@@ -71,6 +72,7 @@ impl Ipam {
             bridge: cfg.bridge.clone(),
             subnet: cfg.subnet,
             gateway: cfg.gateway(),
+            egress: cfg.egress,
         }
     }
 
@@ -148,8 +150,45 @@ impl Ipam {
         if f != before {
             f.subnet = Some(self.subnet);
             self.write(&f)?;
+            self.firewall(&f);
         }
         Ok(r)
+    }
+
+    /// Makes the bridge's firewall chains what its leases say (after a daemon start: the
+    /// firewall is derived state, and a reboot or a `nft flush ruleset` loses it).
+    pub fn sync_firewall(&self) -> Result<(), IpamError> {
+        let _lock = self.lock()?;
+        let f = self.read()?;
+        self.firewall(&f);
+        Ok(())
+    }
+
+    /// The egress chain of the bridge, from the leases (held under the lease lock, so every
+    /// process on the bridge agrees). A failure is said, once as a warning, and changes nothing
+    /// else: the pods run, reaching the host only.
+    fn firewall(&self, f: &LeaseFile) {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let active = self.egress && !f.leases.is_empty();
+        let r = crate::firewall::sync_egress(&self.bridge, self.subnet, active).and_then(|()| {
+            if active {
+                crate::firewall::enable_forwarding()?;
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => {}
+            // Egress off: a chain of an earlier setting is removed if the firewall is there at
+            // all; where it is not (no nf_tables, qemu-user), that is no news.
+            Err(e) if !self.egress => tracing::debug!(bridge = self.bridge, "firewall: {e}"),
+            Err(e) if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                tracing::warn!(
+                    bridge = self.bridge,
+                    "egress: cannot set the masquerade rule ({e}): pods reach the host and each other only"
+                )
+            }
+            Err(e) => tracing::debug!(bridge = self.bridge, "egress: {e}"),
+        }
     }
 
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> IpamError {
@@ -216,6 +255,8 @@ mod tests {
             state_dir: dir.into(),
             subnet: subnet.parse().unwrap(),
             bridge: "brt".into(),
+            // The host's firewall is not the unit tests'.
+            egress: false,
             ..Config::default()
         })
     }

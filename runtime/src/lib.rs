@@ -22,6 +22,7 @@ pub mod cpu;
 pub mod daemon;
 pub mod durable;
 pub mod executor;
+pub mod firewall;
 pub mod ipam;
 pub mod limits;
 pub mod loader;

@@ -180,6 +180,7 @@ mod tests {
     fn names(dir: &std::path::Path) -> Names {
         let cfg = crate::config::Config {
             state_dir: dir.into(),
+            egress: false,
             ..crate::config::Config::default()
         };
         Names {

@@ -71,6 +71,7 @@ impl Env {
             subnet: self.subnet.parse().unwrap(),
             socket: self.socket(),
             pods_dir: self.pods_dir(),
+            egress: false,
             ..Default::default()
         };
         c.logs.dir = self.state_dir().join("logs");
@@ -103,6 +104,9 @@ impl Env {
             .arg(&self.subnet)
             .args(args)
             .env("PEAPOD_CONFIG", "/dev/null")
+            // Egress changes the firewall and ip_forward of the namespace peapod runs in: the
+            // tests that turn it on run peapod in a network namespace of their own.
+            .env("PEAPOD_EGRESS", "false")
             .env_remove("PEAPOD_LOG")
             .env_remove("PEAPOD_SOCKET")
             .env_remove("NOTIFY_SOCKET")

@@ -3,8 +3,9 @@
 //! ```text
 //! listen ADDR [TEXT] [MS] after MS (default 0) ms, accept forever; send TEXT (default:
 //!                        "hello from ADDR") and close
-//! connect ADDR [TRIES]   connect (retrying every 100ms, TRIES times, default 1), print what the
-//!                        server sent, exit 0; exit 1 if it never connected
+//! connect ADDR [TRIES]   connect (each try at most 1 s, retrying every 100ms, TRIES times,
+//!                        default 1), print what the server sent, exit 0; exit 1 if it never
+//!                        connected
 //! resolve NAME...        look each NAME up (WASI ip-name-lookup): print "NAME: ADDR ADDR..." or
 //!                        "NAME: error: MESSAGE"; exit 1 if any failed
 //! exit CODE              exit with CODE
@@ -87,7 +88,13 @@ fn main() {
             let addr = arg(2);
             let tries: u32 = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
             for i in 0..tries {
-                match TcpStream::connect(addr) {
+                // Each try waits at most a second for the handshake (a dropped SYN would
+                // otherwise wait out the kernel's retries, minutes).
+                let connected = addr.to_socket_addrs().and_then(|mut addrs| {
+                    let a = addrs.next().ok_or(std::io::ErrorKind::NotFound)?;
+                    TcpStream::connect_timeout(&a, Duration::from_secs(1))
+                });
+                match connected {
                     Ok(mut c) => {
                         let mut s = String::new();
                         let _ = c.read_to_string(&mut s);

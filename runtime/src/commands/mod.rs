@@ -42,6 +42,9 @@ pub struct Cli {
     /// IPv4 subnet of the bridge [default: 10.66.0.0/22]
     #[arg(long, global = true, env = "PEAPOD_SUBNET", help_heading = GLOBAL)]
     subnet: Option<String>,
+    /// Pods reach addresses outside the host, masqueraded (network.egress) [default: true]
+    #[arg(long, global = true, env = "PEAPOD_EGRESS", value_name = "BOOL", help_heading = GLOBAL)]
+    egress: Option<bool>,
     /// The daemon's API socket [default: <run-dir>/peapod.sock]
     #[arg(long, global = true, env = "PEAPOD_SOCKET", help_heading = GLOBAL)]
     socket: Option<PathBuf>,
@@ -75,6 +78,7 @@ impl Cli {
                 state_dir: self.state_dir.clone(),
                 bridge: self.bridge.clone(),
                 subnet: self.subnet.clone(),
+                egress: self.egress,
                 socket: self.socket.clone(),
                 pods_dir: self.pods_dir.clone(),
             },

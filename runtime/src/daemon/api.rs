@@ -382,6 +382,7 @@ mod tests {
             run_dir: dir.join("run"),
             state_dir: dir.join("state"),
             pods_dir: dir.join("pods"),
+            egress: false,
             ..Config::default()
         };
         cfg.logs.dir = dir.join("logs");

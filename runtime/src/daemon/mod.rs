@@ -71,6 +71,12 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     starting.start_all().await;
+    // The firewall is derived state (a reboot, a `nft flush ruleset` or a stop between a
+    // lease's change and its chain's loses it): made again from the leases of the recovered
+    // pods.
+    if let Err(e) = crate::ipam::Ipam::new(&cfg).sync_firewall() {
+        tracing::warn!("firewall: {e}");
+    }
     let count = starting.views().len();
     ready.store(true, std::sync::atomic::Ordering::Release);
     drop(starting);

@@ -1,0 +1,255 @@
+//! Pods that reach out (issue 11): egress through masquerade.
+//!
+//! The "host" is a network namespace of the test's own (its own firewall and ip_forward, so the
+//! machine's are never changed), `peapod run` runs in it; the "outside" is a second namespace
+//! behind a veth, with a documentation-range address (203.0.113.0/24) and **no route back to
+//! the pod subnet**: only NAT can bring a reply back to a pod.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+const HOST_OUT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+/// A host namespace and an outside one joined by a veth; a server outside that answers every
+/// connection with the address it came from.
+struct World {
+    host: TestNetns,
+    _outside: TestNetns,
+    stop: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl World {
+    fn new() -> World {
+        let host = TestNetns::new();
+        let outside = TestNetns::new();
+        host.ip_batch(&format!(
+            "link set lo up\n\
+             link add out0 type veth peer name out1 netns {}\n\
+             addr add {HOST_OUT}/24 dev out0\n\
+             link set out0 up\n",
+            outside.name
+        ));
+        outside.ip_batch(&format!(
+            "link set lo up\naddr add {OUTSIDE}/24 dev out1\nlink set out1 up\n"
+        ));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ns = std::fs::File::open(format!("/run/netns/{}", outside.name)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        // The server's thread is in the outside namespace; it ends when the world is dropped.
+        let server = std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = TcpListener::bind(SocketAddr::from((OUTSIDE, 9000))).unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !stopped.load(Ordering::Acquire) {
+                match l.accept() {
+                    Ok((mut c, peer)) => {
+                        let _ = c.write_all(peer.ip().to_string().as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        World {
+            host,
+            _outside: outside,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    /// `net.ipv4.ip_forward` of the host namespace.
+    fn ip_forward(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host.name])
+            .args(["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `nft list table inet peapod` in the host namespace (`None`: no such table).
+    fn peapod_table(&self) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host.name])
+            .args(["nft", "list", "table", "inet", "peapod"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn connect_job(env: &Env) -> std::path::PathBuf {
+    env.spec(
+        "out.toml",
+        &format!(
+            "[pod]\nname = \"out\"\n\n[[containers]]\nname = \"c\"\nmodule = {TOOLBOX:?}\n\
+             args = [\"connect\", \"{OUTSIDE}:9000\", \"3\"]\nrestart_policy = \"Never\"\n"
+        ),
+    )
+}
+
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_pod_reaches_outside_as_the_host() {
+    if emulated() {
+        // qemu-user does not translate NETLINK_NETFILTER sockets (EPROTONOSUPPORT).
+        eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
+        return;
+    }
+    let world = World::new();
+    let env = Env::new();
+    let spec = connect_job(&env);
+    assert_eq!(world.ip_forward(), "0");
+
+    let mut run = env.start_with(&spec, |c| {
+        world.host.enter_on_exec(c);
+        c.env("PEAPOD_EGRESS", "true");
+    });
+    let status = run.wait_exit(Duration::from_secs(120));
+    let out = run.output();
+    // The outside saw the host's address, not the pod's.
+    assert!(
+        out.contains(&format!("out/c: connected to {OUTSIDE}:9000: {HOST_OUT}\n")),
+        "{out}"
+    );
+    assert!(status.success(), "{out}");
+    assert!(out.contains("turned on net.ipv4.ip_forward"), "{out}");
+    assert_eq!(world.ip_forward(), "1");
+    // The pod is gone, and so is the bridge's chain.
+    let table = world.peapod_table().unwrap_or_default();
+    assert!(!table.contains(&env.bridge), "{table}");
+
+    // Egress off: no masquerade, and the outside cannot answer (forwarding is still on).
+    let mut run = env.start_with(&spec, |c| {
+        world.host.enter_on_exec(c);
+        c.env("PEAPOD_EGRESS", "false");
+    });
+    let status = run.wait_exit(Duration::from_secs(120));
+    let out = run.output();
+    assert!(
+        out.contains(&format!("out/c: cannot connect to {OUTSIDE}:9000")),
+        "{out}"
+    );
+    assert_eq!(status.code(), Some(1), "{out}");
+}
+
+/// While a pod runs, the chain is there with the masquerade rule, in peapod's table only; a
+/// second pod changes nothing; the last pod's end removes the chain.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn the_egress_chain_lives_as_long_as_the_bridge_has_pods() {
+    if emulated() {
+        eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
+        return;
+    }
+    let world = World::new();
+    let env = Env::new();
+    let server = |name: &str| {
+        env.spec(
+            &format!("{name}.toml"),
+            &format!(
+                "[pod]\nname = \"{name}\"\n\n[[containers]]\nname = \"c\"\nmodule = {TOOLBOX:?}\n\
+                 args = [\"listen\", \"0.0.0.0:9000\"]\n"
+            ),
+        )
+    };
+    let start = |spec: &std::path::Path| {
+        let mut p = env.start_with(spec, |c| {
+            world.host.enter_on_exec(c);
+            c.env("PEAPOD_EGRESS", "true");
+        });
+        p.wait_for("listening on", Duration::from_secs(60));
+        p
+    };
+    let mut a = start(&server("a"));
+    let mut b = start(&server("b"));
+    let table = world.peapod_table().expect("the table exists");
+    let chain = format!("chain {}-postrouting", env.bridge);
+    assert!(table.contains(&chain), "{table}");
+    assert!(
+        table.contains("type nat hook postrouting priority srcnat"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "ip saddr {0} ip daddr != {0} masquerade",
+            env.config().subnet
+        )),
+        "{table}"
+    );
+    assert_eq!(table.matches("masquerade").count(), 1, "one rule: {table}");
+    assert!(a.terminate().success());
+    assert!(
+        world.peapod_table().unwrap().contains(&chain),
+        "b still runs"
+    );
+    assert!(b.terminate().success());
+    let table = world.peapod_table().unwrap_or_default();
+    assert!(!table.contains(&chain), "{table}");
+}
+
+/// The firewall is derived state: a daemon start makes the chain again from the pods it
+/// recovers (here after `nft flush ruleset` and `kill -9`).
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_daemon_start_makes_the_egress_chain_again() {
+    if emulated() {
+        eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
+        return;
+    }
+    let world = World::new();
+    let env = Env::new();
+    env.pod_file("a.toml", &env.kv_spec("a", ""));
+    let daemon = || {
+        env.daemon_with(|c| {
+            world.host.enter_on_exec(c);
+            c.env("PEAPOD_EGRESS", "true");
+        })
+    };
+    let mut d = daemon();
+    let ip = env.wait_running("a");
+    let chain = format!("chain {}-postrouting", env.bridge);
+    assert!(world.peapod_table().unwrap().contains(&chain));
+
+    let flushed = Command::new("ip")
+        .args(["netns", "exec", &world.host.name, "nft", "flush", "ruleset"])
+        .status()
+        .unwrap();
+    assert!(flushed.success());
+    assert_eq!(world.peapod_table(), None);
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10));
+
+    let mut d = daemon();
+    assert_eq!(env.wait_running("a"), ip, "recovered");
+    let table = world.peapod_table().expect("made again");
+    assert!(
+        table.contains(&chain) && table.contains("masquerade"),
+        "{table}"
+    );
+    assert!(d.terminate().success());
+}
