@@ -1,4 +1,4 @@
-//! Pods that reach out (issue 11): egress through masquerade.
+//! Pods that reach out and are reached (issue 11): egress through masquerade, published ports.
 //!
 //! The "host" is a network namespace of the test's own (its own firewall and ip_forward, so the
 //! machine's are never changed), `peapod run` runs in it; the "outside" is a second namespace
@@ -23,7 +23,7 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// connection with the address it came from.
 struct World {
     host: TestNetns,
-    _outside: TestNetns,
+    outside: TestNetns,
     stop: Arc<AtomicBool>,
     server: Option<std::thread::JoinHandle<()>>,
 }
@@ -64,7 +64,7 @@ impl World {
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
         World {
             host,
-            _outside: outside,
+            outside,
             stop,
             server: Some(server),
         }
@@ -80,6 +80,37 @@ impl World {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// `REQUEST` (e.g. `GET /healthz`) as HTTP/1.0 to `addr`:18080 from a thread in namespace
+    /// `ns` (the outside's or the host's).
+    fn get(&self, ns: Ns, addr: Ipv4Addr, request: &str) -> std::io::Result<String> {
+        let name = match ns {
+            Ns::Outside => &self.outside.name,
+            Ns::Host => &self.host.name,
+        };
+        connect_in_netns(
+            std::path::Path::new(&format!("/run/netns/{name}")),
+            SocketAddr::from((addr, 18080)),
+            &format!("{request} HTTP/1.0\r\n\r\n"),
+        )
+    }
+
+    /// Host port 18080 answers (kv-server's /healthz) from outside, from the host to its own
+    /// address, and from the host's 127.0.0.1.
+    fn published_answers(&self, when: &str) {
+        for (ns, addr) in [
+            (OUTSIDE_NS, HOST_OUT),
+            (Ns::Host, HOST_OUT),
+            (Ns::Host, Ipv4Addr::LOCALHOST),
+        ] {
+            let answer = eventually(Duration::from_secs(30), "published port answers", || {
+                self.get(ns, addr, "GET /healthz")
+                    .ok()
+                    .filter(|a| a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200"))
+            });
+            assert!(answer.contains("200"), "{when}: {ns:?} -> {addr}: {answer}");
+        }
+    }
+
     /// `nft list table inet peapod` in the host namespace (`None`: no such table).
     fn peapod_table(&self) -> Option<String> {
         let out = Command::new("ip")
@@ -92,6 +123,13 @@ impl World {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
+
+#[derive(Debug, Clone, Copy)]
+enum Ns {
+    Outside,
+    Host,
+}
+const OUTSIDE_NS: Ns = Ns::Outside;
 
 impl Drop for World {
     fn drop(&mut self) {
@@ -212,18 +250,25 @@ fn the_egress_chain_lives_as_long_as_the_bridge_has_pods() {
     assert!(!table.contains(&chain), "{table}");
 }
 
-/// The firewall is derived state: a daemon start makes the chain again from the pods it
-/// recovers (here after `nft flush ruleset` and `kill -9`).
+/// The firewall is derived state: a daemon start makes the chains again from the pods it
+/// recovers (here after `nft flush ruleset` and `kill -9`); a published port answers from
+/// outside after a restart in place, that recovery, and a re-create (new IP).
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
-fn a_daemon_start_makes_the_egress_chain_again() {
+fn published_ports_and_egress_come_back_with_the_daemon() {
     if emulated() {
         eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
         return;
     }
     let world = World::new();
     let env = Env::new();
-    env.pod_file("a.toml", &env.kv_spec("a", ""));
+    env.pod_file(
+        "a.toml",
+        &env.kv_spec(
+            "a",
+            "ports = [{ container_port = 8080, host_port = 18080 }]",
+        ),
+    );
     let daemon = || {
         env.daemon_with(|c| {
             world.host.enter_on_exec(c);
@@ -234,6 +279,13 @@ fn a_daemon_start_makes_the_egress_chain_again() {
     let ip = env.wait_running("a");
     let chain = format!("chain {}-postrouting", env.bridge);
     assert!(world.peapod_table().unwrap().contains(&chain));
+    world.published_answers("before anything");
+
+    // Restart in place: the app crashes, same IP, same rules.
+    let _ = world.get(OUTSIDE_NS, HOST_OUT, "POST /crash");
+    d.wait_for("a/app trapped", Duration::from_secs(30));
+    world.published_answers("after a restart in place");
+    assert_eq!(env.wait_running("a"), ip);
 
     let flushed = Command::new("ip")
         .args(["netns", "exec", &world.host.name, "nft", "flush", "ruleset"])
@@ -251,5 +303,73 @@ fn a_daemon_start_makes_the_egress_chain_again() {
         table.contains(&chain) && table.contains("masquerade"),
         "{table}"
     );
+    world.published_answers("after kill -9 and a flushed ruleset");
+
+    // Re-created: a new IP, the rules follow it.
+    env.ctl_ok(&["restart", "a"]);
+    let ip2 = eventually(Duration::from_secs(60), "a re-created", || {
+        let ip2 = env.wait_running("a");
+        (ip2 != ip).then_some(ip2)
+    });
+    world.published_answers("after a re-create");
+    let table = world.peapod_table().unwrap();
+    assert!(
+        table.contains(&format!("dnat ip to {ip2}:8080")) && !table.contains(&format!("{ip}:")),
+        "{table}"
+    );
     assert!(d.terminate().success());
+}
+
+/// A published port answers from outside, from the host to its own address and on its
+/// 127.0.0.1, also with egress off; another pod cannot publish it; it is gone with the pod.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_published_port_answers_on_every_host_address_and_goes_with_the_pod() {
+    if emulated() {
+        eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
+        return;
+    }
+    let world = World::new();
+    let env = Env::new();
+    let web = env.spec(
+        "web.toml",
+        &env.kv_spec(
+            "web",
+            "ports = [{ container_port = 8080, host_port = 18080 }]",
+        ),
+    );
+    let in_host = |c: &mut Command| world.host.enter_on_exec(c);
+    let mut p = env.start_with(&web, in_host);
+    p.wait_for("kv-server listening", Duration::from_secs(60));
+    world.published_answers("egress off");
+    let table = world.peapod_table().unwrap();
+    assert!(table.contains("fib daddr type local"), "{table}");
+    assert!(!table.contains("ip daddr != "), "no egress rule: {table}");
+
+    // Another pod cannot publish the same port: refused before anything is made (exit 2).
+    let other = env.spec(
+        "other.toml",
+        &env.kv_spec(
+            "other",
+            "ports = [{ container_port = 9090, host_port = 18080 }]",
+        ),
+    );
+    let mut o = env.start_with(&other, in_host);
+    let status = o.wait_exit(Duration::from_secs(60));
+    let out = o.output();
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:9: containers[0].ports[0].host_port: 18080/TCP is published by pod web already",
+            other.display()
+        )),
+        "{out}"
+    );
+    assert!(!env.leases().iter().any(|(p, _)| p == "other"));
+
+    assert!(p.terminate().success());
+    let gone = world.get(OUTSIDE_NS, HOST_OUT, "GET /healthz");
+    assert!(gone.is_err(), "{gone:?}");
+    let table = world.peapod_table().unwrap_or_default();
+    assert!(!table.contains(&env.bridge), "{table}");
 }

@@ -137,10 +137,62 @@ fn every_kind_of_bad_spec_is_refused_with_file_line_and_field() {
             ),
             vec!["FILE:6: containers[0].cpu_limit: 100000m is more than this host's"],
         ),
+        (
+            "container-port-0.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}ports = [{{ container_port = 0 }}]\n",
+                ok("app")
+            ),
+            vec!["FILE:6: containers[0].ports[0].container_port: 0 is not a port: use 1-65535"],
+        ),
+        (
+            "host-port-range.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}ports = [{{ container_port = 80, host_port = 70000 }}]\n",
+                ok("app")
+            ),
+            vec!["FILE:6: containers[0].ports[0].host_port: 70000 is not a port: use 1-65535"],
+        ),
+        (
+            "host-port-twice.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}\n[[containers.ports]]\ncontainer_port = 80\nhost_port = 18080\n\
+                 \n[[containers.ports]]\ncontainer_port = 81\nhost_port = 18080\n",
+                ok("app")
+            ),
+            vec![
+                "FILE:13: containers[0].ports[1].host_port: 18080/TCP is published twice in this \
+                 pod (also containers[0].ports[0])",
+            ],
+        ),
+        (
+            "protocol.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}ports = [{{ container_port = 80, protocol = \"SCTP\" }}]\n",
+                ok("app")
+            ),
+            vec!["FILE:6: containers[0].ports[0].protocol: \"SCTP\": use \"TCP\" or \"UDP\""],
+        ),
     ];
     for (file, text, wants) in &cases {
         assert_refused(&env, file, text, wants);
     }
+    // A host port a host process holds (here this test) is refused, naming the process.
+    let held = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    assert_refused(
+        &env,
+        "host-port-held.toml",
+        &format!(
+            "[pod]\nname = \"a\"\n{}ports = [{{ container_port = 80, host_port = {port} }}]\n",
+            ok("app")
+        ),
+        &[&format!(
+            "FILE:6: containers[0].ports[0].host_port: {port}/TCP is in use on the host by \
+             process {}",
+            std::process::id()
+        )],
+    );
     // Several problems are reported together.
     assert_refused(
         &env,

@@ -1,28 +1,36 @@
 //! The host's firewall, as far as peapod touches it: one nf_tables table of its own,
-//! `inet peapod`, and in it one chain per bridge. Nothing else is ever read or changed.
+//! `inet peapod`, and in it three nat chains per bridge. Nothing else is ever read or changed.
 //!
-//! Egress: `<bridge>-postrouting` (type nat, hook postrouting, priority srcnat) holds one rule,
-//! `ip saddr SUBNET ip daddr != SUBNET masquerade`: what a pod sends outside the host leaves with
-//! the address of the interface it goes out of, and the replies find their way back through
-//! conntrack. The chain is derived state: [`crate::ipam::Ipam`] replaces it whole (flush + add,
-//! in one atomic batch) when the bridge's leases change, under the lease file's lock, and deletes
-//! it with the bridge's last lease, so `peapod run`s and the daemon on one bridge agree.
+//! - `<bridge>-postrouting` (priority srcnat): egress, `ip saddr SUBNET ip daddr != SUBNET
+//!   masquerade` (what a pod sends outside the host leaves with the address of the interface it
+//!   goes out of; conntrack brings the replies back); and for published ports, masquerade of
+//!   `127.0.0.0/8` sources towards the bridge and of traffic routed from the bridge back into it.
+//! - `<bridge>-prerouting` and `<bridge>-output` (priority dstnat): one DNAT rule per published
+//!   port, for packets from outside and from the host itself, to a host address (`fib daddr
+//!   type local`, or the port's `host_ip`).
+//!
+//! The chains are derived state: [`crate::ipam::Ipam`] replaces them whole (flush + add, in one
+//! atomic batch) when the bridge's leases change, under the lease file's lock, from the lease
+//! file (which keeps each pod's published ports beside its address), so `peapod run`s and the
+//! daemon on one bridge agree; a chain with no rule is deleted.
 //!
 //! Spoken over netlink (`NETLINK_NETFILTER`) with `netlink-packet-netfilter` (MIT, the rtnetlink
 //! family): no `nft` process (design invariant 8). Not `rustables` (GPL-3.0) or `nftnl` (binds
 //! libnftnl, GPL-2.0, which the cross builds would need too): peapod is Apache-2.0.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    DefaultNla, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_netfilter::nftables::{
-    Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions,
-    Hook, HookNumber, InetHookNumber, ListAttribute, Meta, MetaKey, NfTablesMessage, Operator,
-    Payload, Register, RuleAttribute, RuleMessage, TableAttribute, TableMessage,
+    Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, Expressions, Hook, HookNumber,
+    Immediate, InetHookNumber, Meta, MetaKey, NfTablesMessage, Operator, Payload, Register,
+    RuleAttribute, RuleMessage, TableAttribute, TableMessage,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{
@@ -30,122 +38,285 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
+use crate::spec::Published;
+
 /// peapod's table (family `inet`).
 pub const TABLE: &str = "peapod";
 
-/// The egress chain of `bridge`.
-pub fn egress_chain(bridge: &str) -> String {
-    format!("{bridge}-postrouting")
-}
-
 /// NFNL_SUBSYS_NFTABLES: the batch messages name the subsystem they carry.
 const SUBSYS_NFTABLES: u16 = 10;
-/// NF_IP_PRI_NAT_SRC: where `nft`'s `priority srcnat` puts a nat postrouting chain.
-const PRIORITY_SRCNAT: u32 = 100;
-/// NFT_PAYLOAD_NETWORK_HEADER
+/// NF_IP_PRI_NAT_SRC and NF_IP_PRI_NAT_DST: `nft`'s `priority srcnat` and `dstnat`.
+const PRIORITY_SRCNAT: i32 = 100;
+const PRIORITY_DSTNAT: i32 = -100;
+/// NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER
 const NETWORK_HEADER: u32 = 1;
+const TRANSPORT_HEADER: u32 = 2;
 /// NFPROTO_IPV4
 const NFPROTO_IPV4: u8 = 2;
+/// NFT_META_L4PROTO
+const META_L4PROTO: u32 = 16;
+/// RTN_LOCAL: what `fib daddr type` says of the host's own addresses.
+const RTN_LOCAL: u32 = 2;
 
-/// Makes the egress of `bridge` what `active` says: the masquerade rule for `subnet` when
-/// true, no chain when false.
-pub fn sync_egress(bridge: &str, subnet: Ipv4Net, active: bool) -> io::Result<()> {
-    let chain = egress_chain(bridge);
+/// What the firewall should hold for one bridge.
+pub struct Rules<'a> {
+    pub bridge: &'a str,
+    pub subnet: Ipv4Net,
+    /// Masquerade what the pods send outside the host.
+    pub egress: bool,
+    /// The pods' published ports: (pod address, its ports).
+    pub published: Vec<(Ipv4Addr, &'a [Published])>,
+}
+
+impl Rules<'_> {
+    /// Is anything asked of the firewall at all?
+    pub fn needed(&self) -> bool {
+        self.egress || self.publishes()
+    }
+
+    fn publishes(&self) -> bool {
+        self.published.iter().any(|(_, p)| !p.is_empty())
+    }
+}
+
+/// A base chain of peapod's table (all of type nat).
+pub struct Chain {
+    pub name: String,
+    hook: InetHookNumber,
+    priority: i32,
+}
+
+/// One rule: its expressions, in order.
+type Rule = Vec<Expressions>;
+
+/// The chains of `bridge` in peapod's table: postrouting, prerouting, output.
+pub fn chains(bridge: &str) -> [Chain; 3] {
+    let chain = |hook_name: &str, hook, priority| Chain {
+        name: format!("{bridge}-{hook_name}"),
+        hook,
+        priority,
+    };
+    [
+        chain("postrouting", InetHookNumber::PostRouting, PRIORITY_SRCNAT),
+        chain("prerouting", InetHookNumber::PreRouting, PRIORITY_DSTNAT),
+        chain("output", InetHookNumber::LocalOut, PRIORITY_DSTNAT),
+    ]
+}
+
+/// Makes the bridge's chains what `rules` says, in one atomic batch: every chain made (if
+/// missing) and flushed, then filled, or deleted when it has no rule. Both need `ip_forward`;
+/// published ports also `route_localnet` on the bridge (for `127.0.0.1:PORT`).
+pub fn sync(rules: &Rules) -> io::Result<()> {
+    let mut content: [(Chain, Vec<Rule>); 3] =
+        chains(rules.bridge).map(|chain| (chain, Vec::new()));
+    if rules.egress {
+        content[0].1.push(masquerade(rules.subnet));
+    }
+    if rules.publishes() {
+        // From the host itself to 127.0.0.1:PORT: the source must not stay a loopback one
+        // towards the pod (whose own loopback it would be).
+        let mut local = ipv4();
+        local.extend(address(12, "127.0.0.0/8".parse().unwrap(), Operator::Equal));
+        local.extend(ifname(MetaKey::Oifname, rules.bridge));
+        local.push(masq());
+        content[0].1.push(local);
+        // From a pod to a published port that leads to a pod of the bridge (a hairpin):
+        // routed in and out of the bridge; answered as the host, or the answer would go
+        // straight back over the bridge, around the NAT.
+        let mut hairpin = ifname(MetaKey::Iifname, rules.bridge);
+        hairpin.extend(ifname(MetaKey::Oifname, rules.bridge));
+        hairpin.push(masq());
+        content[0].1.push(hairpin);
+        for (ip, ports) in &rules.published {
+            for p in ports.iter() {
+                content[1].1.push(dnat(*ip, p));
+                content[2].1.push(dnat(*ip, p));
+            }
+        }
+    }
+
     let mut batch = Batch::default();
-    if active {
-        batch.push(NfTablesMessage::NewTable(TableMessage {
-            attributes: vec![TableAttribute::Name(TABLE.into())],
-        }));
+    batch.push(NfTablesMessage::NewTable(TableMessage {
+        attributes: vec![TableAttribute::Name(TABLE.into())],
+    }));
+    for (
+        Chain {
+            name,
+            hook,
+            priority,
+        },
+        rules,
+    ) in &content
+    {
         batch.push(NfTablesMessage::NewChain(ChainMessage {
             attributes: vec![
                 ChainAttribute::Table(TABLE.into()),
-                ChainAttribute::Name(chain.clone()),
+                ChainAttribute::Name(name.clone()),
                 ChainAttribute::Hook(vec![
-                    Hook::Number(HookNumber::Inet(InetHookNumber::PostRouting)),
-                    Hook::Priority(PRIORITY_SRCNAT),
+                    Hook::Number(HookNumber::Inet(*hook)),
+                    Hook::Priority(*priority as u32),
                 ]),
                 ChainAttribute::Type("nat".into()),
             ],
         }));
-        batch.push(flush(&chain));
-        batch.push(NfTablesMessage::NewRule(RuleMessage {
+        batch.push(NfTablesMessage::DeleteRule(RuleMessage {
             attributes: vec![
                 RuleAttribute::Table(TABLE.into()),
-                RuleAttribute::Chain(chain),
-                RuleAttribute::Expressions(masquerade(subnet)),
+                RuleAttribute::Chain(name.clone()),
             ],
         }));
-        batch.send()
-    } else {
-        batch.push(flush(&chain));
-        batch.push(NfTablesMessage::DeleteChain(ChainMessage {
-            attributes: vec![
-                ChainAttribute::Table(TABLE.into()),
-                ChainAttribute::Name(chain),
-            ],
-        }));
-        match batch.send() {
-            // No table or no chain: nothing to remove.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            r => r,
+        if rules.is_empty() {
+            batch.push(NfTablesMessage::DeleteChain(ChainMessage {
+                attributes: vec![
+                    ChainAttribute::Table(TABLE.into()),
+                    ChainAttribute::Name(name.clone()),
+                ],
+            }));
+        }
+        for r in rules {
+            batch.push(NfTablesMessage::NewRule(RuleMessage {
+                attributes: vec![
+                    RuleAttribute::Table(TABLE.into()),
+                    RuleAttribute::Chain(name.clone()),
+                    RuleAttribute::Expressions(r.iter().cloned().map(Into::into).collect()),
+                ],
+            }));
         }
     }
+    batch.send()?;
+    if rules.needed() {
+        enable_forwarding()?;
+    }
+    if rules.publishes() {
+        set_sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", rules.bridge),
+            "1",
+        )?;
+    }
+    Ok(())
 }
 
-/// Removes every rule of `chain` (a DELRULE naming no rule).
-fn flush(chain: &str) -> NfTablesMessage {
-    NfTablesMessage::DeleteRule(RuleMessage {
-        attributes: vec![
-            RuleAttribute::Table(TABLE.into()),
-            RuleAttribute::Chain(chain.into()),
-        ],
-    })
+fn u32_be(v: u32) -> Vec<u8> {
+    v.to_be_bytes().to_vec()
 }
 
-/// `meta nfproto ipv4 ip saddr SUBNET ip daddr != SUBNET masquerade`, as `nft` encodes it.
-fn masquerade(subnet: Ipv4Net) -> Vec<ListAttribute<ExpressionAttribute>> {
-    let net = subnet.network().octets().to_vec();
-    let mask = subnet.netmask().octets().to_vec();
-    let address = |offset: u32, op: Operator| {
-        [
-            Expressions::Payload(vec![
-                Payload::DestinationRegister(Register::Reg1),
-                Payload::Base(NETWORK_HEADER),
-                Payload::Offset(offset),
-                Payload::Len(4),
-            ]),
-            Expressions::Bitwise(vec![
-                Bitwise::SourceRegister(Register::Reg1),
-                Bitwise::DestinationRegister(Register::Reg1),
-                Bitwise::Length(4),
-                Bitwise::Mask(DataAttribute::Value(mask.clone())),
-                Bitwise::Xor(DataAttribute::Value(vec![0; 4])),
-            ]),
-            Expressions::Cmp(vec![
-                Cmp::SourceRegister(Register::Reg1),
-                Cmp::Op(op),
-                Cmp::Data(DataAttribute::Value(net.clone())),
-            ]),
-        ]
-    };
-    let mut e = vec![
+fn cmp(op: Operator, data: Vec<u8>) -> Expressions {
+    Expressions::Cmp(vec![
+        Cmp::SourceRegister(Register::Reg1),
+        Cmp::Op(op),
+        Cmp::Data(DataAttribute::Value(data)),
+    ])
+}
+
+/// `meta nfproto ipv4` (what `nft` puts before a match on the IPv4 header in an inet table).
+fn ipv4() -> Vec<Expressions> {
+    vec![
         Expressions::Meta(vec![
             Meta::DestinationRegister(Register::Reg1),
             Meta::Key(MetaKey::Nfproto),
         ]),
-        Expressions::Cmp(vec![
-            Cmp::SourceRegister(Register::Reg1),
-            Cmp::Op(Operator::Equal),
-            Cmp::Data(DataAttribute::Value(vec![NFPROTO_IPV4])),
+        cmp(Operator::Equal, vec![NFPROTO_IPV4]),
+    ]
+}
+
+/// `ip saddr NET` (offset 12) or `ip daddr NET` (offset 16), `op` `==` or `!=`.
+fn address(offset: u32, net: Ipv4Net, op: Operator) -> Vec<Expressions> {
+    vec![
+        Expressions::Payload(vec![
+            Payload::DestinationRegister(Register::Reg1),
+            Payload::Base(NETWORK_HEADER),
+            Payload::Offset(offset),
+            Payload::Len(4),
         ]),
-    ];
-    e.extend(address(12, Operator::Equal)); // ip saddr
-    e.extend(address(16, Operator::NotEqual)); // ip daddr
-    e.push(Expressions::Other {
+        Expressions::Bitwise(vec![
+            Bitwise::SourceRegister(Register::Reg1),
+            Bitwise::DestinationRegister(Register::Reg1),
+            Bitwise::Length(4),
+            Bitwise::Mask(DataAttribute::Value(net.netmask().octets().to_vec())),
+            Bitwise::Xor(DataAttribute::Value(vec![0; 4])),
+        ]),
+        cmp(op, net.network().octets().to_vec()),
+    ]
+}
+
+/// `iifname NAME` / `oifname NAME`.
+fn ifname(key: MetaKey, name: &str) -> Vec<Expressions> {
+    let mut padded = name.as_bytes().to_vec();
+    padded.resize(16, 0);
+    vec![
+        Expressions::Meta(vec![
+            Meta::DestinationRegister(Register::Reg1),
+            Meta::Key(key),
+        ]),
+        cmp(Operator::Equal, padded),
+    ]
+}
+
+fn masq() -> Expressions {
+    Expressions::Other {
         expression_type: "masq".into(),
         attributes: Vec::new(),
+    }
+}
+
+/// `meta nfproto ipv4 ip saddr SUBNET ip daddr != SUBNET masquerade`.
+fn masquerade(subnet: Ipv4Net) -> Vec<Expressions> {
+    let mut e = ipv4();
+    e.extend(address(12, subnet, Operator::Equal));
+    e.extend(address(16, subnet, Operator::NotEqual));
+    e.push(masq());
+    e
+}
+
+/// `[fib daddr type local | ip daddr HOST_IP] meta l4proto P th dport HOST_PORT
+/// dnat ip to POD_IP:CONTAINER_PORT`.
+fn dnat(pod: Ipv4Addr, p: &Published) -> Vec<Expressions> {
+    let mut e = ipv4();
+    if p.host_ip.is_unspecified() {
+        e.push(Expressions::Other {
+            expression_type: "fib".into(),
+            attributes: vec![
+                DefaultNla::new(1, u32_be(1)), // NFTA_FIB_DREG: reg 1
+                DefaultNla::new(2, u32_be(3)), // NFTA_FIB_RESULT: NFT_FIB_RESULT_ADDRTYPE
+                DefaultNla::new(3, u32_be(2)), // NFTA_FIB_FLAGS: NFTA_FIB_F_DADDR
+            ],
+        });
+        e.push(cmp(Operator::Equal, RTN_LOCAL.to_ne_bytes().to_vec()));
+    } else {
+        e.extend(address(16, Ipv4Net::from(p.host_ip), Operator::Equal));
+    }
+    e.push(Expressions::Meta(vec![
+        Meta::DestinationRegister(Register::Reg1),
+        Meta::Key(MetaKey::Other(META_L4PROTO)),
+    ]));
+    e.push(cmp(Operator::Equal, vec![p.protocol.number()]));
+    e.push(Expressions::Payload(vec![
+        Payload::DestinationRegister(Register::Reg1),
+        Payload::Base(TRANSPORT_HEADER),
+        Payload::Offset(2),
+        Payload::Len(2),
+    ]));
+    e.push(cmp(Operator::Equal, p.host_port.to_be_bytes().to_vec()));
+    e.push(Expressions::Immediate(vec![
+        Immediate::DestinationRegister(Register::Reg1),
+        Immediate::Data(DataAttribute::Value(pod.octets().to_vec())),
+    ]));
+    e.push(Expressions::Immediate(vec![
+        Immediate::DestinationRegister(Register::Reg2),
+        Immediate::Data(DataAttribute::Value(
+            p.container_port.to_be_bytes().to_vec(),
+        )),
+    ]));
+    e.push(Expressions::Other {
+        expression_type: "nat".into(),
+        attributes: vec![
+            DefaultNla::new(1, u32_be(1)), // NFTA_NAT_TYPE: NFT_NAT_DNAT
+            DefaultNla::new(2, u32_be(u32::from(NFPROTO_IPV4))), // NFTA_NAT_FAMILY
+            DefaultNla::new(3, u32_be(1)), // NFTA_NAT_REG_ADDR_MIN: reg 1
+            DefaultNla::new(5, u32_be(2)), // NFTA_NAT_REG_PROTO_MIN: reg 2
+        ],
     });
-    e.into_iter().map(Into::into).collect()
+    e
 }
 
 /// Messages sent as one nf_tables transaction: all of them take effect, or none.
@@ -225,31 +396,38 @@ impl Batch {
     }
 }
 
-/// Turns on `net.ipv4.ip_forward` of the current network namespace if it is off (egress needs
-/// the host to forward the pods' packets), saying so once.
-pub fn enable_forwarding() -> io::Result<()> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Turns on `net.ipv4.ip_forward` of the current network namespace if it is off (egress and
+/// published ports need the host to forward the pods' packets), saying so once.
+fn enable_forwarding() -> io::Result<()> {
     static SAID: AtomicBool = AtomicBool::new(false);
-    if std::fs::read_to_string(PATH)?.trim() == "1" {
-        return Ok(());
-    }
-    std::fs::write(PATH, "1")?;
-    if !SAID.swap(true, Ordering::Relaxed) {
-        tracing::info!("egress: turned on net.ipv4.ip_forward (pods' packets are forwarded)");
+    if set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")? && !SAID.swap(true, Ordering::Relaxed) {
+        tracing::info!("firewall: turned on net.ipv4.ip_forward (the host forwards pods' packets)");
     }
     Ok(())
+}
+
+/// Writes `value` to the sysctl file at `path` unless it holds it already; true if it wrote.
+fn set_sysctl(path: &str, value: &str) -> io::Result<bool> {
+    if std::fs::read_to_string(path)?.trim() == value {
+        return Ok(false);
+    }
+    std::fs::write(path, value)?;
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Protocol;
 
     #[test]
-    fn a_batch_is_begin_messages_end_each_acked() {
+    fn a_batch_is_begin_messages_end() {
         let mut b = Batch::default();
-        b.push(flush("br-postrouting"));
+        b.push(NfTablesMessage::NewTable(TableMessage {
+            attributes: vec![TableAttribute::Name(TABLE.into())],
+        }));
         let bytes = b.encode();
-        // Three netlink messages: types 0x10 (batch begin), 0x0a08 (DELRULE), 0x11 (batch end).
+        // Three netlink messages: batch begin (0x10), NEWTABLE (0x0a00), batch end (0x11).
         let mut types = Vec::new();
         let mut off = 0;
         while off < bytes.len() {
@@ -259,26 +437,31 @@ mod tests {
             ));
             off += (len + 3) & !3;
         }
-        assert_eq!(types, vec![0x10, 0x0a08, 0x11]);
+        assert_eq!(types, vec![0x10, 0x0a00, 0x11]);
     }
 
     #[test]
     fn the_masquerade_rule_matches_the_subnet_both_ways() {
-        let e = masquerade("10.66.0.0/22".parse().unwrap());
-        // meta, cmp, (payload, bitwise, cmp) x 2, masq
-        assert_eq!(e.len(), 9);
-        let dbg = format!("{e:?}");
+        let e = format!("{:?}", masquerade("10.66.0.0/22".parse().unwrap()));
+        assert!(e.contains("Offset(12)") && e.contains("Offset(16)"), "{e}");
         assert!(
-            dbg.contains("Offset(12)") && dbg.contains("Offset(16)"),
-            "{dbg}"
+            e.contains("[255, 255, 252, 0]") && e.contains("[10, 66, 0, 0]"),
+            "{e}"
         );
-        assert!(
-            dbg.contains("[255, 255, 252, 0]") && dbg.contains("[10, 66, 0, 0]"),
-            "{dbg}"
-        );
-        assert!(
-            dbg.contains("NotEqual") && dbg.contains("\"masq\""),
-            "{dbg}"
-        );
+        assert!(e.contains("NotEqual") && e.contains("\"masq\""), "{e}");
+    }
+
+    #[test]
+    fn a_dnat_rule_carries_the_ports_in_network_order() {
+        let p = Published {
+            protocol: Protocol::Udp,
+            host_ip: "192.0.2.5".parse().unwrap(),
+            host_port: 0x1234,
+            container_port: 0x5678,
+        };
+        let e = format!("{:?}", dnat("10.66.0.9".parse().unwrap(), &p));
+        assert!(e.contains("[18, 52]") && e.contains("[86, 120]"), "{e}");
+        assert!(e.contains("[17]") && e.contains("[192, 0, 2, 5]"), "{e}");
+        assert!(e.contains("[10, 66, 0, 9]") && !e.contains("fib"), "{e}");
     }
 }

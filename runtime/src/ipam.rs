@@ -16,6 +16,8 @@ use ipnet::Ipv4Net;
 use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
+use crate::spec::Published;
+
 use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ pub enum IpamError {
     Exhausted { subnet: Ipv4Net, leased: usize },
     #[error("pod {pod} already holds lease {ip}")]
     AlreadyLeased { pod: String, ip: Ipv4Addr },
+    #[error("host port {port} is published by pod {holder} already")]
+    PortTaken { port: Published, holder: String },
 }
 
 #[derive(Debug, Serialize, Deserialize, Default, Clone, PartialEq)]
@@ -53,6 +57,10 @@ struct LeaseFile {
     last: Option<Ipv4Addr>,
     /// pod name -> address
     leases: BTreeMap<String, Ipv4Addr>,
+    /// pod name -> the host ports it publishes (kept beside its lease, so that every process on
+    /// the bridge can make the bridge's firewall chains from this file alone).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    ports: BTreeMap<String, Vec<Published>>,
 }
 
 /// The lease store of one bridge.
@@ -82,12 +90,26 @@ impl Ipam {
 
     /// Leases a new address for `pod` and persists it before returning.
     pub fn allocate(&self, pod: &str) -> Result<Ipv4Addr, IpamError> {
+        self.allocate_publishing(pod, &[])
+    }
+
+    /// [`Ipam::allocate`], for a pod that publishes `ports` on the host (refused if another
+    /// pod publishes one of them already).
+    pub fn allocate_publishing(
+        &self,
+        pod: &str,
+        ports: &[Published],
+    ) -> Result<Ipv4Addr, IpamError> {
         self.update(|f| {
             if let Some(ip) = f.leases.get(pod) {
                 return Err(IpamError::AlreadyLeased {
                     pod: pod.into(),
                     ip: *ip,
                 });
+            }
+            self.check_ports(f, pod, ports)?;
+            if !ports.is_empty() {
+                f.ports.insert(pod.into(), ports.to_vec());
             }
             let hosts: Vec<Ipv4Addr> = self.subnet.hosts().collect();
             let start = f
@@ -108,9 +130,109 @@ impl Ipam {
         })
     }
 
-    /// Drops `pod`'s lease, returning the address it held.
+    /// Drops `pod`'s lease (and its published ports), returning the address it held.
     pub fn release(&self, pod: &str) -> Result<Option<Ipv4Addr>, IpamError> {
-        self.update(|f| Ok(f.leases.remove(pod)))
+        self.update(|f| {
+            f.ports.remove(pod);
+            Ok(f.leases.remove(pod))
+        })
+    }
+
+    /// Sets the ports `pod` (which holds a lease) publishes: a recovered pod's, whose spec may
+    /// have been written before the ports were kept here.
+    pub fn set_ports(&self, pod: &str, ports: &[Published]) -> Result<(), IpamError> {
+        self.update(|f| {
+            self.check_ports(f, pod, ports)?;
+            if ports.is_empty() {
+                f.ports.remove(pod);
+            } else {
+                f.ports.insert(pod.into(), ports.to_vec());
+            }
+            Ok(())
+        })
+    }
+
+    /// The first pod other than `pod`, on any bridge of this state dir, that publishes one of
+    /// `ports`; `f` is this bridge's file as it is under the lock.
+    fn check_ports(&self, f: &LeaseFile, pod: &str, ports: &[Published]) -> Result<(), IpamError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let mut others: Vec<(String, Published)> = Vec::new();
+        for (holder, list) in &f.ports {
+            others.extend(list.iter().map(|p| (holder.clone(), *p)));
+        }
+        others.extend(
+            self.publishers_elsewhere()
+                .into_iter()
+                .map(|(bridge, holder, p)| (format!("{holder} (bridge {bridge})"), p)),
+        );
+        for port in ports {
+            if let Some((holder, _)) = others
+                .iter()
+                .find(|(holder, p)| holder != pod && p.clashes(port))
+            {
+                return Err(IpamError::PortTaken {
+                    port: *port,
+                    holder: holder.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Published ports of the pods on the other bridges of this state dir: (bridge, pod, port).
+    fn publishers_elsewhere(&self) -> Vec<(String, String, Published)> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(bridge) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if bridge == self.bridge || name.starts_with('.') {
+                continue;
+            }
+            let Ok(f) = std::fs::read(e.path())
+                .map_err(|_| ())
+                .and_then(|b| serde_json::from_slice::<LeaseFile>(&b).map_err(|_| ()))
+            else {
+                continue;
+            };
+            for (pod, list) in f.ports {
+                out.extend(
+                    list.into_iter()
+                        .map(|p| (bridge.to_string(), pod.clone(), p)),
+                );
+            }
+        }
+        out
+    }
+
+    /// Pods that publish a clash with `ports`, other than `pod`, on every bridge of this state
+    /// dir: (holder, the port it publishes). No lock: a check before anything is made.
+    pub fn port_holders(&self, pod: &str, ports: &[Published]) -> Vec<(String, Published)> {
+        let f = self.read().unwrap_or_default();
+        let mut out = Vec::new();
+        for port in ports {
+            let mine = f
+                .ports
+                .iter()
+                .flat_map(|(h, l)| l.iter().map(move |p| (h.clone(), *p)));
+            let theirs = self
+                .publishers_elsewhere()
+                .into_iter()
+                .map(|(b, h, p)| (format!("{h} (bridge {b})"), p));
+            if let Some(found) = mine
+                .chain(theirs)
+                .find(|(h, p)| h != pod && p.clashes(port))
+            {
+                out.push(found);
+            }
+        }
+        out
     }
 
     /// The current leases, pod name -> address.
@@ -135,6 +257,8 @@ impl Ipam {
                 }
                 k
             });
+            let leases = &f.leases;
+            f.ports.retain(|pod, _| leases.contains_key(pod));
             Ok(dropped)
         })
     }
@@ -169,25 +293,31 @@ impl Ipam {
     /// else: the pods run, reaching the host only.
     fn firewall(&self, f: &LeaseFile) {
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let active = self.egress && !f.leases.is_empty();
-        let r = crate::firewall::sync_egress(&self.bridge, self.subnet, active).and_then(|()| {
-            if active {
-                crate::firewall::enable_forwarding()?;
-            }
-            Ok(())
-        });
+        let rules = crate::firewall::Rules {
+            bridge: &self.bridge,
+            subnet: self.subnet,
+            egress: self.egress && !f.leases.is_empty(),
+            published: f
+                .ports
+                .iter()
+                .filter_map(|(pod, ports)| Some((*f.leases.get(pod)?, ports.as_slice())))
+                .collect(),
+        };
+        let r = crate::firewall::sync(&rules);
         match r {
             Ok(()) => {}
-            // Egress off: a chain of an earlier setting is removed if the firewall is there at
-            // all; where it is not (no nf_tables, qemu-user), that is no news.
-            Err(e) if !self.egress => tracing::debug!(bridge = self.bridge, "firewall: {e}"),
+            // Nothing asked of the firewall: chains of an earlier setting are removed if the
+            // firewall is there at all; where it is not (no nf_tables, qemu-user), no news.
+            Err(e) if !rules.needed() => {
+                tracing::debug!(bridge = self.bridge, "firewall: {e}")
+            }
             Err(e) if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) => {
                 tracing::warn!(
                     bridge = self.bridge,
-                    "egress: cannot set the masquerade rule ({e}): pods reach the host and each other only"
+                    "firewall: cannot set peapod's nf_tables rules ({e}): pods reach the host and each other only, and publish no ports"
                 )
             }
-            Err(e) => tracing::debug!(bridge = self.bridge, "egress: {e}"),
+            Err(e) => tracing::debug!(bridge = self.bridge, "firewall: {e}"),
         }
     }
 
@@ -331,6 +461,57 @@ mod tests {
             shifted.allocate("c"),
             Err(IpamError::SubnetChanged { .. })
         ));
+    }
+
+    #[test]
+    fn a_host_port_is_one_pods_on_every_bridge_until_it_goes() {
+        use crate::spec::Protocol;
+        let d = tempfile::tempdir().unwrap();
+        let i = ipam(d.path(), "10.1.0.0/29");
+        let port = |host_ip: &str, host_port| Published {
+            protocol: Protocol::Tcp,
+            host_ip: host_ip.parse().unwrap(),
+            host_port,
+            container_port: 80,
+        };
+        i.allocate_publishing("web", &[port("0.0.0.0", 8080)])
+            .unwrap();
+        // Any address clashes with all of them; UDP is another port.
+        let err = i
+            .allocate_publishing("api", &[port("192.0.2.1", 8080)])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("host port 8080/TCP on 192.0.2.1 is published by pod web already"),
+            "{err}"
+        );
+        assert!(!i.leases().unwrap().contains_key("api"), "nothing taken");
+        let udp = Published {
+            protocol: Protocol::Udp,
+            ..port("0.0.0.0", 8080)
+        };
+        i.allocate_publishing("dns", &[udp]).unwrap();
+        // Another bridge of the same state dir sees it too, and names the bridge.
+        let other = Ipam::new(&Config {
+            state_dir: d.path().into(),
+            subnet: "10.2.0.0/29".parse().unwrap(),
+            bridge: "brother".into(),
+            egress: false,
+            ..Config::default()
+        });
+        let holders = other.port_holders("x", &[port("0.0.0.0", 8080)]);
+        assert_eq!(
+            holders,
+            vec![("web (bridge brt)".to_string(), port("0.0.0.0", 8080))]
+        );
+        // A pod's own ports are no clash (a re-create); a stale lease's ports go with it.
+        assert!(i.port_holders("web", &[port("0.0.0.0", 8080)]).is_empty());
+        i.retain(|p, _| p != "web").unwrap();
+        assert!(other.port_holders("x", &[port("0.0.0.0", 8080)]).is_empty());
+        i.allocate_publishing("api", &[port("192.0.2.1", 8080)])
+            .unwrap();
+        i.release("api").unwrap();
+        assert!(i.port_holders("x", &[port("0.0.0.0", 8080)]).is_empty());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod names;
 pub mod net;
 pub mod netns;
 pub mod pod;
+pub mod ports;
 pub mod probe;
 pub mod sandbox;
 pub mod spec;

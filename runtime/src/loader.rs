@@ -6,14 +6,15 @@ use crate::config::Config;
 use crate::executor::{Executor, Prepared};
 use crate::module_file::{self, Caller, Read};
 use crate::spec::{ContainerSpec, PodSpec, SpecError};
-use crate::volumes;
+use crate::{ports, volumes};
 
 /// Reads every module of `spec` (at most `limits.max_module_size` bytes each) with the rights
-/// of `caller`, and checks what its volumes need from the host ([`volumes::check`]); all
-/// problems at once.
+/// of `caller`, and checks what its volumes and published ports need from the host
+/// ([`volumes::check`], [`ports::check`]); all problems at once.
 pub fn read_modules(spec: &PodSpec, cfg: &Config, caller: Caller) -> Result<Vec<Read>, SpecError> {
     let max = cfg.limits.max_module_size;
-    let volume_problems = volumes::check(spec, cfg, caller);
+    let mut volume_problems = volumes::check(spec, cfg, caller);
+    volume_problems.extend(ports::check(spec, cfg));
     let read = each_module(spec, spec.containers.iter().map(|_| ()), |c, ()| {
         module_file::read(&c.module, max, caller).map_err(|e| e.to_string())
     });

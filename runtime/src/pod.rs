@@ -115,13 +115,12 @@ impl RunningPod {
         sink: Option<LogSink>,
     ) -> Result<RunningPod, PodError> {
         let t0 = std::time::Instant::now();
-        let sandbox =
-            Sandbox::create(cfg, &spec.name)
-                .await
-                .map_err(|source| PodError::Sandbox {
-                    pod: spec.name.clone(),
-                    source,
-                })?;
+        let sandbox = Sandbox::create(cfg, &spec.name, &spec.published_ports())
+            .await
+            .map_err(|source| PodError::Sandbox {
+                pod: spec.name.clone(),
+                source,
+            })?;
         let opts = Options {
             sink,
             open_files: Some(cfg.limits.open_files),

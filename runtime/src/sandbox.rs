@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::ipam::{Ipam, IpamError};
 use crate::net::{NetError, Netlink};
 use crate::netns::{self, NetnsError};
+use crate::spec::Published;
 use crate::volumes;
 
 /// Name of the pod's end of its veth, inside the namespace.
@@ -151,8 +152,13 @@ where
 }
 
 impl Sandbox {
-    /// Creates the pod's sandbox. On failure nothing of it is left behind.
-    pub async fn create(cfg: &Config, pod: &str) -> Result<Sandbox, SandboxError> {
+    /// Creates the pod's sandbox, publishing `ports` on the host. On failure nothing of it is
+    /// left behind.
+    pub async fn create(
+        cfg: &Config,
+        pod: &str,
+        ports: &[Published],
+    ) -> Result<Sandbox, SandboxError> {
         let t0 = std::time::Instant::now();
         let lock = lock_pod(cfg, pod)?;
         lock.mark_created();
@@ -184,7 +190,7 @@ impl Sandbox {
             cfg: cfg.clone(),
             lock,
         };
-        match sandbox.configure(&host, bridge, &ipam).await {
+        match sandbox.configure(&host, bridge, &ipam, ports).await {
             Ok(ip) => {
                 tracing::debug!(
                     pod,
@@ -209,15 +215,20 @@ impl Sandbox {
     /// namespace and that IP; its veth is made anew (whatever state it was left in) and the inside
     /// configured again. Anything less (a process killed half-way through creating the pod) is
     /// removed and the sandbox created afresh. Returns the sandbox and whether it was recovered.
-    pub async fn recover(cfg: &Config, pod: &str) -> Result<(Sandbox, bool), SandboxError> {
+    pub async fn recover(
+        cfg: &Config,
+        pod: &str,
+        ports: &[Published],
+    ) -> Result<(Sandbox, bool), SandboxError> {
         let lock = lock_pod(cfg, pod)?;
         let netns_path = cfg.netns_path(pod);
         let ipam = Ipam::new(cfg);
         let lease = ipam.leases()?.get(pod).copied();
         let (Some(ip), true) = (lease, netns::is_pinned(&netns_path)) else {
             drop(lock);
-            return Ok((Sandbox::create(cfg, pod).await?, false));
+            return Ok((Sandbox::create(cfg, pod, ports).await?, false));
         };
+        ipam.set_ports(pod, ports)?;
         let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
         let bridge = host
             .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
@@ -260,9 +271,10 @@ impl Sandbox {
         host: &Netlink,
         bridge: u32,
         ipam: &Ipam,
+        ports: &[Published],
     ) -> Result<Ipv4Addr, SandboxError> {
         let t0 = std::time::Instant::now();
-        let ip = ipam.allocate(&self.pod)?;
+        let ip = ipam.allocate_publishing(&self.pod, ports)?;
         crash_point("sandbox-after-lease");
         tracing::debug!(
             pod = self.pod,

@@ -42,8 +42,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod ports;
 mod supervision;
 mod volumes;
+pub use ports::{PortSpec, Protocol, Published};
 pub use supervision::{DEFAULT_GRACE, Probe, ProbeAction, Probes, parse_millicores};
 pub use volumes::{EnvFromFile, MountSpec, VolumeKind, VolumeSpec, mount_of};
 
@@ -150,6 +152,8 @@ pub struct ContainerSpec {
     pub cpu_limit: Option<u32>,
     /// `lifecycle.pre_stop.http_get`: called when the container is stopped.
     pub pre_stop: Option<ProbeAction>,
+    /// Its `ports`; those with a `host_port` are published on the host.
+    pub ports: Vec<PortSpec>,
     /// Index in its list (`[[containers]]` or `[[init_containers]]`).
     pub index: usize,
 }
@@ -267,6 +271,8 @@ struct RawContainer {
     startup_probe: Option<supervision::RawProbe>,
     cpu_limit: Option<String>,
     lifecycle: Option<supervision::RawLifecycle>,
+    #[serde(default)]
+    ports: Vec<ports::RawPort>,
 }
 
 /// Is `s` a DNS-1123 label (what Kubernetes requires of pod and container names)?
@@ -399,6 +405,7 @@ impl PodSpec {
 
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut seen = HashSet::new();
+        let mut published = Vec::new();
         let mut containers = Vec::new();
         let all = (raw.init_containers.into_iter().enumerate())
             .map(|(i, c)| ("init_containers", i, c))
@@ -482,6 +489,7 @@ impl PodSpec {
                 supervision::cpu_limit(c.cpu_limit.as_deref(), &at("cpu_limit"), &mut problem);
             let pre_stop =
                 supervision::pre_stop(c.lifecycle, &[Key::F(list), Key::I(i)], &mut problem);
+            let ports = ports::ports((list, i), c.ports, &mut published, &line_of, &mut problem);
             containers.push(ContainerSpec {
                 module: dir.join(&c.module),
                 module_line: line_of(&at("module")),
@@ -507,6 +515,7 @@ impl PodSpec {
                 probes,
                 cpu_limit,
                 pre_stop,
+                ports,
                 index: i,
             });
         }
@@ -524,6 +533,39 @@ impl PodSpec {
             volumes: pod_volumes,
             warnings,
         })
+    }
+
+    /// The ports the pod publishes on the host, with the container and port entry of each.
+    pub fn published(&self) -> Vec<(&ContainerSpec, &PortSpec, Published)> {
+        let mut out = Vec::new();
+        for c in &self.containers {
+            for p in &c.ports {
+                if let Some(host_port) = p.host_port {
+                    let published = Published {
+                        protocol: p.protocol,
+                        host_ip: p.host_ip,
+                        host_port,
+                        container_port: p.container_port,
+                    };
+                    out.push((c, p, published));
+                }
+            }
+        }
+        out
+    }
+
+    /// The ports the pod publishes on the host.
+    pub fn published_ports(&self) -> Vec<Published> {
+        self.published().into_iter().map(|(_, _, p)| p).collect()
+    }
+
+    /// A problem with published port `p` of `c` found on the host, at its `host_port`.
+    pub fn port_problem(&self, c: &ContainerSpec, p: &PortSpec, message: String) -> Problem {
+        Problem {
+            line: p.line,
+            field: format!("{}[{}].ports[{}].host_port", c.list(), c.index, p.index),
+            message,
+        }
     }
 
     /// The warnings, one line each, as `file:line: field: message`.

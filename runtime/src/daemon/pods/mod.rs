@@ -309,7 +309,7 @@ impl Pods {
         };
         self.guard.starting(name);
         let t0 = Instant::now();
-        let result = match Sandbox::recover(&self.cfg, name).await {
+        let result = match Sandbox::recover(&self.cfg, name, &spec.published_ports()).await {
             Ok((sandbox, recovered)) => {
                 if recovered {
                     tracing::info!("pod {name}: recovered its sandbox (ip {})", sandbox.ip);

@@ -1,0 +1,123 @@
+//! A pod's published ports against the host, before anything is made: a host port that another
+//! pod publishes (on any bridge of this state dir) or that a host process holds is a problem of
+//! the spec's `host_port` field, naming the holder where it is known. Publishing itself is
+//! [`crate::firewall`]'s.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+
+use crate::config::Config;
+use crate::ipam::Ipam;
+use crate::spec::{PodSpec, Problem, Protocol, Published};
+
+/// Every published port of `spec` that cannot be had, as a problem.
+pub fn check(spec: &PodSpec, cfg: &Config) -> Vec<Problem> {
+    let ipam = Ipam::new(cfg);
+    let mut problems = Vec::new();
+    for (c, p, published) in spec.published() {
+        let message = if let Some((holder, _)) = ipam
+            .port_holders(&spec.name, &[published])
+            .into_iter()
+            .next()
+        {
+            Some(format!("{published} is published by pod {holder} already"))
+        } else {
+            host_holds(&published)
+        };
+        if let Some(m) = message {
+            problems.push(spec.port_problem(c, p, m));
+        }
+    }
+    problems
+}
+
+/// Why the host cannot give `p` (a process holds it, or `host_ip` is not the host's), if so.
+fn host_holds(p: &Published) -> Option<String> {
+    let at = SocketAddr::from((p.host_ip, p.host_port));
+    let bound = match p.protocol {
+        Protocol::Tcp => TcpListener::bind(at).map(drop),
+        Protocol::Udp => UdpSocket::bind(at).map(drop),
+    };
+    match bound {
+        Ok(()) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some(match holder(p) {
+            Some((pid, name)) => format!("{p} is in use on the host by process {pid} ({name})"),
+            None => format!("{p} is in use on the host"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Some(format!(
+            "{} is not an address of this host (host_ip: one of the host's, or 0.0.0.0 for all)",
+            p.host_ip
+        )),
+        // Anything else (permissions) is for the firewall to meet, not a spec problem.
+        Err(_) => None,
+    }
+}
+
+/// The process holding `p` on the host: the socket bound to its port in `/proc/net/*`, then
+/// the process with that socket open.
+fn holder(p: &Published) -> Option<(u32, String)> {
+    let (tables, state) = match p.protocol {
+        Protocol::Tcp => (["/proc/net/tcp", "/proc/net/tcp6"], "0A"), // LISTEN
+        Protocol::Udp => (["/proc/net/udp", "/proc/net/udp6"], "07"), // UNCONN (bound)
+    };
+    let inode = tables.iter().find_map(|t| {
+        let text = std::fs::read_to_string(t).ok()?;
+        text.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (port == p.host_port && *f.get(3)? == state)
+                .then(|| f.get(9).map(|s| s.to_string()))
+                .flatten()
+        })
+    })?;
+    let link = format!("socket:[{inode}]");
+    for proc in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = proc.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str()))
+        {
+            let comm = std::fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
+            return Some((pid, comm.trim().to_string()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn a_port_held_by_this_process_names_it() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let p = Published {
+            protocol: Protocol::Tcp,
+            host_ip: Ipv4Addr::LOCALHOST,
+            host_port: port,
+            container_port: 80,
+        };
+        let m = host_holds(&p).expect("held");
+        assert!(
+            m.contains(&format!("by process {}", std::process::id())),
+            "{m}"
+        );
+        drop(l);
+        assert_eq!(host_holds(&p), None);
+        let elsewhere = Published {
+            host_ip: "192.0.2.77".parse().unwrap(),
+            ..p
+        };
+        assert!(
+            host_holds(&elsewhere).is_some_and(|m| m.contains("not an address of this host")),
+            "{:?}",
+            host_holds(&elsewhere)
+        );
+    }
+}
