@@ -39,6 +39,12 @@ impl World {
              link set out0 up\n",
             outside.name
         ));
+        // As on a board without docker: bridged packets do not pass through the IP hooks
+        // (br_netfilter, when loaded, would hide a missing hairpin masquerade).
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &host.name, "sh", "-c"])
+            .arg("f=/proc/sys/net/bridge/bridge-nf-call-iptables; [ ! -e $f ] || echo 0 > $f")
+            .status();
         outside.ip_batch(&format!(
             "link set lo up\naddr add {OUTSIDE}/24 dev out1\nlink set out1 up\n"
         ));
@@ -335,13 +341,39 @@ fn a_published_port_answers_on_every_host_address_and_goes_with_the_pod() {
         "web.toml",
         &env.kv_spec(
             "web",
-            "ports = [{ container_port = 8080, host_port = 18080 }]",
+            &format!(
+                "ports = [{{ container_port = 8080, host_port = 18080 }}]\n\n\
+                 [[containers]]\nname = \"echo\"\nmodule = {TOOLBOX:?}\n\
+                 args = [\"listen\", \"0.0.0.0:9000\", \"hello through the host\"]\n\
+                 ports = [{{ container_port = 9000, host_port = 19000 }}]\n"
+            ),
         ),
     );
     let in_host = |c: &mut Command| world.host.enter_on_exec(c);
     let mut p = env.start_with(&web, in_host);
     p.wait_for("kv-server listening", Duration::from_secs(60));
+    p.wait_for("listening on 0.0.0.0:9000", Duration::from_secs(60));
     world.published_answers("egress off");
+
+    // A pod reaches a published port through the host's address (a hairpin: routed from the
+    // bridge back into it, answered as the host).
+    let hairpin = env.spec(
+        "hairpin.toml",
+        &format!(
+            "[pod]\nname = \"hairpin\"\n\n[[containers]]\nname = \"c\"\nmodule = {TOOLBOX:?}\n\
+             args = [\"connect\", \"{HOST_OUT}:19000\", \"3\"]\nrestart_policy = \"Never\"\n"
+        ),
+    );
+    let mut h = env.start_with(&hairpin, in_host);
+    let status = h.wait_exit(Duration::from_secs(60));
+    let out = h.output();
+    assert!(
+        out.contains(&format!(
+            "hairpin/c: connected to {HOST_OUT}:19000: hello through the host\n"
+        )),
+        "{out}"
+    );
+    assert!(status.success(), "{out}");
     let table = world.peapod_table().unwrap();
     assert!(table.contains("fib daddr type local"), "{table}");
     assert!(!table.contains("ip daddr != "), "no egress rule: {table}");

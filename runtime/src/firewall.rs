@@ -104,9 +104,13 @@ pub fn chains(bridge: &str) -> [Chain; 3] {
 }
 
 /// Makes the bridge's chains what `rules` says, in one atomic batch: every chain made (if
-/// missing) and flushed, then filled, or deleted when it has no rule. Both need `ip_forward`;
+/// missing) and flushed, then filled, or deleted when it has no rule. With nothing asked at
+/// all, only deletes what exists ([`remove`]). Both need `ip_forward`;
 /// published ports also `route_localnet` on the bridge (for `127.0.0.1:PORT`).
 pub fn sync(rules: &Rules) -> io::Result<()> {
+    if !rules.needed() {
+        return remove(rules.bridge);
+    }
     let mut content: [(Chain, Vec<Rule>); 3] =
         chains(rules.bridge).map(|chain| (chain, Vec::new()));
     if rules.egress {
@@ -192,6 +196,32 @@ pub fn sync(rules: &Rules) -> io::Result<()> {
             &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", rules.bridge),
             "1",
         )?;
+    }
+    Ok(())
+}
+
+/// Deletes the chains of `bridge` that exist, each in a batch of its own (a batch that names a
+/// missing chain fails whole), and makes nothing: with nothing asked of the firewall, a host
+/// that never had peapod's table does not get one.
+fn remove(bridge: &str) -> io::Result<()> {
+    for chain in chains(bridge) {
+        let mut batch = Batch::default();
+        batch.push(NfTablesMessage::DeleteRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(TABLE.into()),
+                RuleAttribute::Chain(chain.name.clone()),
+            ],
+        }));
+        batch.push(NfTablesMessage::DeleteChain(ChainMessage {
+            attributes: vec![
+                ChainAttribute::Table(TABLE.into()),
+                ChainAttribute::Name(chain.name),
+            ],
+        }));
+        match batch.send() {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => r?,
+        }
     }
     Ok(())
 }

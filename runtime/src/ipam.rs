@@ -71,6 +71,9 @@ pub struct Ipam {
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
     egress: bool,
+    /// Programs the bridge's firewall chains on changes (off in unit tests: the host's
+    /// firewall is not theirs).
+    firewall: bool,
 }
 
 impl Ipam {
@@ -81,6 +84,7 @@ impl Ipam {
             subnet: cfg.subnet,
             gateway: cfg.gateway(),
             egress: cfg.egress,
+            firewall: true,
         }
     }
 
@@ -292,6 +296,9 @@ impl Ipam {
     /// process on the bridge agrees). A failure is said, once as a warning, and changes nothing
     /// else: the pods run, reaching the host only.
     fn firewall(&self, f: &LeaseFile) {
+        if !self.firewall {
+            return;
+        }
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let rules = crate::firewall::Rules {
             bridge: &self.bridge,
@@ -377,18 +384,25 @@ impl Ipam {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ipam(dir: &Path, subnet: &str) -> Ipam {
-        Ipam::new(&Config {
+        no_firewall(Ipam::new(&Config {
             state_dir: dir.into(),
             subnet: subnet.parse().unwrap(),
             bridge: "brt".into(),
-            // The host's firewall is not the unit tests'.
             egress: false,
             ..Config::default()
-        })
+        }))
+    }
+
+    /// The host's firewall is not the unit tests'.
+    pub(crate) fn no_firewall(i: Ipam) -> Ipam {
+        Ipam {
+            firewall: false,
+            ..i
+        }
     }
 
     #[test]
@@ -492,13 +506,13 @@ mod tests {
         };
         i.allocate_publishing("dns", &[udp]).unwrap();
         // Another bridge of the same state dir sees it too, and names the bridge.
-        let other = Ipam::new(&Config {
+        let other = no_firewall(Ipam::new(&Config {
             state_dir: d.path().into(),
             subnet: "10.2.0.0/29".parse().unwrap(),
             bridge: "brother".into(),
             egress: false,
             ..Config::default()
-        });
+        }));
         let holders = other.port_holders("x", &[port("0.0.0.0", 8080)]);
         assert_eq!(
             holders,

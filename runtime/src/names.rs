@@ -184,7 +184,7 @@ mod tests {
             ..crate::config::Config::default()
         };
         Names {
-            pods: Some(Ipam::new(&cfg)),
+            pods: Some(crate::ipam::tests::no_firewall(Ipam::new(&cfg))),
             // No traffic to the host's resolver from a test: it knows one name.
             host: HostResolver::with(|name| match name {
                 "host.example" => Ok(vec!["192.0.2.1".parse().unwrap()]),
