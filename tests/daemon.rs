@@ -856,9 +856,10 @@ fn the_watchdog_is_pinged_through_a_long_reload() {
     let env = Env::new();
     let spec = |text: &str| {
         format!(
-            "# {text}\n[pod]\nname = \"slow\"\ntermination_grace_period = \"3s\"\n\n\
+            "[pod]\nname = \"slow\"\ntermination_grace_period = \"3s\"\n\n\
              [[containers]]\nname = \"app\"\nmodule = {TOOLBOX:?}\n\
              args = [\"http\", \"127.0.0.1:8080\", \"--ignore-shutdown\"]\n\
+             env = {{ EDIT = \"{text}\" }}\n\
              lifecycle = {{ pre_stop = {{ http_get = {{ path = \"/shutdown\", port = 8080 }} }} }}\n"
         )
     };

@@ -15,15 +15,23 @@ fn config(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `configs/demo.toml` as it is, but with its modules at their absolute paths and its backup
-/// directory (a `host_path`) in the test's own directory instead of /var/lib/peapod-demo.
+/// `configs/demo.toml` as it is, but with its modules at their absolute paths, its backup
+/// directory (a `host_path`) in the test's own directory instead of /var/lib/peapod-demo, and
+/// without its published port (which would change the machine's firewall: published ports are
+/// tested in tests/network.rs, in a network namespace of the test's own).
 fn demo_spec(env: &Env) -> (PathBuf, PathBuf) {
     let text = std::fs::read_to_string(config("demo.toml")).unwrap();
     let backups = env.dir.path().join("backups");
+    let published = "ports = [{ container_port = 8080, host_port = 18080 }]";
+    assert!(
+        text.contains(published),
+        "demo.toml changed: no {published}"
+    );
     let edited = text
         .replace("../target/guests/kv-server.wasm", KV_SERVER)
         .replace("../target/guests/backup.wasm", BACKUP)
-        .replace("/var/lib/peapod-demo/backups", backups.to_str().unwrap());
+        .replace("/var/lib/peapod-demo/backups", backups.to_str().unwrap())
+        .replace(published, "");
     for gone in ["../target/guests/", "/var/lib/peapod-demo"] {
         assert!(!edited.contains(gone), "demo.toml changed: {gone} is left");
     }
@@ -59,6 +67,22 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
         "backup: read /etc/backup/backup.conf",
         Duration::from_secs(1),
     );
+    // The shipped lookup job finds the demo pod by its name.
+    let lookup = std::fs::read_to_string(config("lookup.toml"))
+        .unwrap()
+        .replace("../target/guests/toolbox.wasm", TOOLBOX);
+    let lookup = env.spec("lookup.toml", &lookup);
+    let (status, out) = env.run_to_end(&lookup, Duration::from_secs(60));
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains(&format!("lookup/resolve: demo: {}\n", s.ip)),
+        "{out}"
+    );
+    assert!(
+        out.contains("lookup/resolve: localhost: 127.0.0.1 ::1\n"),
+        "{out}"
+    );
+
     assert!(p.terminate().success());
     // The snapshot is in the host directory (made by DirectoryOrCreate), and outlives the pod.
     let saved = std::fs::read_to_string(backups.join("snapshot.txt")).unwrap();

@@ -146,6 +146,15 @@ impl Drop for World {
     }
 }
 
+/// qemu-user does not translate NETLINK_NETFILTER sockets (EPROTONOSUPPORT): these tests cannot
+/// run under it (scripts/test-board leaves this file out).
+fn native_only() {
+    assert!(
+        !emulated(),
+        "qemu-user cannot program nf_tables: run tests/network.rs natively"
+    );
+}
+
 fn connect_job(env: &Env) -> std::path::PathBuf {
     env.spec(
         "out.toml",
@@ -159,11 +168,7 @@ fn connect_job(env: &Env) -> std::path::PathBuf {
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn a_pod_reaches_outside_as_the_host() {
-    if emulated() {
-        // qemu-user does not translate NETLINK_NETFILTER sockets (EPROTONOSUPPORT).
-        eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
-        return;
-    }
+    native_only();
     let world = World::new();
     let env = Env::new();
     let spec = connect_job(&env);
@@ -206,10 +211,7 @@ fn a_pod_reaches_outside_as_the_host() {
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn the_egress_chain_lives_as_long_as_the_bridge_has_pods() {
-    if emulated() {
-        eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
-        return;
-    }
+    native_only();
     let world = World::new();
     let env = Env::new();
     let server = |name: &str| {
@@ -262,10 +264,7 @@ fn the_egress_chain_lives_as_long_as_the_bridge_has_pods() {
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn published_ports_and_egress_come_back_with_the_daemon() {
-    if emulated() {
-        eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
-        return;
-    }
+    native_only();
     let world = World::new();
     let env = Env::new();
     env.pod_file(
@@ -331,10 +330,7 @@ fn published_ports_and_egress_come_back_with_the_daemon() {
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn a_published_port_answers_on_every_host_address_and_goes_with_the_pod() {
-    if emulated() {
-        eprintln!("skipped under an emulator: qemu-user cannot program nf_tables");
-        return;
-    }
+    native_only();
     let world = World::new();
     let env = Env::new();
     let web = env.spec(

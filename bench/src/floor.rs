@@ -15,7 +15,7 @@ use peapod::sandbox::{SandboxError, in_netns, plumb};
 
 use crate::stats::ms;
 
-fn ip(args: &[&str]) -> Result<()> {
+pub fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())

@@ -8,6 +8,7 @@
 mod floor;
 mod podman;
 mod pods;
+mod published;
 mod report;
 mod stats;
 
@@ -20,7 +21,8 @@ use peapod::config::Config;
 use stats::Figure;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Measure pod start, restart in place, re-create, loopback throughput, volume writes and density.
+/// Measure pod start, restart in place, re-create, loopback throughput, published ports, volume
+/// writes and density.
 #[derive(Parser, Debug, Clone)]
 struct Args {
     /// Repetitions of each timed figure
@@ -189,6 +191,21 @@ async fn measure(args: &Args, place: &Place, figures: &mut Vec<Figure>) -> Resul
     } else {
         fig.noted("iperf3 not installed (apt-get install iperf3)")
     });
+
+    eprintln!(
+        "bench: published port vs pod IP ({} MiB a throughput run)",
+        args.mib
+    );
+    tokio::task::block_in_place(|| {
+        published::measure(
+            &place.netns_prefix(),
+            place.dir.path(),
+            &place.cfg,
+            args.iterations,
+            args.mib,
+            figures,
+        )
+    })?;
 
     eprintln!("bench: volume write ({} MiB a run)", args.mib.min(256));
     ctx.volume_write(runs, figures).await?;

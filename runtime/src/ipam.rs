@@ -16,6 +16,7 @@ use ipnet::Ipv4Net;
 use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
+use crate::firewall::Applied;
 use crate::spec::Published;
 
 use crate::config::Config;
@@ -61,6 +62,9 @@ struct LeaseFile {
     /// the bridge can make the bridge's firewall chains from this file alone).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     ports: BTreeMap<String, Vec<Published>>,
+    /// What the bridge's firewall chains were last made to hold.
+    #[serde(default, skip_serializing_if = "Applied::is_empty")]
+    firewall: Applied,
 }
 
 /// The lease store of one bridge.
@@ -277,8 +281,8 @@ impl Ipam {
         let r = change(&mut f)?;
         if f != before {
             f.subnet = Some(self.subnet);
+            self.firewall(&mut f, false);
             self.write(&f)?;
-            self.firewall(&f);
         }
         Ok(r)
     }
@@ -287,15 +291,21 @@ impl Ipam {
     /// firewall is derived state, and a reboot or a `nft flush ruleset` loses it).
     pub fn sync_firewall(&self) -> Result<(), IpamError> {
         let _lock = self.lock()?;
-        let f = self.read()?;
-        self.firewall(&f);
+        let mut f = self.read()?;
+        let before = f.clone();
+        self.firewall(&mut f, true);
+        if f != before {
+            f.subnet = Some(self.subnet);
+            self.write(&f)?;
+        }
         Ok(())
     }
 
-    /// The egress chain of the bridge, from the leases (held under the lease lock, so every
-    /// process on the bridge agrees). A failure is said, once as a warning, and changes nothing
-    /// else: the pods run, reaching the host only.
-    fn firewall(&self, f: &LeaseFile) {
+    /// The bridge's firewall chains, from the leases (held under the lease lock, so every
+    /// process on the bridge agrees), made when they would change (or always, `force`); what
+    /// was made is kept in `f`. A failure is said, once as a warning, and changes nothing else:
+    /// the pods run, reaching the host only.
+    fn firewall(&self, f: &mut LeaseFile, force: bool) {
         if !self.firewall {
             return;
         }
@@ -310,9 +320,13 @@ impl Ipam {
                 .filter_map(|(pod, ports)| Some((*f.leases.get(pod)?, ports.as_slice())))
                 .collect(),
         };
+        let applied = rules.applied();
+        if !force && applied == f.firewall {
+            return;
+        }
         let r = crate::firewall::sync(&rules);
         match r {
-            Ok(()) => {}
+            Ok(()) => f.firewall = applied,
             // Nothing asked of the firewall: chains of an earlier setting are removed if the
             // firewall is there at all; where it is not (no nf_tables, qemu-user), no news.
             Err(e) if !rules.needed() => {

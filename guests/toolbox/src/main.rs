@@ -92,7 +92,10 @@ fn main() {
                 // otherwise wait out the kernel's retries, minutes).
                 let connected = addr.to_socket_addrs().and_then(|mut addrs| {
                     let a = addrs.next().ok_or(std::io::ErrorKind::NotFound)?;
-                    TcpStream::connect_timeout(&a, Duration::from_secs(1))
+                    let c = TcpStream::connect_timeout(&a, Duration::from_secs(1))?;
+                    // wasip2's connect_timeout leaves the socket non-blocking.
+                    c.set_nonblocking(false)?;
+                    Ok(c)
                 });
                 match connected {
                     Ok(mut c) => {
