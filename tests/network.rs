@@ -282,6 +282,10 @@ fn published_ports_and_egress_come_back_with_the_daemon() {
     };
     let mut d = daemon();
     let ip = env.wait_running("a");
+    assert_eq!(
+        env.ps()["a"]["ports"],
+        serde_json::json!(["18080->8080/TCP"])
+    );
     let chain = format!("chain {}-postrouting", env.bridge);
     assert!(world.peapod_table().unwrap().contains(&chain));
     world.published_answers("before anything");

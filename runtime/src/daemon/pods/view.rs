@@ -31,6 +31,9 @@ pub struct PodView {
     /// Its volumes and where they are on the host.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<crate::volumes::VolumeView>,
+    /// Its published ports, `[HOST_IP:]HOST_PORT->CONTAINER_PORT/PROTOCOL`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -104,6 +107,19 @@ impl Pods {
             restarts: containers.iter().map(|c| c.restarts).sum(),
             containers,
             volumes: crate::volumes::views(&self.cfg, &e.spec),
+            ports: e
+                .spec
+                .published_ports()
+                .iter()
+                .map(|p| {
+                    let ip = if p.host_ip.is_unspecified() {
+                        String::new()
+                    } else {
+                        format!("{}:", p.host_ip)
+                    };
+                    format!("{ip}{}->{}/{}", p.host_port, p.container_port, p.protocol)
+                })
+                .collect(),
             error: e.error.clone().or_else(|| {
                 e.delayed.map(|t| {
                     format!(
