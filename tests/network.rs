@@ -76,6 +76,21 @@ impl World {
         }
     }
 
+    /// `peapod run --prefix SPEC` in the host namespace, egress on or off.
+    fn start(&self, env: &Env, spec: &std::path::Path, egress: bool) -> Peapod {
+        env.start_with(spec, |c| {
+            self.host.enter_on_exec(c);
+            c.env("PEAPOD_EGRESS", egress.to_string());
+        })
+    }
+
+    /// [`World::start`] to its end (at most 2 minutes): exit code and output.
+    fn run(&self, env: &Env, spec: &std::path::Path, egress: bool) -> (Option<i32>, String) {
+        let mut p = self.start(env, spec, egress);
+        let status = p.wait_exit(Duration::from_secs(120));
+        (status.code(), p.output())
+    }
+
     /// `net.ipv4.ip_forward` of the host namespace.
     fn ip_forward(&self) -> String {
         let out = Command::new("ip")
@@ -174,18 +189,13 @@ fn a_pod_reaches_outside_as_the_host() {
     let spec = connect_job(&env);
     assert_eq!(world.ip_forward(), "0");
 
-    let mut run = env.start_with(&spec, |c| {
-        world.host.enter_on_exec(c);
-        c.env("PEAPOD_EGRESS", "true");
-    });
-    let status = run.wait_exit(Duration::from_secs(120));
-    let out = run.output();
+    let (code, out) = world.run(&env, &spec, true);
     // The outside saw the host's address, not the pod's.
     assert!(
         out.contains(&format!("out/c: connected to {OUTSIDE}:9000: {HOST_OUT}\n")),
         "{out}"
     );
-    assert!(status.success(), "{out}");
+    assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("turned on net.ipv4.ip_forward"), "{out}");
     assert_eq!(world.ip_forward(), "1");
     // The pod is gone, and so is the bridge's chain.
@@ -193,17 +203,12 @@ fn a_pod_reaches_outside_as_the_host() {
     assert!(!table.contains(&env.bridge), "{table}");
 
     // Egress off: no masquerade, and the outside cannot answer (forwarding is still on).
-    let mut run = env.start_with(&spec, |c| {
-        world.host.enter_on_exec(c);
-        c.env("PEAPOD_EGRESS", "false");
-    });
-    let status = run.wait_exit(Duration::from_secs(120));
-    let out = run.output();
+    let (code, out) = world.run(&env, &spec, false);
     assert!(
         out.contains(&format!("out/c: cannot connect to {OUTSIDE}:9000")),
         "{out}"
     );
-    assert_eq!(status.code(), Some(1), "{out}");
+    assert_eq!(code, Some(1), "{out}");
 }
 
 /// While a pod runs, the chain is there with the masquerade rule, in peapod's table only; a
@@ -224,10 +229,7 @@ fn the_egress_chain_lives_as_long_as_the_bridge_has_pods() {
         )
     };
     let start = |spec: &std::path::Path| {
-        let mut p = env.start_with(spec, |c| {
-            world.host.enter_on_exec(c);
-            c.env("PEAPOD_EGRESS", "true");
-        });
+        let mut p = world.start(&env, spec, true);
         p.wait_for("listening on", Duration::from_secs(60));
         p
     };
@@ -349,8 +351,7 @@ fn a_published_port_answers_on_every_host_address_and_goes_with_the_pod() {
             ),
         ),
     );
-    let in_host = |c: &mut Command| world.host.enter_on_exec(c);
-    let mut p = env.start_with(&web, in_host);
+    let mut p = world.start(&env, &web, false);
     p.wait_for("kv-server listening", Duration::from_secs(60));
     p.wait_for("listening on 0.0.0.0:9000", Duration::from_secs(60));
     world.published_answers("egress off");
@@ -364,16 +365,14 @@ fn a_published_port_answers_on_every_host_address_and_goes_with_the_pod() {
              args = [\"connect\", \"{HOST_OUT}:19000\", \"3\"]\nrestart_policy = \"Never\"\n"
         ),
     );
-    let mut h = env.start_with(&hairpin, in_host);
-    let status = h.wait_exit(Duration::from_secs(60));
-    let out = h.output();
+    let (code, out) = world.run(&env, &hairpin, false);
     assert!(
         out.contains(&format!(
             "hairpin/c: connected to {HOST_OUT}:19000: hello through the host\n"
         )),
         "{out}"
     );
-    assert!(status.success(), "{out}");
+    assert_eq!(code, Some(0), "{out}");
     let table = world.peapod_table().unwrap();
     assert!(table.contains("fib daddr type local"), "{table}");
     assert!(!table.contains("ip daddr != "), "no egress rule: {table}");
@@ -386,10 +385,8 @@ fn a_published_port_answers_on_every_host_address_and_goes_with_the_pod() {
             "ports = [{ container_port = 9090, host_port = 18080 }]",
         ),
     );
-    let mut o = env.start_with(&other, in_host);
-    let status = o.wait_exit(Duration::from_secs(60));
-    let out = o.output();
-    assert_eq!(status.code(), Some(2), "{out}");
+    let (code, out) = world.run(&env, &other, false);
+    assert_eq!(code, Some(2), "{out}");
     assert!(
         out.contains(&format!(
             "{}:9: containers[0].ports[0].host_port: 18080/TCP is published by pod web already",
