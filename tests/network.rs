@@ -288,6 +288,21 @@ fn published_ports_and_egress_come_back_with_the_daemon() {
         env.ps()["a"]["ports"],
         serde_json::json!(["18080->8080/TCP"])
     );
+    // Another pod with the same host port is refused by the API (422: exit 2), nothing made.
+    let b = env.spec(
+        "b.toml",
+        &env.kv_spec(
+            "b",
+            "ports = [{ container_port = 8080, host_port = 18080 }]",
+        ),
+    );
+    let (code, _, err) = env.ctl(&["apply", "-f", b.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("containers[0].ports[0].host_port: 18080/TCP is published by pod a already"),
+        "{err}"
+    );
+    assert!(!env.ps().contains_key("b"));
     let chain = format!("chain {}-postrouting", env.bridge);
     assert!(world.peapod_table().unwrap().contains(&chain));
     world.published_answers("before anything");
