@@ -280,6 +280,26 @@ fn precompiled_code_and_files_need_the_callers_rights() {
     std::fs::copy(&forged, &trusted).unwrap();
     let (code, err) = apply_as_nobody(&spec("trusted", &trusted));
     assert_eq!(code, 0, "{err}");
+    // A host port below 1024 is root's to publish, as it is root's to bind.
+    let low = open.join("low.toml");
+    let module = safe.path().join("tool.cwasm");
+    std::fs::write(
+        &low,
+        one(
+            "low",
+            &module,
+            "ports = [{ container_port = 8080, host_port = 80 }]",
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&low, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = apply_as_nobody(&low);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("containers[0].ports[0].host_port: only root may publish a host port below"),
+        "{err}"
+    );
+    assert!(!env.ps().contains_key("low"));
     // Root may apply a .cwasm of any owner.
     let (code, _, err) = env.ctl(&["apply", "-f", spec("byroot", &forged).to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");

@@ -14,7 +14,7 @@ use crate::{ports, volumes};
 pub fn read_modules(spec: &PodSpec, cfg: &Config, caller: Caller) -> Result<Vec<Read>, SpecError> {
     let max = cfg.limits.max_module_size;
     let mut volume_problems = volumes::check(spec, cfg, caller);
-    volume_problems.extend(ports::check(spec, cfg));
+    volume_problems.extend(ports::check(spec, cfg, caller));
     let read = each_module(spec, spec.containers.iter().map(|_| ()), |c, ()| {
         module_file::read(&c.module, max, caller).map_err(|e| e.to_string())
     });

@@ -7,14 +7,25 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use crate::config::Config;
 use crate::ipam::Ipam;
+use crate::module_file::Caller;
 use crate::spec::{PodSpec, Problem, Protocol, Published};
 
-/// Every published port of `spec` that cannot be had, as a problem.
-pub fn check(spec: &PodSpec, cfg: &Config) -> Vec<Problem> {
+/// Every published port of `spec` that cannot be had, as a problem. A host port below the
+/// host's `ip_unprivileged_port_start` (1024) is root's to publish, as it is root's to bind.
+pub fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem> {
     let ipam = Ipam::new(cfg);
+    let unprivileged = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
     let mut problems = Vec::new();
     for (c, p, published) in spec.published() {
-        let message = if let Some((holder, _)) = ipam
+        let message = if !caller.is_root() && published.host_port < unprivileged {
+            Some(format!(
+                "only root may publish a host port below {unprivileged} \
+                 (net.ipv4.ip_unprivileged_port_start), as only root may bind one"
+            ))
+        } else if let Some((holder, _)) = ipam
             .port_holders(&spec.name, &[published])
             .into_iter()
             .next()
