@@ -6,6 +6,10 @@
 //! atomically (temp file, fsync, rename, fsync of the directory) under an exclusive `flock`, so
 //! several `peapod` processes can share one bridge. A lease is persisted before its address is
 //! configured on any interface.
+//!
+//! The file also keeps each pod's published host ports and what the bridge's firewall chains were
+//! made to hold: the chains ([`crate::firewall`]) are made from this file, under its lock, when
+//! what they should hold changes.
 
 use std::collections::BTreeMap;
 use std::fs::File;
