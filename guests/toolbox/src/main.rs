@@ -92,16 +92,11 @@ fn main() {
                 // otherwise wait out the kernel's retries, minutes).
                 let connected = addr.to_socket_addrs().and_then(|mut addrs| {
                     let a = addrs.next().ok_or(std::io::ErrorKind::NotFound)?;
-                    let c = TcpStream::connect_timeout(&a, Duration::from_secs(1))?;
-                    // wasip2's connect_timeout leaves the socket non-blocking.
-                    c.set_nonblocking(false)?;
-                    Ok(c)
+                    TcpStream::connect_timeout(&a, Duration::from_secs(1))
                 });
                 match connected {
                     Ok(mut c) => {
-                        let mut s = String::new();
-                        let _ = c.read_to_string(&mut s);
-                        println!("connected to {addr}: {s}");
+                        println!("connected to {addr}: {}", read_all(&mut c));
                         return;
                     }
                     Err(e) if i + 1 == tries => {
@@ -328,4 +323,25 @@ fn http(addr: &str, flags: &[String]) {
             }
         }
     }
+}
+
+/// What the peer sends until it closes (at most 10 s). wasip2's `connect_timeout` leaves the
+/// socket non-blocking, whatever `set_nonblocking(false)` says after it: a read that would block
+/// is tried again.
+fn read_all(c: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
