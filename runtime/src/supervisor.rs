@@ -301,9 +301,17 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
     loop {
         let started = Instant::now();
         let started_at = SystemTime::now();
+        // Without probes a run is started and ready as it starts, in the same update as its
+        // state (not a poll of the probe watcher later: a status read between the two would
+        // show a running container that is not ready).
+        let unprobed = probes.startup.is_none() && probes.readiness.is_none();
         control.update(|s| {
             s.state = State::Running;
             s.started_at = Some(started_at);
+            if unprobed {
+                s.started = true;
+                s.ready = true;
+            }
         });
         let mut run = Metered::new(runner.run(&spec), &usage, cpu_limit);
         let observer = Probed {
