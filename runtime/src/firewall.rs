@@ -177,31 +177,10 @@ pub fn sync(rules: &Rules) -> io::Result<()> {
         attributes: vec![TableAttribute::Name(TABLE.into())],
     }));
     for (chain, rules) in &content {
-        let name = &chain.name;
-        batch.push(new_chain(chain));
-        batch.push(flush(name));
-        if rules.is_empty() {
-            batch.push(NfTablesMessage::DeleteChain(ChainMessage {
-                attributes: vec![
-                    ChainAttribute::Table(TABLE.into()),
-                    ChainAttribute::Name(name.clone()),
-                ],
-            }));
-        }
-        for r in rules {
-            batch.push(NfTablesMessage::NewRule(RuleMessage {
-                attributes: vec![
-                    RuleAttribute::Table(TABLE.into()),
-                    RuleAttribute::Chain(name.clone()),
-                    RuleAttribute::Expressions(r.iter().cloned().map(Into::into).collect()),
-                ],
-            }));
-        }
+        replace(&mut batch, chain, rules);
     }
     batch.send()?;
-    if rules.needed() {
-        enable_forwarding()?;
-    }
+    enable_forwarding()?;
     if rules.publishes() {
         set_sysctl(
             &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", rules.bridge),
@@ -211,23 +190,39 @@ pub fn sync(rules: &Rules) -> io::Result<()> {
     Ok(())
 }
 
+/// Adds to `batch` what makes `chain` hold exactly `rules`: the chain made if missing (so that
+/// no message fails), flushed, then filled, or deleted when there is no rule.
+fn replace(batch: &mut Batch, chain: &Chain, rules: &[Rule]) {
+    batch.push(new_chain(chain));
+    batch.push(flush(&chain.name));
+    if rules.is_empty() {
+        batch.push(NfTablesMessage::DeleteChain(ChainMessage {
+            attributes: vec![
+                ChainAttribute::Table(TABLE.into()),
+                ChainAttribute::Name(chain.name.clone()),
+            ],
+        }));
+    }
+    for r in rules {
+        batch.push(NfTablesMessage::NewRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(TABLE.into()),
+                RuleAttribute::Chain(chain.name.clone()),
+                RuleAttribute::Expressions(r.iter().cloned().map(Into::into).collect()),
+            ],
+        }));
+    }
+}
+
 /// Deletes the chains of `bridge`, and makes nothing: where peapod's table does not exist (a
-/// lookup, no transaction) nothing is sent; else one batch makes each chain if missing (so that
-/// no message of it fails) and deletes it.
+/// lookup, no transaction) nothing is sent; else one batch [`replace`]s each with no rule.
 fn remove(bridge: &str) -> io::Result<()> {
     if !table_exists()? {
         return Ok(());
     }
     let mut batch = Batch::default();
     for chain in chains(bridge) {
-        batch.push(new_chain(&chain));
-        batch.push(flush(&chain.name));
-        batch.push(NfTablesMessage::DeleteChain(ChainMessage {
-            attributes: vec![
-                ChainAttribute::Table(TABLE.into()),
-                ChainAttribute::Name(chain.name),
-            ],
-        }));
+        replace(&mut batch, &chain, &[]);
     }
     batch.send()
 }

@@ -119,10 +119,7 @@ impl Ipam {
                     ip: *ip,
                 });
             }
-            self.check_ports(f, pod, ports)?;
-            if !ports.is_empty() {
-                f.ports.insert(pod.into(), ports.to_vec());
-            }
+            self.publish(f, pod, ports)?;
             let hosts: Vec<Ipv4Addr> = self.subnet.hosts().collect();
             let start = f
                 .last
@@ -153,49 +150,37 @@ impl Ipam {
     /// Sets the ports `pod` (which holds a lease) publishes: a recovered pod's, whose spec may
     /// have been written before the ports were kept here.
     pub fn set_ports(&self, pod: &str, ports: &[Published]) -> Result<(), IpamError> {
-        self.update(|f| {
-            self.check_ports(f, pod, ports)?;
-            if ports.is_empty() {
-                f.ports.remove(pod);
-            } else {
-                f.ports.insert(pod.into(), ports.to_vec());
-            }
-            Ok(())
-        })
+        self.update(|f| self.publish(f, pod, ports))
     }
 
-    /// The first pod other than `pod`, on any bridge of this state dir, that publishes one of
-    /// `ports`; `f` is this bridge's file as it is under the lock.
-    fn check_ports(&self, f: &LeaseFile, pod: &str, ports: &[Published]) -> Result<(), IpamError> {
+    /// Refuses `ports` if another pod publishes one of them ([`Ipam::publishers`]; `f` is this
+    /// bridge's file as it is under the lock), else records them as `pod`'s.
+    fn publish(&self, f: &mut LeaseFile, pod: &str, ports: &[Published]) -> Result<(), IpamError> {
         if ports.is_empty() {
+            f.ports.remove(pod);
             return Ok(());
         }
-        let mut others: Vec<(String, Published)> = Vec::new();
-        for (holder, list) in &f.ports {
-            others.extend(list.iter().map(|p| (holder.clone(), *p)));
-        }
-        others.extend(
-            self.publishers_elsewhere()
-                .into_iter()
-                .map(|(bridge, holder, p)| (format!("{holder} (bridge {bridge})"), p)),
-        );
+        let publishers = self.publishers(f);
         for port in ports {
-            if let Some((holder, _)) = others
-                .iter()
-                .find(|(holder, p)| holder != pod && p.clashes(port))
-            {
+            if let Some((holder, _)) = clash(&publishers, pod, port) {
                 return Err(IpamError::PortTaken {
                     port: *port,
                     holder: holder.clone(),
                 });
             }
         }
+        f.ports.insert(pod.into(), ports.to_vec());
         Ok(())
     }
 
-    /// Published ports of the pods on the other bridges of this state dir: (bridge, pod, port).
-    fn publishers_elsewhere(&self) -> Vec<(String, String, Published)> {
-        let mut out = Vec::new();
+    /// Every published port of every bridge of this state dir, with the pod that publishes it
+    /// (`pod (bridge B)` for another bridge's); `f` is this bridge's file.
+    fn publishers(&self, f: &LeaseFile) -> Vec<(String, Published)> {
+        let mut out: Vec<(String, Published)> = f
+            .ports
+            .iter()
+            .flat_map(|(pod, list)| list.iter().map(move |p| (pod.clone(), *p)))
+            .collect();
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return out;
         };
@@ -207,16 +192,16 @@ impl Ipam {
             if bridge == self.bridge || name.starts_with('.') {
                 continue;
             }
-            let Ok(f) = std::fs::read(e.path())
+            let Ok(other) = std::fs::read(e.path())
                 .map_err(|_| ())
                 .and_then(|b| serde_json::from_slice::<LeaseFile>(&b).map_err(|_| ()))
             else {
                 continue;
             };
-            for (pod, list) in f.ports {
+            for (pod, list) in other.ports {
                 out.extend(
                     list.into_iter()
-                        .map(|p| (bridge.to_string(), pod.clone(), p)),
+                        .map(|p| (format!("{pod} (bridge {bridge})"), p)),
                 );
             }
         }
@@ -226,25 +211,11 @@ impl Ipam {
     /// Pods that publish a clash with `ports`, other than `pod`, on every bridge of this state
     /// dir: (holder, the port it publishes). No lock: a check before anything is made.
     pub fn port_holders(&self, pod: &str, ports: &[Published]) -> Vec<(String, Published)> {
-        let f = self.read().unwrap_or_default();
-        let mut out = Vec::new();
-        for port in ports {
-            let mine = f
-                .ports
-                .iter()
-                .flat_map(|(h, l)| l.iter().map(move |p| (h.clone(), *p)));
-            let theirs = self
-                .publishers_elsewhere()
-                .into_iter()
-                .map(|(b, h, p)| (format!("{h} (bridge {b})"), p));
-            if let Some(found) = mine
-                .chain(theirs)
-                .find(|(h, p)| h != pod && p.clashes(port))
-            {
-                out.push(found);
-            }
-        }
-        out
+        let publishers = self.publishers(&self.read().unwrap_or_default());
+        ports
+            .iter()
+            .filter_map(|port| clash(&publishers, pod, port).cloned())
+            .collect()
     }
 
     /// The current leases, pod name -> address.
@@ -399,6 +370,17 @@ impl Ipam {
         bytes.push(b'\n');
         crate::durable::write(&path, &bytes).map_err(self.io(&path))
     }
+}
+
+/// The first of `publishers` other than `pod` whose port clashes with `port`.
+fn clash<'a>(
+    publishers: &'a [(String, Published)],
+    pod: &str,
+    port: &Published,
+) -> Option<&'a (String, Published)> {
+    publishers
+        .iter()
+        .find(|(holder, p)| holder != pod && p.clashes(port))
 }
 
 #[cfg(test)]
