@@ -316,6 +316,27 @@ fn cli_drives_the_api() {
     assert!(d.terminate().success());
 }
 
+/// The hardware address of `eth0` in the namespace pinned at `pin`.
+fn pod_mac(pin: &std::path::Path) -> String {
+    let out = cmd(
+        "nsenter",
+        &[
+            &format!("--net={}", pin.display()),
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "eth0",
+        ],
+    );
+    let mac = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1);
+    mac.unwrap_or_else(|| panic!("no MAC in {out:?}"))
+        .to_string()
+}
+
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn recovery_after_kill_keeps_ips_and_namespaces() {
@@ -340,6 +361,7 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
             .collect()
     };
     let created_before = created(&env);
+    let macs_before: Vec<String> = pods.iter().map(|p| pod_mac(&env.pin(p))).collect();
     // AGE counts whole seconds: a second passes, so a reset would show.
     std::thread::sleep(Duration::from_millis(1100));
 
@@ -361,6 +383,18 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
     }
     // The same sandboxes: the same creation time (AGE goes on).
     assert_eq!(created(&env), created_before);
+    // The veths are made anew, with the pods' MACs as before: the host's neighbour entries for
+    // the IPs stay right (a new MAC left an IP silent until its entry went stale, 10-40 s).
+    let macs: Vec<String> = pods.iter().map(|p| pod_mac(&env.pin(p))).collect();
+    assert_eq!(macs, macs_before);
+    let ip = before[0].0.octets();
+    assert_eq!(
+        macs[0],
+        format!(
+            "02:50:{:02x}:{:02x}:{:02x}:{:02x}",
+            ip[0], ip[1], ip[2], ip[3]
+        )
+    );
     // Nothing duplicated: one veth and one lease per pod.
     assert_eq!(env.bridge_ports().len(), 3, "{:?}", env.bridge_ports());
     assert_eq!(env.leases().len(), 3);

@@ -120,16 +120,19 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host` is attached to the bridge `controller` and set up; its peer is
-    /// created directly inside the namespace `netns` as `peer` (cheaper than moving it there).
+    /// created directly inside the namespace `netns` as `peer` (cheaper than moving it there),
+    /// with the hardware address `peer_mac`.
     pub async fn create_veth_into(
         &self,
         host: &str,
         controller: u32,
         peer: &str,
+        peer_mac: [u8; 6],
         netns: &impl AsFd,
     ) -> Result<(), NetError> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
+            .address(peer_mac.to_vec())
             .setns_by_fd(netns.as_fd().as_raw_fd())
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
@@ -262,4 +265,16 @@ impl Netlink {
             .await
             .map_err(|e| NetError::new(format!("add default route via {gateway}"), e))
     }
+}
+
+/// The hardware address of the pod interface that has address `ip`: locally administered,
+/// unicast, `02:50` then the four bytes of the IP. A pod whose veth is made anew around the same
+/// namespace and IP (the daemon recovering its sandboxes after a restart) keeps its MAC, so the
+/// host's neighbour entry for the IP stays right. With a random MAC each time, the host kept
+/// sending to the old one until that entry went stale: 10-40 s in which the pod's IP did not
+/// answer (seen under a real systemd restart, `tests/system`). An IP is on one pod of the host
+/// at a time, so the MAC is too.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x50, a, b, c, d]
 }

@@ -17,7 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Config;
 use crate::ipam::{Ipam, IpamError};
-use crate::net::{NetError, Netlink};
+use crate::net::{self, NetError, Netlink};
 use crate::netns::{self, NetnsError};
 use crate::spec::Published;
 use crate::volumes;
@@ -336,7 +336,7 @@ pub async fn plumb(
     prefix: u8,
     gateway: Ipv4Addr,
 ) -> Result<(), SandboxError> {
-    host.create_veth_into(host_veth, bridge, POD_IFACE, &**netns)
+    host.create_veth_into(host_veth, bridge, POD_IFACE, net::mac_for(ip), &**netns)
         .await?;
     in_netns(netns.clone(), move || async move {
         let nl = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
