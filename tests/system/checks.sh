@@ -148,7 +148,9 @@ if [ "$boot" = 1 ]; then
     check "state dir /var/lib/peapod is 0750, run dir /run/peapod 0755" dir_modes
 
     check "demo pod (pods dir) and an applied pod serve on their IPs, demo on 127.0.0.1:18080" start_pods
-    check "peapod ps lists both pods running" ps_lists_both
+    # The app can answer before its readiness probe first passes (a probe that fails at the
+    # start is tried again a period later, 5 s in the demo, as in Kubernetes): wait a period.
+    check "peapod ps lists both pods running, all containers ready" until_ok 20 ps_lists_both
     check "a key stored through the published port is read on the pod IP" stored_through_published
     record_ips "$share/ips-1"
     note "pod IPs: $(tr '\n' ' ' <"$share/ips-1")"
