@@ -931,6 +931,87 @@ fn the_watchdog_is_pinged_through_a_long_reload() {
     );
 }
 
+/// A pod whose app ignores its pre_stop hook takes its whole grace period to stop. That stop runs
+/// outside the daemon's lock: `ps` answers meanwhile and shows the pod terminating (a delete) or
+/// starting (a re-create waiting for its old sandbox to go), and a pod of the same name applied
+/// during a delete starts once the old sandbox is gone, in a sandbox of its own.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_pod_stopping_for_its_grace_period_does_not_hold_the_daemon() {
+    let env = Env::new();
+    let d = env.daemon();
+    let spec = env.spec(
+        "slow.toml",
+        &format!(
+            "[pod]\nname = \"slow\"\ntermination_grace_period = \"6s\"\n\n\
+             [[containers]]\nname = \"app\"\nmodule = {TOOLBOX:?}\n\
+             args = [\"http\", \"127.0.0.1:8080\", \"--ignore-shutdown\"]\n\
+             lifecycle = {{ pre_stop = {{ http_get = {{ path = \"/shutdown\", port = 8080 }} }} }}\n"
+        ),
+    );
+    let spec = spec.to_str().unwrap().to_string();
+    env.ctl_ok(&["apply", "-f", &spec]);
+    let first = env.wait_running("slow");
+
+    // Each request that stops the pod runs on a thread of its own; the test reads `ps` meanwhile.
+    let in_background = |args: Vec<String>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cmd = env.peapod(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        std::thread::spawn(move || {
+            let mut cmd = cmd;
+            let out = cmd.output().unwrap();
+            let _ = tx.send(out);
+        });
+        rx
+    };
+    let status = |pod: &str| env.ps().get(pod).map(|p| p["status"].clone());
+
+    // `peapod restart slow`: a new sandbox once the old one stopped, 6 s from now.
+    let restart = in_background(vec!["restart".into(), "slow".into()]);
+    eventually(Duration::from_secs(5), "ps shows slow starting", || {
+        (status("slow")? == "starting").then_some(())
+    });
+    assert!(
+        restart.try_recv().is_err(),
+        "the restart answered before the old sandbox's grace period ended"
+    );
+    let out = restart.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let second = env.wait_running("slow");
+    assert_ne!(second, first, "a restarted pod gets a new sandbox");
+
+    // `peapod delete slow`, and an apply of the same name while it is terminating.
+    let delete = in_background(vec!["delete".into(), "slow".into()]);
+    let shown = eventually(Duration::from_secs(5), "ps shows slow terminating", || {
+        let p = env.ps().remove("slow")?;
+        (p["status"] == "terminating").then_some(p)
+    });
+    assert_eq!(shown["ip"], second.to_string(), "{shown}");
+    assert!(
+        delete.try_recv().is_err(),
+        "the delete answered before the grace period ended"
+    );
+    env.ctl_ok(&["apply", "-f", &spec]);
+    let out = delete.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let third = env.wait_running("slow");
+    assert!(third != second && third != first, "{third}");
+    assert_eq!(
+        d.count("still running after the grace period"),
+        2,
+        "{}",
+        d.output()
+    );
+    // One sandbox: one lease, one host veth.
+    assert_eq!(
+        env.leases(),
+        vec![("slow".to_string(), third)],
+        "{}",
+        d.output()
+    );
+    env.ctl_ok(&["delete", "slow"]);
+}
+
 /// An apply compiles outside the daemon's lock: `ps` answers while a big module compiles.
 #[test]
 #[ignore = "needs root: scripts/test runs it"]

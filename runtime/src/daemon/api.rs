@@ -184,8 +184,24 @@ async fn apply(
             return error(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling: {e}"));
         }
     };
-    let mut pods = pods.lock().await;
-    match pods.commit(&body.source, &body.spec, loaded).await {
+    let name = loaded.spec.name.clone();
+    let action = match pods
+        .lock()
+        .await
+        .commit(&body.source, &body.spec, loaded)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    // A re-created pod waits for its old sandbox to stop (pre_stop hooks, grace period): not
+    // under the lock, so `ps` and the others go on.
+    super::pods::settle(&pods, Some(&name)).await;
+    let (outcome, cleanup) = pods.lock().await.committed(&name, action);
+    if let Some(stop) = cleanup {
+        stop.wait().await;
+    }
+    match outcome {
         Ok((action, view)) => {
             let status = if action == super::pods::Action::Created {
                 StatusCode::CREATED
@@ -198,15 +214,25 @@ async fn apply(
     }
 }
 
+/// Answers once the pod is gone: its stop (pre_stop hooks, grace period) is waited for without
+/// the lock.
 async fn delete(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
-    match pods.lock().await.delete(&pod).await {
-        Ok(()) => Json(json!({"deleted": pod})).into_response(),
+    let stop = pods.lock().await.delete(&pod);
+    match stop {
+        Ok(stop) => {
+            stop.wait().await;
+            Json(json!({"deleted": pod})).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
 
 async fn restart(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
-    match pods.lock().await.restart(&pod).await {
+    if let Err(e) = pods.lock().await.restart(&pod).await {
+        return e.into_response();
+    }
+    super::pods::settle(&pods, Some(&pod)).await;
+    match pods.lock().await.outcome(&pod) {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }

@@ -5,8 +5,15 @@
 //! ([`super::load`]): when either changes, the pod is re-created (new sandbox, new IP). A pod whose start failed stays
 //! listed with its error and is tried again on the next reload. A pod the daemon died for, more
 //! than once in a row, waits out a backoff before it starts ([`super::crashguard`]).
+//!
+//! A running pod is stopped by a task of its own, outside the lock: its `pre_stop` hooks may
+//! take the whole grace period, and `ps`, `logs` and the other pods' requests go on meanwhile
+//! (`ps` shows it as terminating). A pod of the same name (a re-create, a delete then an apply)
+//! waits as "starting" until that stop is done, then gets its new sandbox: [`settle`] (the
+//! caller, without the lock) or [`Pods::tick`] starts it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -35,10 +42,49 @@ pub async fn reload_beside(pods: &tokio::sync::Mutex<Pods>) -> Vec<String> {
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let (cfg, exec) = pods.lock().await.planner();
-    match tokio::task::spawn_blocking(move || plan_reload(&cfg, &exec)).await {
+    let problems = match tokio::task::spawn_blocking(move || plan_reload(&cfg, &exec)).await {
         Ok(plan) => pods.lock().await.commit_reload(plan).await,
-        Err(e) => vec![format!("reload: {e}")],
+        Err(e) => return vec![format!("reload: {e}")],
+    };
+    // The pods it re-created start once their old sandboxes are gone.
+    settle(pods, None).await;
+    problems
+}
+
+/// Waits, without holding the lock, for the stops under way of pod `name` (of every pod: `None`),
+/// then starts the pods that waited for them. Stops that begin meanwhile are left to their own
+/// callers (and to [`Pods::tick`]).
+pub async fn settle(pods: &tokio::sync::Mutex<Pods>, name: Option<&str>) {
+    let stops = pods.lock().await.stops(name);
+    if stops.is_empty() {
+        return;
     }
+    futures::future::join_all(stops.into_iter().map(Stopped::wait)).await;
+    pods.lock().await.launch_pending(name).await;
+}
+
+/// The end of a pod's stop, to wait for without the lock.
+#[derive(Clone)]
+pub struct Stopped(tokio::sync::watch::Receiver<bool>);
+
+impl Stopped {
+    pub async fn wait(mut self) {
+        // An error: the task is gone (it ended), which is done too.
+        let _ = self.0.wait_for(|done| *done).await;
+    }
+
+    fn is_done(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+}
+
+/// A pod being stopped by its task: what `ps` shows of it until it is gone.
+struct Stopping {
+    done: Stopped,
+    origin: Origin,
+    created: SystemTime,
+    ip: Option<Ipv4Addr>,
+    netns: Option<PathBuf>,
 }
 
 /// What becomes of a removed pod's logs.
@@ -97,6 +143,8 @@ pub struct Pods {
     /// Problems of the last reload of the pods directory (file -> message).
     problems: BTreeMap<PathBuf, String>,
     guard: CrashGuard,
+    /// Pods whose stop is under way (finished ones are swept by [`Pods::tick`]).
+    stopping: BTreeMap<String, Stopping>,
 }
 
 impl Pods {
@@ -108,6 +156,7 @@ impl Pods {
             exec,
             entries: BTreeMap::new(),
             problems: BTreeMap::new(),
+            stopping: BTreeMap::new(),
         }
     }
 
@@ -220,7 +269,7 @@ impl Pods {
             .collect();
         for name in gone {
             tracing::info!("pod {name}: its file is gone; deleting");
-            self.remove(&name, Logs::Drop).await;
+            self.remove(&name, Logs::Drop);
         }
         for (name, (path, l)) in found {
             let current = self.entries.get(&name);
@@ -230,7 +279,7 @@ impl Pods {
             }
             if current.is_some() {
                 tracing::info!("pod {name}: {} changed; re-creating", path.display());
-                self.remove(&name, Logs::Keep).await;
+                self.remove(&name, Logs::Keep);
             }
             self.start(Origin::File(path), l).await;
         }
@@ -295,11 +344,16 @@ impl Pods {
         }
     }
 
-    /// Starts the containers of a registered pod.
+    /// Starts the containers of a registered pod, unless the sandbox of an earlier pod of its name
+    /// is still being stopped: then it stays pending ("starting"), for [`settle`] or
+    /// [`Pods::tick`] to start.
     async fn launch(&mut self, name: &str) {
         let Some(e) = self.entries.get(name) else {
             return;
         };
+        if self.stop_under_way(name).is_some() {
+            return;
+        }
         let (spec, modules) = (e.spec.clone(), e.modules.clone());
         let opts = Options {
             sink: None,
@@ -353,34 +407,90 @@ impl Pods {
             tracing::info!("pod {name}: crash-guard delay over; starting");
             self.launch(&name).await;
         }
+        // Pods left pending when the request that re-created them went away before their old
+        // sandbox was gone.
+        self.launch_pending(None).await;
     }
 
-    /// Stops a pod and removes its sandbox; its logs go (`Logs::Drop`, the pod is deleted) or
-    /// become the previous sandbox's (`Logs::Keep`, it is re-created). Not its stored record.
-    async fn remove(&mut self, name: &str, logs: Logs) {
-        let Some(e) = self.entries.remove(name) else {
-            return;
-        };
+    /// The stop under way of pod `name`, if there is one.
+    fn stop_under_way(&self, name: &str) -> Option<&Stopping> {
+        self.stopping.get(name).filter(|s| !s.done.is_done())
+    }
+
+    /// The stops under way of pod `name` (of every pod: `None`).
+    fn stops(&self, name: Option<&str>) -> Vec<Stopped> {
+        self.stopping
+            .iter()
+            .filter(|(n, s)| name.is_none_or(|want| want == *n) && !s.done.is_done())
+            .map(|(_, s)| s.done.clone())
+            .collect()
+    }
+
+    /// Starts the pods (pod `name`, or all: `None`) that waited for an earlier sandbox of their
+    /// name to go, if it has; forgets the stops that are done.
+    async fn launch_pending(&mut self, name: Option<&str>) {
+        self.stopping.retain(|_, s| !s.done.is_done());
+        let pending: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(n, e)| {
+                name.is_none_or(|want| want == *n)
+                    && e.running.is_none()
+                    && e.error.is_none()
+                    && e.delayed.is_none()
+                    && !self.stopping.contains_key(*n)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in pending {
+            self.launch(&name).await;
+        }
+    }
+
+    /// Stops a pod and removes its sandbox, in a task of its own (after any stop of its name
+    /// still under way); its logs go (`Logs::Drop`, the pod is deleted) or become the previous
+    /// sandbox's (`Logs::Keep`, it is re-created). Not its stored record. Returns the stop's end.
+    fn remove(&mut self, name: &str, logs: Logs) -> Option<Stopped> {
+        let e = self.entries.remove(name)?;
         self.guard.forget(name);
-        match e.running {
-            Some(p) => {
-                if let Err(err) = p.stop().await {
-                    tracing::error!("{err}");
-                }
-            }
-            None => {
-                if let Err(err) = Sandbox::remove(&self.cfg, name).await {
-                    tracing::error!("pod {name}: {err}");
-                }
-            }
-        }
-        let done = match logs {
-            Logs::Drop => self.cfg.logs.remove_pod(name),
-            Logs::Keep => self.cfg.logs.retire_pod(name),
+        let before = self.stop_under_way(name).map(|s| s.done.clone());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stopping = Stopping {
+            done: Stopped(rx),
+            origin: e.origin,
+            created: e.created,
+            ip: e.running.as_ref().map(|p| p.ip),
+            netns: e.running.as_ref().map(|p| p.netns_path.clone()),
         };
-        if let Err(err) = done {
-            tracing::warn!("pod {name}: logs: {err}");
-        }
+        let done = stopping.done.clone();
+        self.stopping.insert(name.into(), stopping);
+        let (cfg, name) = (self.cfg.clone(), name.to_string());
+        tokio::spawn(async move {
+            if let Some(before) = before {
+                before.wait().await;
+            }
+            match e.running {
+                Some(p) => {
+                    if let Err(err) = p.stop().await {
+                        tracing::error!("{err}");
+                    }
+                }
+                None => {
+                    if let Err(err) = Sandbox::remove(&cfg, &name).await {
+                        tracing::error!("pod {name}: {err}");
+                    }
+                }
+            }
+            let done = match logs {
+                Logs::Drop => cfg.logs.remove_pod(&name),
+                Logs::Keep => cfg.logs.retire_pod(&name),
+            };
+            if let Err(err) = done {
+                tracing::warn!("pod {name}: logs: {err}");
+            }
+            let _ = tx.send(true);
+        });
+        Some(done)
     }
 
     /// The settings and the engine, for [`plan`] outside the lock.
@@ -389,13 +499,15 @@ impl Pods {
     }
 
     /// `peapod apply`, second half: what [`plan`] compiled becomes the pod `l.spec.name`:
-    /// created, re-created if its spec or modules changed, or left as it is.
+    /// created, re-created if its spec or modules changed, or left as it is. A re-created pod
+    /// starts once its old sandbox is gone: [`settle`] it, then read the outcome with
+    /// [`Pods::committed`].
     pub async fn commit(
         &mut self,
         source: &Path,
         text: &str,
         l: Loaded,
-    ) -> Result<(Action, PodView), OpError> {
+    ) -> Result<Action, OpError> {
         let name = l.spec.name.clone();
         let current = self.entries.get(&name);
         if let Some(Origin::File(f)) = current.map(|e| &e.origin) {
@@ -405,7 +517,7 @@ impl Pods {
             )));
         }
         if current.is_some_and(|e| e.digest == l.digest && e.running.is_some()) {
-            return Ok((Action::Unchanged, self.view(&name).expect("exists")));
+            return Ok(Action::Unchanged);
         }
         let stored = l
             .bytes
@@ -424,7 +536,7 @@ impl Pods {
             )
             .map_err(|e| OpError::Failed(format!("storing pod: {e}")))?;
         let action = if self.entries.contains_key(&name) {
-            self.remove(&name, Logs::Keep).await;
+            self.remove(&name, Logs::Keep);
             Action::Recreated
         } else {
             Action::Created
@@ -434,25 +546,41 @@ impl Pods {
             c.module = p;
         }
         self.start(Origin::Api, l).await;
-        let view = self.view(&name).expect("just started");
-        match &view.error {
-            // A new pod that cannot start is not kept: nothing of a failed apply is left.
+        Ok(action)
+    }
+
+    /// What a [`Pods::commit`] came to, once settled. A new pod that cannot start is not kept
+    /// (nothing of a failed apply is left once the returned stop is done).
+    pub fn committed(
+        &mut self,
+        name: &str,
+        action: Action,
+    ) -> (Result<(Action, PodView), OpError>, Option<Stopped>) {
+        let Some(view) = self.view(name) else {
+            // Deleted meanwhile by another request.
+            return (Err(OpError::NotFound(name.into())), None);
+        };
+        match view.error {
             Some(e) if action == Action::Created => {
-                if let Err(err) = self.store.remove(&name) {
+                if let Err(err) = self.store.remove(name) {
                     tracing::warn!("pod {name}: forgetting the failed apply: {err}");
                 }
-                self.remove(&name, Logs::Drop).await;
-                Err(OpError::Failed(e.clone()))
+                (Err(OpError::Failed(e)), self.remove(name, Logs::Drop))
             }
-            Some(e) => Err(OpError::Failed(e.clone())),
-            None => Ok((action, view)),
+            Some(e) => (Err(OpError::Failed(e)), None),
+            None => (Ok((action, view)), None),
         }
     }
 
     /// `peapod delete`: pods created through the API only (a file's pod goes with its file).
-    pub async fn delete(&mut self, name: &str) -> Result<(), OpError> {
+    /// Returns the stop to wait for (without the lock); a pod already being deleted returns
+    /// that stop.
+    pub fn delete(&mut self, name: &str) -> Result<Stopped, OpError> {
         match self.entries.get(name).map(|e| &e.origin) {
-            None => Err(OpError::NotFound(name.into())),
+            None => match self.stop_under_way(name) {
+                Some(s) if matches!(s.origin, Origin::Api) => Ok(s.done.clone()),
+                _ => Err(OpError::NotFound(name.into())),
+            },
             Some(Origin::File(f)) => Err(OpError::Conflict(format!(
                 "pod {name:?} is defined by {}; remove that file to delete it",
                 f.display()
@@ -461,14 +589,14 @@ impl Pods {
                 self.store
                     .remove(name)
                     .map_err(|e| OpError::Failed(format!("forgetting pod: {e}")))?;
-                self.remove(name, Logs::Drop).await;
-                Ok(())
+                Ok(self.remove(name, Logs::Drop).expect("registered"))
             }
         }
     }
 
-    /// `peapod restart POD`: a new sandbox (new IP), the containers from scratch.
-    pub async fn restart(&mut self, name: &str) -> Result<PodView, OpError> {
+    /// `peapod restart POD`: a new sandbox (new IP), the containers from scratch, once the old
+    /// one is gone: [`settle`] it, then read the outcome with [`Pods::outcome`].
+    pub async fn restart(&mut self, name: &str) -> Result<(), OpError> {
         let e = self
             .entries
             .remove(name)
@@ -485,11 +613,18 @@ impl Pods {
         }
         let origin = e.origin.clone();
         self.entries.insert(name.into(), e);
-        self.remove(name, Logs::Keep).await;
+        self.remove(name, Logs::Keep);
         self.start(origin, l).await;
-        let view = self.view(name).expect("just started");
-        match &view.error {
-            Some(err) => Err(OpError::Failed(err.clone())),
+        Ok(())
+    }
+
+    /// The pod as it is now, or why it is not running.
+    pub fn outcome(&self, name: &str) -> Result<PodView, OpError> {
+        let view = self
+            .view(name)
+            .ok_or_else(|| OpError::NotFound(name.into()))?;
+        match view.error {
+            Some(err) => Err(OpError::Failed(err)),
             None => Ok(view),
         }
     }
@@ -543,6 +678,8 @@ impl Pods {
 
     /// Clean stop of the daemon: the modules stop, the sandboxes stay (same IPs next start).
     pub async fn stop_all(&mut self) {
+        // Stops under way end first (a pod being deleted is deleted whole).
+        futures::future::join_all(self.stops(None).into_iter().map(Stopped::wait)).await;
         self.guard.clear();
         for (name, e) in std::mem::take(&mut self.entries) {
             if let Some(p) = e.running

@@ -1,6 +1,7 @@
 //! What `ps`, `inspect` and systemd's `STATUS=` show of the pods: each pod's status, derived from
 //! its containers' (init containers end by design), its age, readiness and restarts.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,8 +16,10 @@ use crate::supervisor::{State, Status};
 #[derive(Debug, Clone, Serialize)]
 pub struct PodView {
     pub name: String,
-    /// starting (before its containers' first run), running, restarting (a container waits out
-    /// its backoff), succeeded, failed, waiting (held back by the crash guard)
+    /// starting (before its containers' first run; a re-created pod also while its old sandbox
+    /// stops), running, restarting (a container waits out its backoff), succeeded, failed,
+    /// waiting (held back by the crash guard), terminating (being stopped: its pre_stop hooks
+    /// and grace period)
     pub status: String,
     pub ip: Option<Ipv4Addr>,
     pub netns: Option<PathBuf>,
@@ -49,13 +52,17 @@ fn pod_ready(containers: &[Status]) -> bool {
 
 impl Pods {
     pub fn view(&self, name: &str) -> Option<PodView> {
-        let e = self.entries.get(name)?;
+        let Some(e) = self.entries.get(name) else {
+            return self.terminating(name);
+        };
         let containers = e.running.as_ref().map(|p| p.statuses()).unwrap_or_default();
         // Plain init containers end by design; the pod's state is that of the others.
         let (init, live): (Vec<&Status>, Vec<&Status>) =
             containers.iter().partition(|c| c.kind == Kind::Init);
         let status = match (&e.running, &e.error) {
             (None, None) if e.delayed.is_some() => "waiting",
+            // Registered, waiting for an earlier sandbox of its name to go.
+            (None, None) => "starting",
             (None, _) => "failed",
             _ if init
                 .iter()
@@ -89,18 +96,13 @@ impl Pods {
             }
             _ => "running",
         };
-        let age = SystemTime::now()
-            .duration_since(e.created)
-            .unwrap_or(Duration::ZERO);
+        let age = age_of(e.created);
         Some(PodView {
             name: name.into(),
             status: status.into(),
             ip: e.running.as_ref().map(|p| p.ip),
             netns: e.running.as_ref().map(|p| p.netns_path.clone()),
-            source: match &e.origin {
-                Origin::File(p) => format!("file:{}", p.display()),
-                Origin::Api => "api".into(),
-            },
+            source: source(&e.origin),
             created: humantime::format_rfc3339_seconds(e.created).to_string(),
             age_seconds: age.as_secs(),
             ready: pod_ready(&containers),
@@ -133,8 +135,30 @@ impl Pods {
         })
     }
 
+    /// A pod that is only being stopped (deleted, or re-created and not registered again).
+    fn terminating(&self, name: &str) -> Option<PodView> {
+        let s = self.stop_under_way(name)?;
+        Some(PodView {
+            name: name.into(),
+            status: "terminating".into(),
+            ip: s.ip,
+            netns: s.netns.clone(),
+            source: source(&s.origin),
+            created: humantime::format_rfc3339_seconds(s.created).to_string(),
+            age_seconds: age_of(s.created).as_secs(),
+            ready: false,
+            restarts: 0,
+            containers: Vec::new(),
+            volumes: Vec::new(),
+            ports: Vec::new(),
+            error: None,
+        })
+    }
+
+    /// Every pod, those being stopped too (once, by name).
     pub fn views(&self) -> Vec<PodView> {
-        self.entries.keys().filter_map(|n| self.view(n)).collect()
+        let names: BTreeSet<&String> = self.entries.keys().chain(self.stopping.keys()).collect();
+        names.into_iter().filter_map(|n| self.view(n)).collect()
     }
 
     /// How many pods there are, and how many of them are ready (every second: from the
@@ -147,4 +171,17 @@ impl Pods {
             .count();
         (self.entries.len(), ready)
     }
+}
+
+fn source(origin: &Origin) -> String {
+    match origin {
+        Origin::File(p) => format!("file:{}", p.display()),
+        Origin::Api => "api".into(),
+    }
+}
+
+fn age_of(created: SystemTime) -> Duration {
+    SystemTime::now()
+        .duration_since(created)
+        .unwrap_or(Duration::ZERO)
 }
