@@ -36,15 +36,59 @@ use pods::Pods;
 /// The group that may use the API socket besides root (if it exists).
 pub const SOCKET_GROUP: &str = "peapod";
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// What the daemon is told while it runs: by signals under systemd ([`run`]), by a channel of
+/// the caller's in process ([`serve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Re-read the pods directory; the reason is logged (`SIGHUP`).
+    Reload(&'static str),
+    /// Stop the modules and return; the sandboxes stay.
+    Stop,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT (SIGHUP reloads): takes the daemon lock, binds the
+/// API socket, then [`serve`]s.
 pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let _lock = lock_daemon(&cfg)?;
     raise_fd_limit();
+    let control = signals()?;
+    let listener = bind(&cfg.socket)?;
+    serve(cfg, exec, listener, control, t0).await
+}
+
+/// SIGTERM and SIGINT as [`Control::Stop`], SIGHUP as [`Control::Reload`], handled from now on.
+fn signals() -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Control>> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let c = tokio::select! {
+                _ = term.recv() => Control::Stop,
+                _ = int.recv() => Control::Stop,
+                _ = hup.recv() => Control::Reload("SIGHUP"),
+            };
+            if tx.send(c).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
 
+/// The daemon on `listener` until `control` says [`Control::Stop`] (or is closed): the pods
+/// started (the sandboxes the last run left taken over), the API served, the pods directory
+/// watched, systemd notified. The caller owns the socket and what controls the daemon (as
+/// mini-redis' `server::run`), so a test runs it in process; `t0` is when the start began.
+pub async fn serve(
+    cfg: Config,
+    exec: Executor,
+    listener: tokio::net::UnixListener,
+    mut control: tokio::sync::mpsc::UnboundedReceiver<Control>,
+    t0: Instant,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.pods_dir)
         .with_context(|| format!("create {}", cfg.pods_dir.display()))?;
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
@@ -61,7 +105,6 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let pods = Arc::new(Mutex::new(Pods::new(cfg.clone(), exec)));
     // Hold the pods while starting them: API requests wait for the start-up to finish.
     let mut starting = pods.clone().lock_owned().await;
-    let listener = bind(&cfg.socket)?;
     let shutdown = CancellationToken::new();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = tokio::spawn(server::serve(
@@ -102,12 +145,13 @@ pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     ));
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading {}", cfg.pods_dir.display());
-                reload.notify_one();
-            }
+            c = control.recv() => match c {
+                Some(Control::Reload(why)) => {
+                    tracing::info!("{why}: reloading {}", cfg.pods_dir.display());
+                    reload.notify_one();
+                }
+                Some(Control::Stop) | None => break,
+            },
             Some(()) = changed.recv() => {
                 // Editors write in several steps: wait for the directory to settle.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -239,4 +283,82 @@ fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
             .with_context(|| format!("chown {} to root:{SOCKET_GROUP}", path.display()))?;
     }
     Ok(listener)
+}
+
+/// The daemon in process, on a socket and a control channel of the test's own (no root: its pods
+/// directory holds no pod that would start).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_in_process_reloads_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            run_dir: dir.path().join("run"),
+            state_dir: dir.path().join("state"),
+            pods_dir: dir.path().join("pods"),
+            socket: dir.path().join("api.sock"),
+            // A bridge nobody has: the start's orphan scan finds nothing of the machine's.
+            bridge: format!("ppu{}", std::process::id() % 1_000_000),
+            egress: false,
+            ..Config::default()
+        };
+        cfg.logs.dir = dir.path().join("logs");
+        // A pod file whose module is outside the pods directory (so the directory's watcher
+        // does not see it change): missing at first.
+        let module = dir.path().join("app.wasm");
+        std::fs::create_dir_all(&cfg.pods_dir).unwrap();
+        std::fs::write(
+            cfg.pods_dir.join("app.toml"),
+            format!(
+                "[pod]\nname = \"app\"\n[[containers]]\nname = \"app\"\nmodule = {:?}\n",
+                module.display().to_string()
+            ),
+        )
+        .unwrap();
+        let listener = tokio::net::UnixListener::bind(&cfg.socket).unwrap();
+        let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+        let daemon = tokio::spawn(serve(
+            cfg.clone(),
+            Executor::new().unwrap(),
+            listener,
+            rx,
+            Instant::now(),
+        ));
+        let client = Client::new(&cfg.socket);
+        let problems = || async {
+            let v = client.get("/v1/pods").await.unwrap();
+            assert_eq!(v["pods"], serde_json::json!([]), "{v}");
+            v["problems"].to_string()
+        };
+        let first = problems().await;
+        assert!(
+            first.contains("app.toml") && first.contains("cannot read"),
+            "{first}"
+        );
+
+        // The module appears, as bytes that are no module: only a reload sees it.
+        std::fs::write(&module, b"not wasm").unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(problems().await, first, "nothing reloaded yet");
+        control.send(Control::Reload("test")).unwrap();
+        let mut now = first.clone();
+        for _ in 0..100 {
+            now = problems().await;
+            if now != first {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            now.contains("app.toml") && now.contains("not a WebAssembly module"),
+            "{first} -> {now}"
+        );
+
+        control.send(Control::Stop).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(30), daemon).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        assert!(!cfg.socket.exists(), "the socket is removed on stop");
+    }
 }
