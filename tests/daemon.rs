@@ -413,8 +413,8 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
     // is left on the bridge with no pin or lease beside it (a pod removed half-way): found by
     // its name alone.
     std::fs::remove_file(env.pods_dir().join("f2.toml")).unwrap();
-    let stray = format!("pp{}", unique("s"));
-    let stray = &stray[..stray.len().min(15)];
+    // (A pod's host veth has a name of its form, `pp` and 11 hex digits: other ports stay.)
+    let stray = &peapod::sandbox::host_veth_name(&env.bridge, &unique("gone"));
     cmd(
         "ip",
         &[

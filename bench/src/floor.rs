@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use peapod::config::Config;
-use peapod::net::Netlink;
+use peapod::net::{Links, Netlink};
 use peapod::netns;
 use peapod::sandbox::{SandboxError, in_netns, plumb};
 
 use crate::stats::ms;
 
-pub fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
@@ -36,7 +36,7 @@ fn floor_ip(cfg: &Config) -> Ipv4Addr {
 
 /// `ip netns add` + `ip link` + `ip addr` + `ip route`: seven commands, as a script would.
 /// `prefix` names the namespaces (in /run/netns) so the sweep finds them after an interrupt.
-pub fn ip_commands(cfg: &Config, prefix: &str, iterations: usize) -> Result<Vec<f64>> {
+pub(crate) fn ip_commands(cfg: &Config, prefix: &str, iterations: usize) -> Result<Vec<f64>> {
     let addr = format!("{}/{}", floor_ip(cfg), cfg.subnet.prefix_len());
     let gw = cfg.gateway().to_string();
     let mut samples = vec![];
@@ -61,7 +61,7 @@ pub fn ip_commands(cfg: &Config, prefix: &str, iterations: usize) -> Result<Vec<
 
 /// The same work over netlink from this process: pin a namespace, one veth message, four
 /// messages inside. This is `peapod::sandbox::plumb`, the code the sandbox itself runs.
-pub async fn raw_netlink(
+pub(crate) async fn raw_netlink(
     cfg: &Config,
     dir: &Path,
     tag: &str,
@@ -96,7 +96,7 @@ pub async fn raw_netlink(
 }
 
 /// Native iperf3 over the loopback of a namespace of our own; MB/s per run.
-pub async fn iperf3(dir: &Path, mib: usize, iterations: usize) -> Result<Vec<f64>> {
+pub(crate) async fn iperf3(dir: &Path, mib: usize, iterations: usize) -> Result<Vec<f64>> {
     let pin = dir.join("iperf-ns");
     let fd = Arc::new(netns::create_pinned(&pin)?);
     let result = async {

@@ -162,7 +162,7 @@ fn pod_rss(tag: &str, pod: &Pod) -> Result<f64> {
 
 /// Measures podman and attaches its samples to the matching peapod figures. When podman cannot
 /// be measured here, those figures say why instead (the rest of the bench still stands).
-pub fn compare(tag: &str, dir: &Path, iterations: usize, figures: &mut [Figure]) {
+pub(crate) fn compare(tag: &str, dir: &Path, iterations: usize, figures: &mut [Figure]) {
     match setup(tag, dir).and_then(|()| measure(tag, iterations)) {
         Ok([start, restart, recreate, memory]) => {
             for f in figures.iter_mut() {
@@ -230,7 +230,7 @@ fn peer_of(f: &Figure) -> Option<Peer> {
 }
 
 /// Removes the bench's podman pods, containers and image, if podman is there at all.
-pub fn sweep(tag: &str) {
+pub(crate) fn sweep(tag: &str) {
     // No config written: setup never ran, so nothing of ours exists in podman.
     if !crate::which("podman") || !conf_path(tag).exists() {
         return;

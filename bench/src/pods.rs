@@ -14,7 +14,7 @@ use peapod::spec::PodSpec;
 
 use crate::stats::{Figure, ms, rss_kib};
 
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub cfg: Config,
     pub exec: Executor,
     pub dir: std::path::PathBuf,
@@ -25,7 +25,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(
+    pub(crate) fn new(
         cfg: Config,
         dir: std::path::PathBuf,
         iterations: usize,
@@ -109,7 +109,7 @@ impl Ctx {
 
     /// Pod start (figure 1), cold (compiling) and warm (compiled modules reused), split into its
     /// parts, and pod re-create (figure 4). Returns the compiled demo modules for later figures.
-    pub async fn pod_start(&mut self, figures: &mut Vec<Figure>) -> Result<Vec<Prepared>> {
+    pub(crate) async fn pod_start(&mut self, figures: &mut Vec<Figure>) -> Result<Vec<Prepared>> {
         let (mut compile, mut sandbox, mut modules_t, mut cold, mut warm, mut stop, mut recreate) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut warm_modules = None;
@@ -191,7 +191,7 @@ impl Ctx {
 
     /// 3. Restart in place: the app exits, the new instance accepts on the same port (backoff at
     ///    its 10 ms floor, which a run longer than 10 ms does not wait).
-    pub async fn restart(
+    pub(crate) async fn restart(
         &mut self,
         modules: Vec<Prepared>,
         figures: &mut Vec<Figure>,
@@ -231,7 +231,7 @@ impl Ctx {
     /// Fairness: the app's request latency (connect + GET /healthz + answer) with a sibling that
     /// spins without ever yielding, against the same app alone. The spinner is preempted at each
     /// epoch tick (10 ms); what it adds is at most about one tick per wake-up of the app.
-    pub async fn sibling_latency(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
+    pub(crate) async fn sibling_latency(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
         let toolbox = peapod_guests::TOOLBOX;
         let app = (
             "app",
@@ -287,7 +287,7 @@ impl Ctx {
     /// `cpu_limit` accuracy: the share of one core a never-yielding spinner with `cpu_limit =
     /// "250m"` uses over each one-second window (from its own CPU clock, as `inspect` shows
     /// it), against the same spinner without a limit.
-    pub async fn cpu_cap(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
+    pub(crate) async fn cpu_cap(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
         let windows = self.iterations.clamp(2, 5);
         let mut runs = vec![];
         for extra in ["cpu_limit = \"250m\"", ""] {
@@ -320,7 +320,7 @@ impl Ctx {
     /// Probe overhead: CPU time of the pod's thread (probe client and the app answering it,
     /// from the kernel's schedstat) per 1000 probes, for an HTTP and a TCP readiness probe
     /// every 10 ms against kv-server, over one second each.
-    pub async fn probe_cost(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
+    pub(crate) async fn probe_cost(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
         let period = Duration::from_millis(10);
         let mut runs = vec![];
         for probe in [
@@ -365,7 +365,7 @@ impl Ctx {
     }
 
     /// 5. In-pod loopback throughput: a wasip2 sender and receiver over 127.0.0.1.
-    pub async fn throughput(&mut self, iterations: usize) -> Result<Vec<f64>> {
+    pub(crate) async fn throughput(&mut self, iterations: usize) -> Result<Vec<f64>> {
         let mib = self.mib.to_string();
         let toolbox = peapod_guests::TOOLBOX;
         let mut samples = vec![];
@@ -413,7 +413,11 @@ impl Ctx {
     /// Write throughput into a volume: a guest writes `mib` MiB (64 KiB writes, no fsync) to an
     /// `empty_dir` on disk and to one with a `size_limit` (a tmpfs), against the host writing
     /// the same bytes the same way into the same directory.
-    pub async fn volume_write(&mut self, runs: usize, figures: &mut Vec<Figure>) -> Result<()> {
+    pub(crate) async fn volume_write(
+        &mut self,
+        runs: usize,
+        figures: &mut Vec<Figure>,
+    ) -> Result<()> {
         let mib = self.mib.min(256);
         let kib = mib * 1024;
         let toolbox = peapod_guests::TOOLBOX;
@@ -487,7 +491,7 @@ impl Ctx {
     }
 
     /// 6. Density: N pods of two modules each, started one after another; RSS before and after.
-    pub async fn density(
+    pub(crate) async fn density(
         &mut self,
         modules: Vec<Prepared>,
         figures: &mut Vec<Figure>,
@@ -547,7 +551,7 @@ impl Ctx {
 }
 
 /// Connects until something accepts at `addr` (at most 30 s).
-pub fn wait_accept(addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_accept(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {

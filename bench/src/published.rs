@@ -22,7 +22,7 @@ use crate::stats::{Figure, ms};
 const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
 /// Measures in a new namespace `<prefix>pub`; `dir` holds the pod's run and state dirs.
-pub fn measure(
+pub(crate) fn measure(
     prefix: &str,
     dir: &std::path::Path,
     cfg: &Config,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::stats::{Figure, Summary};
 
 #[derive(Debug, Serialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub arch: String,
     pub cores: usize,
     pub kernel: String,
@@ -18,7 +18,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn read() -> Machine {
+    pub(crate) fn read() -> Machine {
         let uname = nix::sys::utsname::uname().ok();
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
@@ -62,7 +62,7 @@ fn cell(s: &Option<Summary>) -> String {
     }
 }
 
-pub fn print(m: &Machine, figures: &[Figure]) {
+pub(crate) fn print(m: &Machine, figures: &[Figure]) {
     println!(
         "peapod bench — {} cores {}, kernel {}, {}; peapod {}; {}",
         m.arch, m.cores, m.kernel, m.cpu, m.peapod, m.date
@@ -97,7 +97,7 @@ pub fn print(m: &Machine, figures: &[Figure]) {
     print!("{}", peapod::table::render(&table));
 }
 
-pub fn write_json(path: &Path, m: &Machine, figures: &[Figure]) -> Result<()> {
+pub(crate) fn write_json(path: &Path, m: &Machine, figures: &[Figure]) -> Result<()> {
     #[derive(Serialize)]
     struct Out<'a> {
         machine: &'a Machine,

@@ -5,12 +5,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// A duration in milliseconds, the unit of every timed figure.
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// Resident set of process `pid` ("self" for this one), KiB; 0 if it is gone.
-pub fn rss_kib(pid: &str) -> f64 {
+pub(crate) fn rss_kib(pid: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -20,7 +20,7 @@ pub fn rss_kib(pid: &str) -> f64 {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub n: usize,
     pub min: f64,
     pub median: f64,
@@ -28,7 +28,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(samples: &[f64]) -> Option<Summary> {
+    pub(crate) fn of(samples: &[f64]) -> Option<Summary> {
         if samples.is_empty() {
             return None;
         }
@@ -51,7 +51,7 @@ impl Summary {
 
 /// One measured quantity, for peapod and (when measured) its peer.
 #[derive(Debug, Clone, Serialize)]
-pub struct Figure {
+pub(crate) struct Figure {
     pub group: &'static str,
     pub name: String,
     pub unit: &'static str,
@@ -64,7 +64,7 @@ pub struct Figure {
 }
 
 impl Figure {
-    pub fn new(
+    pub(crate) fn new(
         group: &'static str,
         name: impl Into<String>,
         unit: &'static str,
@@ -81,19 +81,19 @@ impl Figure {
         }
     }
 
-    pub fn against(mut self, peer: &'static str, samples: &[f64]) -> Self {
+    pub(crate) fn against(mut self, peer: &'static str, samples: &[f64]) -> Self {
         self.peer_name = Some(peer);
         self.peer = Summary::of(samples);
         self
     }
 
-    pub fn noted(mut self, note: impl Into<String>) -> Self {
+    pub(crate) fn noted(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());
         self
     }
 
     /// peapod's median over the peer's median.
-    pub fn ratio(&self) -> Option<f64> {
+    pub(crate) fn ratio(&self) -> Option<f64> {
         match (&self.peapod, &self.peer) {
             (Some(a), Some(b)) if b.median != 0.0 => Some(a.median / b.median),
             _ => None,

@@ -31,7 +31,7 @@ const TRAILER: usize = 32 + TAG.len();
 const KEY_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ArtifactError {
+pub(crate) enum ArtifactError {
     #[error(
         "not a peapod precompiled module (no PEAPODC1 trailer); make one with `peapod compile`"
     )]
@@ -41,7 +41,7 @@ pub enum ArtifactError {
 }
 
 /// Appends the integrity trailer to a wasmtime artifact.
-pub fn seal(mut artifact: Vec<u8>) -> Vec<u8> {
+pub(crate) fn seal(mut artifact: Vec<u8>) -> Vec<u8> {
     let sum = Sha256::digest(&artifact);
     artifact.extend_from_slice(&sum);
     artifact.extend_from_slice(TAG);
@@ -49,12 +49,12 @@ pub fn seal(mut artifact: Vec<u8>) -> Vec<u8> {
 }
 
 /// Does `bytes` end with peapod's trailer tag?
-pub fn is_sealed(bytes: &[u8]) -> bool {
+pub(crate) fn is_sealed(bytes: &[u8]) -> bool {
     bytes.len() >= TRAILER && bytes.ends_with(TAG)
 }
 
 /// Checks the trailer; returns the wasmtime artifact inside.
-pub fn unseal(bytes: &[u8]) -> Result<&[u8], ArtifactError> {
+pub(crate) fn unseal(bytes: &[u8]) -> Result<&[u8], ArtifactError> {
     if !is_sealed(bytes) {
         return Err(ArtifactError::NotSealed);
     }
@@ -67,7 +67,7 @@ pub fn unseal(bytes: &[u8]) -> Result<&[u8], ArtifactError> {
 
 /// Lowercase hex of a SHA-256 digest of `bytes`: the content address of modules and cache
 /// entries.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -102,7 +102,7 @@ fn unseal_with_key<'a>(key: &[u8], bytes: &'a [u8]) -> Result<&'a [u8], Artifact
 
 /// The compile cache of one engine configuration.
 #[derive(Clone)]
-pub struct Cache {
+pub(crate) struct Cache {
     dir: PathBuf,
     engine: u64,
     /// The HMAC key; `None` when it could not be read or made (then nothing is cached).
@@ -117,7 +117,7 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     /// The cache in `dir`, authenticated with the key at `key_file` (made if missing).
-    pub fn new(dir: PathBuf, key_file: &Path, engine: &wasmtime::Engine) -> Self {
+    pub(crate) fn new(dir: PathBuf, key_file: &Path, engine: &wasmtime::Engine) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let key = match load_or_make_key(key_file) {
@@ -139,14 +139,14 @@ impl Cache {
     }
 
     /// Where the artifact for `wasm` lives (hashes the module: compute it once per load).
-    pub fn entry(&self, wasm: &[u8]) -> PathBuf {
+    pub(crate) fn entry(&self, wasm: &[u8]) -> PathBuf {
         self.dir
             .join(format!("{}-{:016x}.cwasm", sha256_hex(wasm), self.engine))
     }
 
     /// The authenticated artifact at `entry`, if cached. An entry that fails the check is
     /// reported and removed (it is recompiled and written again).
-    pub fn get(&self, entry: &Path) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, entry: &Path) -> Option<Vec<u8>> {
         let key = self.key.as_ref()?;
         let sealed = std::fs::read(entry).ok()?;
         match unseal_with_key(key, &sealed) {
@@ -161,7 +161,7 @@ impl Cache {
 
     /// Stores an artifact (atomically: temp file, then rename). A failed write leaves no
     /// temp file.
-    pub fn put(&self, entry: &Path, artifact: Vec<u8>) -> std::io::Result<()> {
+    pub(crate) fn put(&self, entry: &Path, artifact: Vec<u8>) -> std::io::Result<()> {
         let Some(key) = &self.key else {
             return Ok(());
         };
@@ -169,7 +169,7 @@ impl Cache {
         crate::durable::write(entry, &seal_with_key(key, artifact))
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 /// What the bucket holds at most: CPU a limited container may use at once after idling.
-pub const BURST: Duration = Duration::from_millis(20);
+pub(crate) const BURST: Duration = Duration::from_millis(20);
 
 /// What a container uses, read by `inspect` while it runs.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ impl Usage {
 }
 
 /// CPU time of the calling thread.
-pub fn thread_cpu() -> Duration {
+pub(crate) fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -89,7 +89,7 @@ impl Bucket {
 }
 
 /// Meters (and with a limit, throttles) one future: a run of a container.
-pub struct Metered<'a, F> {
+pub(crate) struct Metered<'a, F> {
     inner: Pin<Box<F>>,
     usage: &'a Usage,
     bucket: Option<Bucket>,
@@ -97,7 +97,7 @@ pub struct Metered<'a, F> {
 }
 
 impl<'a, F: Future> Metered<'a, F> {
-    pub fn new(inner: F, usage: &'a Usage, millicores: Option<u32>) -> Self {
+    pub(crate) fn new(inner: F, usage: &'a Usage, millicores: Option<u32>) -> Self {
         Metered {
             inner: Box::pin(inner),
             usage,

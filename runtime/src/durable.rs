@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 const TEMP_SUFFIX: &str = ".tmp";
 
 /// Replaces `path` with `bytes` atomically and durably.
-pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
@@ -30,7 +30,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Removes the temp files in `dir` that a process killed in the middle of a [`write`] left: those
 /// of processes that no longer run.
-pub fn sweep(dir: &Path) {
+pub(crate) fn sweep(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -50,7 +50,7 @@ pub fn sweep(dir: &Path) {
 /// Opens `path` (created if missing) and takes an exclusive `flock` on it, waiting for it when
 /// `wait`, else `Ok(None)` when another process holds it. On a read-only file system the existing
 /// file is opened for reading (a lock needs no write access), so readers still serialize.
-pub fn lock(path: &Path, wait: bool) -> io::Result<Option<Flock<File>>> {
+pub(crate) fn lock(path: &Path, wait: bool) -> io::Result<Option<Flock<File>>> {
     let file = match File::options()
         .create(true)
         .truncate(false)

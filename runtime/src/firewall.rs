@@ -41,7 +41,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use crate::spec::Published;
 
 /// peapod's table (family `inet`).
-pub const TABLE: &str = "peapod";
+pub(crate) const TABLE: &str = "peapod";
 
 /// NFNL_SUBSYS_NFTABLES: the batch messages name the subsystem they carry.
 const SUBSYS_NFTABLES: u16 = 10;
@@ -59,7 +59,7 @@ const META_L4PROTO: u32 = 16;
 const RTN_LOCAL: u32 = 2;
 
 /// What the firewall should hold for one bridge.
-pub struct Rules<'a> {
+pub(crate) struct Rules<'a> {
     pub bridge: &'a str,
     pub subnet: Ipv4Net,
     /// Masquerade what the pods send outside the host.
@@ -72,7 +72,7 @@ pub struct Rules<'a> {
 /// changes none of this (a pod that publishes nothing, with egress on or off) costs no
 /// nf_tables transaction (each takes the kernel ~10 ms).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// The subnet masqueraded, when egress is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Ipv4Net>,
@@ -82,14 +82,14 @@ pub struct Applied {
 }
 
 impl Applied {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Applied::default()
     }
 }
 
 impl Rules<'_> {
     /// What these rules make, to compare with what was made.
-    pub fn applied(&self) -> Applied {
+    pub(crate) fn applied(&self) -> Applied {
         let mut published: Vec<(Ipv4Addr, Published)> = self
             .published
             .iter()
@@ -103,7 +103,7 @@ impl Rules<'_> {
     }
 
     /// Is anything asked of the firewall at all?
-    pub fn needed(&self) -> bool {
+    pub(crate) fn needed(&self) -> bool {
         self.egress || self.publishes()
     }
 
@@ -113,7 +113,7 @@ impl Rules<'_> {
 }
 
 /// A base chain of peapod's table (all of type nat).
-pub struct Chain {
+pub(crate) struct Chain {
     pub name: String,
     hook: InetHookNumber,
     priority: i32,
@@ -123,7 +123,7 @@ pub struct Chain {
 type Rule = Vec<Expressions>;
 
 /// The chains of `bridge` in peapod's table: postrouting, prerouting, output.
-pub fn chains(bridge: &str) -> [Chain; 3] {
+pub(crate) fn chains(bridge: &str) -> [Chain; 3] {
     let chain = |hook_name: &str, hook, priority| Chain {
         name: format!("{bridge}-{hook_name}"),
         hook,
@@ -140,7 +140,7 @@ pub fn chains(bridge: &str) -> [Chain; 3] {
 /// missing) and flushed, then filled, or deleted when it has no rule. With nothing asked at
 /// all, only deletes what exists ([`remove`]). Both need `ip_forward`;
 /// published ports also `route_localnet` on the bridge (for `127.0.0.1:PORT`).
-pub fn sync(rules: &Rules) -> io::Result<()> {
+pub(crate) fn sync(rules: &Rules) -> io::Result<()> {
     if !rules.needed() {
         return remove(rules.bridge);
     }

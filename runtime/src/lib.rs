@@ -14,27 +14,31 @@
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
 //! - [`logs`]: container output into the log, and [`logs::cri`]: CRI-format log files with rotation.
 //! - [`daemon`]: `peapod daemon`, its pods, its API; [`client`]: the API's client (the CLI).
+//!
+//! Public are the modules the `peapod` binary, the integration tests and the bench use; the rest
+//! (and every item not used outside its module's crate) is `pub(crate)`, which the workspace's
+//! `unreachable_pub` lint keeps true.
 
-pub mod artifact;
+mod artifact;
 pub mod client;
 pub mod config;
-pub mod cpu;
+mod cpu;
 pub mod daemon;
-pub mod durable;
+mod durable;
 pub mod executor;
-pub mod firewall;
-pub mod ipam;
-pub mod limits;
+mod firewall;
+mod ipam;
+mod limits;
 pub mod loader;
 pub mod logs;
 pub mod module_file;
 mod name_lookup;
-pub mod names;
+mod names;
 pub mod net;
 pub mod netns;
 pub mod pod;
-pub mod ports;
-pub mod probe;
+mod ports;
+mod probe;
 pub mod sandbox;
 pub mod spec;
 pub mod supervisor;

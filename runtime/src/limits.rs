@@ -18,14 +18,14 @@
 
 /// What a table element is charged against the memory limit (wasmtime stores a pointer per
 /// element; funcref tables of some configurations two).
-pub const TABLE_ELEMENT_BYTES: usize = 16;
+pub(crate) const TABLE_ELEMENT_BYTES: usize = 16;
 /// Elements over all tables of one run.
-pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-pub const MAX_INSTANCES: usize = 256;
-pub const MAX_TABLES: usize = 256;
-pub const MAX_MEMORIES: usize = 64;
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+pub(crate) const MAX_INSTANCES: usize = 256;
+pub(crate) const MAX_TABLES: usize = 256;
+pub(crate) const MAX_MEMORIES: usize = 64;
 /// Default cap on a container's open WASI handles (spec: `open_files_limit`).
-pub const DEFAULT_OPEN_FILES: usize = 1024;
+pub(crate) const DEFAULT_OPEN_FILES: usize = 1024;
 
 /// A bound a run hit: the run ends with this error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +50,7 @@ impl LimitReached {
 
 /// The limiter of one store: counts what the run holds.
 #[derive(Debug)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     memory_limit: u64,
     /// Bytes held by linear memories and tables.
     used: u64,
@@ -62,7 +62,7 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(memory_limit: u64) -> Self {
+    pub(crate) fn new(memory_limit: u64) -> Self {
         Limiter {
             memory_limit,
             used: 0,
@@ -73,7 +73,7 @@ impl Limiter {
     }
 
     /// Keeps `usage.memory` equal to what the run holds.
-    pub fn with_gauge(mut self, usage: std::sync::Arc<crate::cpu::Usage>) -> Self {
+    pub(crate) fn with_gauge(mut self, usage: std::sync::Arc<crate::cpu::Usage>) -> Self {
         self.gauge = Some(usage);
         self
     }
@@ -86,7 +86,8 @@ impl Limiter {
     }
 
     /// Bytes of linear memory and tables the run holds now.
-    pub fn used(&self) -> u64 {
+    #[cfg(test)]
+    fn used(&self) -> u64 {
         self.used
     }
 

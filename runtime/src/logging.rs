@@ -12,7 +12,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// `PEAPOD_LOG` (a tracing filter) wins over `level` (from the config file).
-pub fn init(level: &str) {
+pub(crate) fn init(level: &str) {
     let filter = EnvFilter::try_from_env("PEAPOD_LOG")
         .unwrap_or_else(|_| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
     // A failed write (stderr a closed pipe, a full disk) is dropped: the subscriber's own report

@@ -23,7 +23,7 @@ use crate::names::{Answer, Failure, Lookup};
 const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 
 /// A guest's `resolve-address-stream`.
-pub struct Resolving(State);
+pub(crate) struct Resolving(State);
 
 enum State {
     Pending(oneshot::Receiver<Answer>),

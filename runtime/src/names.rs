@@ -22,7 +22,7 @@ use crate::ipam::Ipam;
 
 /// Why a lookup found nothing (the WIT `error-code`s a lookup may give).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Not a host name or an address.
     InvalidArgument,
     /// Nobody knows the name.
@@ -31,10 +31,10 @@ pub enum Failure {
     Temporary,
 }
 
-pub type Answer = Result<Vec<IpAddr>, Failure>;
+pub(crate) type Answer = Result<Vec<IpAddr>, Failure>;
 
 /// A lookup's answer, now or later.
-pub enum Lookup {
+pub(crate) enum Lookup {
     Ready(Answer),
     Pending(oneshot::Receiver<Answer>),
 }
@@ -44,18 +44,18 @@ pub enum Lookup {
 /// new thread shares the namespaces of the thread that starts it, and a pod's threads are in
 /// the pod's).
 #[derive(Clone)]
-pub struct HostResolver {
+pub(crate) struct HostResolver {
     requests: mpsc::Sender<(String, oneshot::Sender<Answer>)>,
     in_flight: Arc<AtomicUsize>,
 }
 
 /// Host lookups at once, for the whole process: more fail as temporary (a guest looping over
 /// lookups of names that time out must not pile up threads).
-pub const MAX_HOST_LOOKUPS: usize = 16;
+pub(crate) const MAX_HOST_LOOKUPS: usize = 16;
 
 impl HostResolver {
     /// Starts the resolver thread. Call it on a thread in the host's network namespace.
-    pub fn new() -> std::io::Result<HostResolver> {
+    pub(crate) fn new() -> std::io::Result<HostResolver> {
         Self::with(host_lookup)
     }
 
@@ -129,14 +129,14 @@ fn host_lookup(name: &str) -> Answer {
 
 /// The names a guest of one pod can look up.
 #[derive(Clone)]
-pub struct Names {
+pub(crate) struct Names {
     /// The leases of the pod's bridge.
     pub pods: Option<Ipam>,
     pub host: HostResolver,
 }
 
 impl Names {
-    pub fn lookup(&self, name: &str) -> Lookup {
+    pub(crate) fn lookup(&self, name: &str) -> Lookup {
         // As wasmtime's own lookup: an address literal, or a domain (checked, IDNA to punycode,
         // lowercase).
         let domain = match url::Host::parse(name) {

@@ -4,7 +4,7 @@
 //! opened on a host thread changes the host, and one opened on a pod thread changes the pod.
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
@@ -28,6 +28,11 @@ impl NetError {
             rtnetlink::Error::NetlinkError(m) => m.to_io(),
             other => std::io::Error::other(other.to_string()),
         };
+        NetError::other(op, source)
+    }
+
+    /// An error of `op`, caused by `source`.
+    pub(crate) fn other(op: impl Into<String>, source: std::io::Error) -> Self {
         NetError {
             op: op.into(),
             source,
@@ -80,19 +85,56 @@ impl Netlink {
             Err(e) => Err(NetError::new(format!("look up link {name}"), e)),
         }
     }
+}
 
+/// The netlink verbs a sandbox is made of, as a trait: [`Netlink`] speaks them to the kernel; the
+/// sandbox's logic (what is configured in which order, which links are leftovers, what an error
+/// says) is written against the trait, so its tests run without root against a fake (as youki's
+/// network traits).
+// Used with concrete types only, never as `dyn`: a caller's future is `Send` when the
+// implementation's is, which the compiler sees at each use.
+#[allow(async_fn_in_trait)]
+pub trait Links {
     /// The index of link `name`, if it exists.
-    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+    async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError>;
+    /// Makes sure bridge `name` exists, is up and has `addr/prefix`; returns its index.
+    async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<u32, NetError>;
+    /// Creates a veth pair: `host` attached to the bridge `controller` and up; its peer made
+    /// directly inside the namespace `netns` as `peer`, with hardware address `peer_mac`.
+    async fn create_veth_into(
+        &self,
+        host: &str,
+        controller: u32,
+        peer: &str,
+        peer_mac: [u8; 6],
+        netns: BorrowedFd<'_>,
+    ) -> Result<(), NetError>;
+    /// Deletes link `name`; `false` if there was none.
+    async fn delete_link(&self, name: &str) -> Result<bool, NetError>;
+    /// The links attached to bridge `controller`.
+    async fn ports_of(&self, controller: u32) -> Result<Vec<Port>, NetError>;
+    /// Waits until link `name` is operationally up, at most `limit`.
+    async fn wait_oper_up(&self, name: &str, limit: std::time::Duration) -> Result<(), NetError>;
+    async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError>;
+    /// Adds `addr/prefix` to a link; an address already there is fine.
+    async fn add_addr(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+        name: &str,
+    ) -> Result<(), NetError>;
+    async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError>;
+}
+
+impl Links for Netlink {
+    /// The index of link `name`, if it exists.
+    async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
         Ok(self.link(name).await?.map(|m| m.header.index))
     }
 
     /// Makes sure bridge `name` exists, is up and has `addr/prefix`; returns its index.
-    pub async fn ensure_bridge(
-        &self,
-        name: &str,
-        addr: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<u32, NetError> {
+    async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<u32, NetError> {
         let index = match self.link_index(name).await? {
             Some(i) => i,
             None => {
@@ -108,9 +150,11 @@ impl Netlink {
                     Err(e) if is_errno(&e, libc::EEXIST) => {}
                     Err(e) => return Err(NetError::new(format!("create bridge {name}"), e)),
                 }
-                self.link_index(name).await?.ok_or_else(|| NetError {
-                    op: format!("create bridge {name}"),
-                    source: std::io::Error::other("bridge vanished after creation"),
+                self.link_index(name).await?.ok_or_else(|| {
+                    NetError::other(
+                        format!("create bridge {name}"),
+                        std::io::Error::other("bridge vanished after creation"),
+                    )
                 })?
             }
         };
@@ -122,18 +166,18 @@ impl Netlink {
     /// Creates a veth pair: `host` is attached to the bridge `controller` and set up; its peer is
     /// created directly inside the namespace `netns` as `peer` (cheaper than moving it there),
     /// with the hardware address `peer_mac`.
-    pub async fn create_veth_into(
+    async fn create_veth_into(
         &self,
         host: &str,
         controller: u32,
         peer: &str,
         peer_mac: [u8; 6],
-        netns: &impl AsFd,
+        netns: BorrowedFd<'_>,
     ) -> Result<(), NetError> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .address(peer_mac.to_vec())
-            .setns_by_fd(netns.as_fd().as_raw_fd())
+            .setns_by_fd(netns.as_raw_fd())
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
@@ -144,19 +188,19 @@ impl Netlink {
         match self.handle.link().add(msg).execute().await {
             Ok(()) => Ok(()),
             // The kernel's bridge numbers its ports in 10 bits, port 0 unused.
-            Err(e) if is_errno(&e, libc::EXFULL) => Err(NetError {
-                op: format!("create veth {host}"),
-                source: std::io::Error::other(format!(
+            Err(e) if is_errno(&e, libc::EXFULL) => Err(NetError::other(
+                format!("create veth {host}"),
+                std::io::Error::other(format!(
                     "the bridge has {BRIDGE_MAX_PORTS} ports already, the most a Linux bridge \
                      takes: give further pods another bridge (--bridge / network.bridge) and subnet"
                 )),
-            }),
+            )),
             Err(e) => Err(NetError::new(format!("create veth {host}"), e)),
         }
     }
 
     /// Deletes link `name`; `false` if there was none.
-    pub async fn delete_link(&self, name: &str) -> Result<bool, NetError> {
+    async fn delete_link(&self, name: &str) -> Result<bool, NetError> {
         let Some(index) = self.link_index(name).await? else {
             return Ok(false);
         };
@@ -168,7 +212,7 @@ impl Netlink {
     }
 
     /// Names of the links attached to bridge `controller`.
-    pub async fn ports_of(&self, controller: u32) -> Result<Vec<Port>, NetError> {
+    async fn ports_of(&self, controller: u32) -> Result<Vec<Port>, NetError> {
         let links: Vec<_> = self
             .handle
             .link()
@@ -196,11 +240,7 @@ impl Netlink {
     /// Waits until link `name` is operationally up: the kernel has activated its queueing (done by
     /// linkwatch, which may lag up to a second behind `set_up`; until then frames are dropped and
     /// a first TCP connection to the pod would stall for a SYN retransmit).
-    pub async fn wait_oper_up(
-        &self,
-        name: &str,
-        limit: std::time::Duration,
-    ) -> Result<(), NetError> {
+    async fn wait_oper_up(&self, name: &str, limit: std::time::Duration) -> Result<(), NetError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let up = self.link(name).await?.is_some_and(|m| {
@@ -212,16 +252,16 @@ impl Netlink {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(NetError {
-                    op: format!("wait for {name} to come up"),
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-                });
+                return Err(NetError::other(
+                    format!("wait for {name} to come up"),
+                    std::io::Error::from(std::io::ErrorKind::TimedOut),
+                ));
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 
-    pub async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {
+    async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
@@ -231,7 +271,7 @@ impl Netlink {
     }
 
     /// Adds `addr/prefix` to a link; an address already there is fine.
-    pub async fn add_addr(
+    async fn add_addr(
         &self,
         index: u32,
         addr: Ipv4Addr,
@@ -253,7 +293,7 @@ impl Netlink {
         }
     }
 
-    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
+    async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
         self.handle
             .route()
             .add(

@@ -12,7 +12,7 @@ use crate::spec::{PodSpec, Problem, Protocol, Published};
 
 /// Every published port of `spec` that cannot be had, as a problem. A host port below the
 /// host's `ip_unprivileged_port_start` (1024) is root's to publish, as it is root's to bind.
-pub fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem> {
+pub(crate) fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem> {
     let ipam = Ipam::new(cfg);
     let unprivileged = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()

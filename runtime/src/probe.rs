@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use crate::spec::{Probe, ProbeAction, Probes};
 
 /// One check: `Ok` when it passed, else why not.
-pub async fn check(action: &ProbeAction, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn check(action: &ProbeAction, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, attempt(action)).await {
         Ok(r) => r,
         Err(_) => Err(format!(
@@ -62,7 +62,7 @@ async fn attempt(action: &ProbeAction) -> Result<(), String> {
 }
 
 /// What a probe loop reports as it goes.
-pub trait Observer {
+pub(crate) trait Observer {
     /// The startup probe passed (or there is none): liveness and readiness begin.
     fn started(&self);
     /// Readiness changed.
@@ -73,7 +73,7 @@ pub trait Observer {
 
 /// Runs `probes` for one run of a container. Returns why the container must be restarted; never
 /// returns while it is healthy.
-pub async fn watch(probes: &Probes, obs: &impl Observer) -> String {
+pub(crate) async fn watch(probes: &Probes, obs: &impl Observer) -> String {
     if let Some(p) = &probes.startup
         && let Err(why) = until_passes(p, "startup probe", obs).await
     {

@@ -17,7 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Config;
 use crate::ipam::{Ipam, IpamError};
-use crate::net::{self, NetError, Netlink};
+use crate::net::{self, Links, NetError, Netlink};
 use crate::netns::{self, NetnsError};
 use crate::spec::Published;
 use crate::volumes;
@@ -62,7 +62,20 @@ const VETH_PREFIX: &str = "pp";
 /// and short enough for IFNAMSIZ.
 pub fn host_veth_name(bridge: &str, pod: &str) -> String {
     let hex = crate::artifact::sha256_hex(format!("{bridge}/{pod}").as_bytes());
-    format!("{VETH_PREFIX}{}", &hex[..11])
+    format!("{VETH_PREFIX}{}", &hex[..VETH_HEX])
+}
+
+/// Hex digits of a host veth's name after [`VETH_PREFIX`].
+const VETH_HEX: usize = 11;
+
+/// Whether link `name` has the form of a pod's host veth (`pp` and 11 lowercase hex digits):
+/// another link on the bridge (`pppoe0`, an administrator's own) is never taken for one.
+fn is_host_veth(name: &str) -> bool {
+    name.strip_prefix(VETH_PREFIX).is_some_and(|h| {
+        h.len() == VETH_HEX
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// The exclusive lock on `<run_dir>/pods/<pod>.lock`: whoever holds it owns the pod's sandbox.
@@ -268,7 +281,7 @@ impl Sandbox {
 
     async fn configure(
         &self,
-        host: &Netlink,
+        host: &impl Links,
         bridge: u32,
         ipam: &Ipam,
         ports: &[Published],
@@ -328,7 +341,7 @@ impl Sandbox {
 /// alone as the netlink floor.
 #[allow(clippy::too_many_arguments)]
 pub async fn plumb(
-    host: &Netlink,
+    host: &impl Links,
     bridge: u32,
     netns: &Arc<OwnedFd>,
     host_veth: &str,
@@ -336,27 +349,45 @@ pub async fn plumb(
     prefix: u8,
     gateway: Ipv4Addr,
 ) -> Result<(), SandboxError> {
-    host.create_veth_into(host_veth, bridge, POD_IFACE, net::mac_for(ip), &**netns)
-        .await?;
+    use std::os::fd::AsFd;
+    host.create_veth_into(
+        host_veth,
+        bridge,
+        POD_IFACE,
+        net::mac_for(ip),
+        netns.as_fd(),
+    )
+    .await?;
     in_netns(netns.clone(), move || async move {
         let nl = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
-        let lo = nl
-            .link_index("lo")
-            .await?
-            .ok_or_else(|| SandboxError::Other("no lo in pod namespace".into()))?;
-        nl.set_up(lo, "lo").await?;
-        let eth = nl
-            .link_index(POD_IFACE)
-            .await?
-            .ok_or_else(|| SandboxError::Other("veth peer missing in pod namespace".into()))?;
-        nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
-        nl.set_up(eth, POD_IFACE).await?;
-        nl.add_default_route(gateway).await?;
-        nl.wait_oper_up(POD_IFACE, LINK_UP_LIMIT).await?;
-        Ok(())
+        configure_inside(&nl, ip, prefix, gateway).await
     })
     .await?;
     host.wait_oper_up(host_veth, LINK_UP_LIMIT).await?;
+    Ok(())
+}
+
+/// The inside of a pod's namespace, through `nl` opened there: `lo` up, `ip/prefix` on the
+/// veth's peer, the peer up, the default route via `gateway`; returns once the peer is up.
+async fn configure_inside(
+    nl: &impl Links,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), SandboxError> {
+    let lo = nl
+        .link_index("lo")
+        .await?
+        .ok_or_else(|| SandboxError::Other("no lo in pod namespace".into()))?;
+    nl.set_up(lo, "lo").await?;
+    let eth = nl
+        .link_index(POD_IFACE)
+        .await?
+        .ok_or_else(|| SandboxError::Other("veth peer missing in pod namespace".into()))?;
+    nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
+    nl.set_up(eth, POD_IFACE).await?;
+    nl.add_default_route(gateway).await?;
+    nl.wait_oper_up(POD_IFACE, LINK_UP_LIMIT).await?;
     Ok(())
 }
 
@@ -402,21 +433,29 @@ pub async fn collect_orphans(
     // lease were gone): a veth's name is derived from its pod's, so every `pp*` port that is
     // not the veth of a kept pod, or of a pod another process runs, is a leftover.
     let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
-    if let Some(bridge) = host.link_index(&cfg.bridge).await? {
-        let mut in_use: std::collections::BTreeSet<String> = keep
-            .iter()
-            .map(|p| host_veth_name(&cfg.bridge, p))
-            .collect();
-        in_use.extend(
-            locked_elsewhere(cfg)
-                .iter()
-                .map(|p| host_veth_name(&cfg.bridge, p)),
-        );
-        for port in host.ports_of(bridge).await? {
-            if port.name.starts_with(VETH_PREFIX) && !in_use.contains(&port.name) {
-                host.delete_link(&port.name).await?;
-                removed.push(port.name);
-            }
+    let mut in_use: std::collections::BTreeSet<String> = keep.clone();
+    in_use.extend(locked_elsewhere(cfg));
+    removed.extend(remove_leftover_veths(&host, &cfg.bridge, &in_use).await?);
+    Ok(removed)
+}
+
+/// Deletes the pods' host veths on bridge `bridge` that are not the veth of a pod in `pods`;
+/// returns their names. The bridge's other ports (an administrator's own) stay.
+async fn remove_leftover_veths(
+    host: &impl Links,
+    bridge: &str,
+    pods: &std::collections::BTreeSet<String>,
+) -> Result<Vec<String>, SandboxError> {
+    let Some(index) = host.link_index(bridge).await? else {
+        return Ok(Vec::new());
+    };
+    let in_use: std::collections::BTreeSet<String> =
+        pods.iter().map(|p| host_veth_name(bridge, p)).collect();
+    let mut removed = Vec::new();
+    for port in host.ports_of(index).await? {
+        if is_host_veth(&port.name) && !in_use.contains(&port.name) {
+            host.delete_link(&port.name).await?;
+            removed.push(port.name);
         }
     }
     Ok(removed)
@@ -487,5 +526,179 @@ mod tests {
         assert_ne!(a, host_veth_name("peapod1", &"x".repeat(63)));
         assert_ne!(host_veth_name("b", "p1"), host_veth_name("b", "p2"));
         assert_eq!(host_veth_name("b", "p1"), host_veth_name("b", "p1"));
+        assert!(is_host_veth(&a));
+        for other in [
+            "pppoe0",
+            "pp",
+            "ppABCDEF01234",
+            "pp0123456789ab",
+            "eth0",
+            "xp0123456789a",
+        ] {
+            assert!(!is_host_veth(other), "{other}");
+        }
+    }
+
+    /// The netlink verbs in memory: links by name with an index and a bridge; every call
+    /// written down; one verb can be made to fail.
+    #[derive(Default)]
+    struct FakeLinks {
+        links: std::sync::Mutex<Vec<(String, u32, Option<u32>)>>,
+        calls: std::sync::Mutex<Vec<String>>,
+        fail: Option<&'static str>,
+    }
+
+    impl FakeLinks {
+        /// Links named `links` (index 1, 2, ...), each on the bridge of that index, if any.
+        fn with(links: &[(&str, Option<u32>)]) -> Self {
+            let links = links
+                .iter()
+                .zip(1..)
+                .map(|((n, c), i)| (n.to_string(), i, *c))
+                .collect();
+            FakeLinks {
+                links: std::sync::Mutex::new(links),
+                ..FakeLinks::default()
+            }
+        }
+
+        fn call(&self, verb: &'static str, args: String) -> Result<(), NetError> {
+            self.calls.lock().unwrap().push(format!("{verb} {args}"));
+            match self.fail {
+                Some(f) if f == verb => Err(NetError::other(
+                    verb,
+                    std::io::Error::from_raw_os_error(libc::EPERM),
+                )),
+                _ => Ok(()),
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Links for FakeLinks {
+        async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+            self.call("link_index", name.into())?;
+            let links = self.links.lock().unwrap();
+            Ok(links.iter().find(|l| l.0 == name).map(|l| l.1))
+        }
+        async fn ensure_bridge(&self, name: &str, a: Ipv4Addr, p: u8) -> Result<u32, NetError> {
+            self.call("ensure_bridge", format!("{name} {a}/{p}"))?;
+            Ok(1)
+        }
+        async fn create_veth_into(
+            &self,
+            host: &str,
+            controller: u32,
+            peer: &str,
+            _mac: [u8; 6],
+            _netns: std::os::fd::BorrowedFd<'_>,
+        ) -> Result<(), NetError> {
+            self.call("create_veth_into", format!("{host} {controller} {peer}"))
+        }
+        async fn delete_link(&self, name: &str) -> Result<bool, NetError> {
+            self.call("delete_link", name.into())?;
+            let mut links = self.links.lock().unwrap();
+            let before = links.len();
+            links.retain(|l| l.0 != name);
+            Ok(links.len() < before)
+        }
+        async fn ports_of(&self, controller: u32) -> Result<Vec<net::Port>, NetError> {
+            self.call("ports_of", controller.to_string())?;
+            let links = self.links.lock().unwrap();
+            Ok(links
+                .iter()
+                .filter(|l| l.2 == Some(controller))
+                .map(|l| net::Port { name: l.0.clone() })
+                .collect())
+        }
+        async fn wait_oper_up(&self, name: &str, _: std::time::Duration) -> Result<(), NetError> {
+            self.call("wait_oper_up", name.into())
+        }
+        async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {
+            self.call("set_up", format!("{index} {name}"))
+        }
+        async fn add_addr(&self, i: u32, a: Ipv4Addr, p: u8, name: &str) -> Result<(), NetError> {
+            self.call("add_addr", format!("{i} {a}/{p} {name}"))
+        }
+        async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
+            self.call("add_default_route", gateway.to_string())
+        }
+    }
+
+    const IP: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 7);
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 1);
+
+    #[tokio::test]
+    async fn the_inside_of_a_pod_is_configured_in_order() {
+        let nl = FakeLinks::with(&[("lo", None), (POD_IFACE, None)]);
+        configure_inside(&nl, IP, 22, GW).await.unwrap();
+        assert_eq!(
+            nl.calls(),
+            [
+                "link_index lo",
+                "set_up 1 lo",
+                "link_index eth0",
+                "add_addr 2 10.66.0.7/22 eth0",
+                "set_up 2 eth0",
+                "add_default_route 10.66.0.1",
+                "wait_oper_up eth0",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_peer_or_a_refused_verb_stops_the_inside_and_is_named() {
+        let nl = FakeLinks::with(&[("lo", None)]);
+        let e = configure_inside(&nl, IP, 22, GW).await.unwrap_err();
+        assert_eq!(e.to_string(), "veth peer missing in pod namespace");
+        assert!(!nl.calls().iter().any(|c| c.starts_with("add_addr")));
+
+        let nl = FakeLinks {
+            fail: Some("add_default_route"),
+            ..FakeLinks::with(&[("lo", None), (POD_IFACE, None)])
+        };
+        let e = configure_inside(&nl, IP, 22, GW).await.unwrap_err();
+        assert!(e.to_string().starts_with("add_default_route: "), "{e}");
+        assert!(!nl.calls().iter().any(|c| c.starts_with("wait_oper_up")));
+    }
+
+    /// Only the pods' own veths on this bridge that no kept pod owns go: not a kept pod's, not
+    /// an administrator's port on the bridge, not a veth on another bridge.
+    #[tokio::test]
+    async fn leftover_veths_are_the_pods_own_only() {
+        let kept = host_veth_name("pb0", "kept");
+        let leftover = host_veth_name("pb0", "gone");
+        let elsewhere = host_veth_name("pb1", "other");
+        let host = FakeLinks::with(&[
+            ("pb0", None),
+            (&kept, Some(1)),
+            (&leftover, Some(1)),
+            ("pppoe0", Some(1)),
+            ("eth1", Some(1)),
+            ("pb1", None),
+            (&elsewhere, Some(6)),
+        ]);
+        let pods = std::collections::BTreeSet::from(["kept".to_string()]);
+        let removed = remove_leftover_veths(&host, "pb0", &pods).await.unwrap();
+        assert_eq!(removed, std::slice::from_ref(&leftover));
+        let deleted: Vec<String> = host
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("delete_link"))
+            .collect();
+        assert_eq!(deleted, [format!("delete_link {leftover}")]);
+
+        // No bridge: nothing is listed or deleted.
+        let host = FakeLinks::with(&[(&leftover, None)]);
+        assert!(
+            remove_leftover_veths(&host, "pb0", &pods)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(host.calls(), ["link_index pb0"]);
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub struct FakeDns {
+pub(crate) struct FakeDns {
     pub addr: Ipv4Addr,
     dir: tempfile::TempDir,
     stop: Arc<AtomicBool>,
@@ -21,7 +21,7 @@ pub struct FakeDns {
 
 impl FakeDns {
     /// Answers `A` queries for `names` (name -> address); every other name is NXDOMAIN.
-    pub fn start(names: &[(&str, Ipv4Addr)]) -> FakeDns {
+    pub(crate) fn start(names: &[(&str, Ipv4Addr)]) -> FakeDns {
         // A loopback address of the test's own (port 53 of 127.0.0.1 may be the host's).
         let h = super::unique("dns");
         let b = h.as_bytes();
@@ -63,7 +63,7 @@ impl FakeDns {
     /// Makes `c` run with this resolver: a mount namespace of its own (private: nothing of it
     /// reaches the host's) with `/etc/resolv.conf`, `/etc/hosts` and `/etc/nsswitch.conf` bound
     /// over. Pod pins made by such a process are in its namespace only: use it for `peapod run`.
-    pub fn use_in(&self, c: &mut Command) {
+    pub(crate) fn use_in(&self, c: &mut Command) {
         use std::os::unix::process::CommandExt;
         let c_str = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
         let binds: Vec<(CString, CString)> = ["resolv.conf", "hosts", "nsswitch.conf"]

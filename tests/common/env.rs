@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// One isolated peapod installation.
-pub struct Env {
+pub(crate) struct Env {
     pub dir: tempfile::TempDir,
     pub bridge: String,
     pub subnet: String,
@@ -18,7 +18,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn new() -> Env {
+    pub(crate) fn new() -> Env {
         let bridge = unique("ppt");
         let routes = cmd("ip", &["-4", "route", "show"]);
         // A /24 in 10.200.0.0/13 that no route on this host uses yet.
@@ -41,29 +41,29 @@ impl Env {
         }
     }
 
-    pub fn run_dir(&self) -> PathBuf {
+    pub(crate) fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
     /// The daemon's pods directory.
-    pub fn pods_dir(&self) -> PathBuf {
+    pub(crate) fn pods_dir(&self) -> PathBuf {
         self.dir.path().join("pods")
     }
 
-    pub fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.run_dir().join("peapod.sock")
     }
 
-    pub fn pin(&self, pod: &str) -> PathBuf {
+    pub(crate) fn pin(&self, pod: &str) -> PathBuf {
         self.run_dir().join("netns").join(pod)
     }
 
     /// The library config matching this environment.
-    pub fn config(&self) -> peapod::config::Config {
+    pub(crate) fn config(&self) -> peapod::config::Config {
         let mut c = peapod::config::Config {
             run_dir: self.run_dir(),
             state_dir: self.state_dir(),
@@ -78,19 +78,19 @@ impl Env {
         c
     }
 
-    pub fn gateway(&self) -> Ipv4Addr {
+    pub(crate) fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1)
     }
 
     /// Writes a spec file into the env's directory.
-    pub fn spec(&self, file: &str, toml: &str) -> PathBuf {
+    pub(crate) fn spec(&self, file: &str, toml: &str) -> PathBuf {
         let p = self.dir.path().join(file);
         std::fs::write(&p, toml).unwrap();
         p
     }
 
     /// `peapod <global flags> ARGS`, as a command (not started).
-    pub fn peapod(&self, args: &[&str]) -> Command {
+    pub(crate) fn peapod(&self, args: &[&str]) -> Command {
         let mut c = peapod_command();
         c.arg("--pods-dir")
             .arg(self.pods_dir())
@@ -118,7 +118,7 @@ impl Env {
 
     /// Runs `peapod run SPEC`, which must refuse it as invalid input (exit 2) having created
     /// nothing; returns its stderr.
-    pub fn refused(&self, spec: &Path) -> String {
+    pub(crate) fn refused(&self, spec: &Path) -> String {
         // Bounded: a spec that is wrongly accepted would run its pod forever.
         let mut p = self.start(spec);
         let status = p.wait_exit(Duration::from_secs(120));
@@ -141,12 +141,12 @@ impl Env {
 
     /// Starts `peapod run --prefix SPEC` in the background, its output (the guests' lines as
     /// `pod/container: line`, on stdout and stderr) going to one log file.
-    pub fn start(&self, spec: &Path) -> Peapod {
+    pub(crate) fn start(&self, spec: &Path) -> Peapod {
         self.start_with(spec, |_| {})
     }
 
     /// [`Env::start`], with changes to the command before it starts.
-    pub fn start_with(&self, spec: &Path, f: impl FnOnce(&mut Command)) -> Peapod {
+    pub(crate) fn start_with(&self, spec: &Path, f: impl FnOnce(&mut Command)) -> Peapod {
         let log = self.dir.path().join(format!("{}.log", unique("run")));
         let out = std::fs::File::create(&log).unwrap();
         let mut c = self.peapod(&["run", "--prefix", spec.to_str().unwrap()]);
@@ -160,19 +160,19 @@ impl Env {
     }
 
     /// Starts `peapod daemon` and waits until it is ready.
-    pub fn daemon(&self) -> Peapod {
+    pub(crate) fn daemon(&self) -> Peapod {
         self.daemon_with(|_| {})
     }
 
     /// [`Env::daemon`], with changes to the command (environment) before it starts.
-    pub fn daemon_with(&self, f: impl FnOnce(&mut Command)) -> Peapod {
+    pub(crate) fn daemon_with(&self, f: impl FnOnce(&mut Command)) -> Peapod {
         let mut d = self.spawn_daemon(f);
         d.wait_for("ready in", Duration::from_secs(120));
         d
     }
 
     /// Starts `peapod daemon` without waiting.
-    pub fn spawn_daemon(&self, f: impl FnOnce(&mut Command)) -> Peapod {
+    pub(crate) fn spawn_daemon(&self, f: impl FnOnce(&mut Command)) -> Peapod {
         std::fs::create_dir_all(self.pods_dir()).unwrap();
         let log = self.dir.path().join(format!("{}.log", unique("daemon")));
         let out = std::fs::File::create(&log).unwrap();
@@ -186,7 +186,7 @@ impl Env {
     }
 
     /// Runs a CLI command against this env's daemon: (exit code, stdout, stderr).
-    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn ctl(&self, args: &[&str]) -> (i32, String, String) {
         let out = self.peapod(args).output().unwrap();
         (
             out.status.code().unwrap_or(-1),
@@ -196,14 +196,14 @@ impl Env {
     }
 
     /// A CLI command that must succeed; returns its stdout.
-    pub fn ctl_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ctl_ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.ctl(args);
         assert_eq!(code, 0, "peapod {args:?}: {out}{err}");
         out
     }
 
     /// `peapod ps -o json`, as pod name -> pod.
-    pub fn ps(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+    pub(crate) fn ps(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
         let out = self.ctl_ok(&["ps", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v.as_array()
@@ -214,7 +214,7 @@ impl Env {
     }
 
     /// Waits until `ps` shows pod `name` with every container running; returns its IP.
-    pub fn wait_running(&self, name: &str) -> Ipv4Addr {
+    pub(crate) fn wait_running(&self, name: &str) -> Ipv4Addr {
         eventually(Duration::from_secs(60), &format!("{name} running"), || {
             let p = self.ps().remove(name)?;
             (p["status"] == "running").then(|| p["ip"].as_str().unwrap().parse().unwrap())
@@ -222,7 +222,7 @@ impl Env {
     }
 
     /// A kv-server pod spec (app on :8080), `extra` appended to its container.
-    pub fn kv_spec(&self, name: &str, extra: &str) -> String {
+    pub(crate) fn kv_spec(&self, name: &str, extra: &str) -> String {
         format!(
             "[pod]\nname = \"{name}\"\nrestart_backoff = {{ initial = \"10ms\", max = \"10ms\" }}\n\n\
              [[containers]]\nname = \"app\"\nmodule = {KV_SERVER:?}\n\
@@ -231,7 +231,7 @@ impl Env {
     }
 
     /// Writes a file into the daemon's pods directory (atomically, as an editor's save would).
-    pub fn pod_file(&self, file: &str, toml: &str) -> PathBuf {
+    pub(crate) fn pod_file(&self, file: &str, toml: &str) -> PathBuf {
         std::fs::create_dir_all(self.pods_dir()).unwrap();
         let p = self.pods_dir().join(file);
         let tmp = self.dir.path().join(format!("{file}.tmp"));
@@ -241,14 +241,14 @@ impl Env {
     }
 
     /// Runs `peapod run SPEC` to its end (at most `limit`); returns the status and the output.
-    pub fn run_to_end(&self, spec: &Path, limit: Duration) -> (ExitStatus, String) {
+    pub(crate) fn run_to_end(&self, spec: &Path, limit: Duration) -> (ExitStatus, String) {
         let mut p = self.start(spec);
         let status = p.wait_exit(limit);
         (status, p.output())
     }
 
     /// The leases of this env's bridge, pod -> address.
-    pub fn leases(&self) -> Vec<(String, Ipv4Addr)> {
+    pub(crate) fn leases(&self) -> Vec<(String, Ipv4Addr)> {
         let f = self
             .state_dir()
             .join("ipam")
@@ -265,7 +265,7 @@ impl Env {
             .collect()
     }
 
-    pub fn link_exists(&self, name: &str) -> bool {
+    pub(crate) fn link_exists(&self, name: &str) -> bool {
         Command::new("ip")
             .args(["link", "show", "dev", name])
             .stdout(Stdio::null())
@@ -276,7 +276,7 @@ impl Env {
     }
 
     /// Host veths attached to this env's bridge.
-    pub fn bridge_ports(&self) -> Vec<String> {
+    pub(crate) fn bridge_ports(&self) -> Vec<String> {
         if !self.link_exists(&self.bridge) {
             return vec![];
         }
@@ -288,7 +288,7 @@ impl Env {
     }
 
     /// Mount points anywhere under this env's directory (pins, volumes, secrets).
-    pub fn all_mounts(&self) -> Vec<String> {
+    pub(crate) fn all_mounts(&self) -> Vec<String> {
         let root = self.dir.path().display().to_string();
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
@@ -301,7 +301,7 @@ impl Env {
     }
 
     /// Mount points under this env's run dir, from /proc/self/mountinfo.
-    pub fn mounts(&self) -> Vec<String> {
+    pub(crate) fn mounts(&self) -> Vec<String> {
         let root = self.run_dir().display().to_string();
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()

@@ -9,14 +9,19 @@ use std::time::{Duration, Instant};
 use super::*;
 
 #[derive(Debug)]
-pub struct Http {
+pub(crate) struct Http {
     pub status: u16,
     pub instance: String,
     pub body: String,
 }
 
 /// A one-shot HTTP/1.1 request.
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<Http> {
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<Http> {
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -47,7 +52,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::
 }
 
 /// Waits until the kv-server at `addr` answers /healthz; returns its instance id.
-pub fn wait_healthy(addr: SocketAddr) -> String {
+pub(crate) fn wait_healthy(addr: SocketAddr) -> String {
     eventually(Duration::from_secs(30), &format!("{addr} healthy"), || {
         http(addr, "GET", "/healthz", "")
             .ok()
@@ -57,13 +62,13 @@ pub fn wait_healthy(addr: SocketAddr) -> String {
 }
 
 /// A free TCP port on the host's loopback (nothing listens there now).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
 /// One raw HTTP/1.1 request on the API socket, as curl --unix-socket sends it: (status, body).
-pub fn raw_api(env: &Env, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+pub(crate) fn raw_api(env: &Env, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
     let mut c = std::os::unix::net::UnixStream::connect(env.socket()).unwrap();
     write!(

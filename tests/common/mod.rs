@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use peapod_guests::{BACKUP, HELLO_P1, KV_SERVER, TOOLBOX};
+pub(crate) use peapod_guests::{BACKUP, HELLO_P1, KV_SERVER, TOOLBOX};
 
 mod dns;
 mod env;
@@ -22,24 +22,24 @@ mod http;
 mod observe;
 mod process;
 
-pub use dns::*;
-pub use env::*;
-pub use http::*;
-pub use observe::*;
-pub use process::*;
+pub(crate) use dns::*;
+pub(crate) use env::*;
+pub(crate) use http::*;
+pub(crate) use observe::*;
+pub(crate) use process::*;
 
-pub const PEAPOD: &str = env!("CARGO_BIN_EXE_peapod");
+pub(crate) const PEAPOD: &str = env!("CARGO_BIN_EXE_peapod");
 
 /// Are the tests running under an emulator (the board suites: `PEAPOD_TEST_RUNNER` is set)?
 /// Tests that repeat a cycle many times repeat it fewer times there.
-pub fn emulated() -> bool {
+pub(crate) fn emulated() -> bool {
     std::env::var_os("PEAPOD_TEST_RUNNER").is_some_and(|r| !r.is_empty())
 }
 
 /// The `peapod` binary as a command. `PEAPOD_TEST_RUNNER` (e.g. `qemu-aarch64 -L
 /// /usr/aarch64-linux-gnu`) runs it through an emulator: a test binary running under qemu-user
 /// cannot exec a foreign binary itself without binfmt_misc.
-pub fn peapod_command() -> Command {
+pub(crate) fn peapod_command() -> Command {
     let runner = std::env::var("PEAPOD_TEST_RUNNER").unwrap_or_default();
     let mut parts = runner.split_whitespace();
     match parts.next() {
@@ -53,7 +53,7 @@ pub fn peapod_command() -> Command {
 }
 
 /// A short random-ish tag: pid, a counter and the clock, hashed.
-pub fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
     let t = std::time::SystemTime::now()
@@ -66,7 +66,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-pub fn cmd(prog: &str, args: &[&str]) -> String {
+pub(crate) fn cmd(prog: &str, args: &[&str]) -> String {
     let out = Command::new(prog).args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -77,7 +77,7 @@ pub fn cmd(prog: &str, args: &[&str]) -> String {
 }
 
 /// Polls `f` until it returns `Some`, for at most `limit`.
-pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let t0 = Instant::now();
     loop {
         if let Some(v) = f() {

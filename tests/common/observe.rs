@@ -11,7 +11,11 @@ use super::*;
 
 /// Connects to `addr` from a thread inside the namespace pinned at `pin`, sends `request`, and
 /// returns what the server sent until it closed.
-pub fn connect_in_netns(pin: &Path, addr: SocketAddr, request: &str) -> std::io::Result<String> {
+pub(crate) fn connect_in_netns(
+    pin: &Path,
+    addr: SocketAddr,
+    request: &str,
+) -> std::io::Result<String> {
     let request = request.to_string();
     let pin = pin.to_path_buf();
     std::thread::spawn(move || {
@@ -29,7 +33,7 @@ pub fn connect_in_netns(pin: &Path, addr: SocketAddr, request: &str) -> std::io:
 }
 
 /// TCP listeners (`ss -Htln`) of the namespace at `pin`, or of the host when `None`.
-pub fn listeners(pin: Option<&Path>) -> String {
+pub(crate) fn listeners(pin: Option<&Path>) -> String {
     match pin {
         Some(p) => cmd(
             "nsenter",
@@ -40,7 +44,7 @@ pub fn listeners(pin: Option<&Path>) -> String {
 }
 
 /// A process's resident memory and its peak (VmRSS, VmHWM), in KiB.
-pub fn rss_kib(pid: u32) -> (u64, u64) {
+pub(crate) fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
         status
@@ -54,7 +58,7 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
 }
 
 /// Open fds of a process.
-pub fn fd_count(pid: u32) -> usize {
+pub(crate) fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count()
@@ -62,13 +66,13 @@ pub fn fd_count(pid: u32) -> usize {
 
 /// A network namespace of the test's own (`ip netns add`), deleted with everything in it when
 /// dropped, also when the test fails.
-pub struct TestNetns {
+pub(crate) struct TestNetns {
     pub name: String,
     file: std::fs::File,
 }
 
 impl TestNetns {
-    pub fn new() -> TestNetns {
+    pub(crate) fn new() -> TestNetns {
         let name = unique("pptns");
         cmd("ip", &["netns", "add", &name]);
         let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
@@ -76,7 +80,7 @@ impl TestNetns {
     }
 
     /// Runs `ip -batch` inside the namespace.
-    pub fn ip_batch(&self, batch: &str) {
+    pub(crate) fn ip_batch(&self, batch: &str) {
         use std::io::Write;
         let mut ip = Command::new("ip")
             .args(["-n", &self.name, "-batch", "-"])
@@ -92,7 +96,7 @@ impl TestNetns {
     }
 
     /// Makes `c` run in this namespace (its "host" network namespace).
-    pub fn enter_on_exec(&self, c: &mut Command) {
+    pub(crate) fn enter_on_exec(&self, c: &mut Command) {
         use std::os::fd::{AsRawFd, BorrowedFd};
         use std::os::unix::process::CommandExt;
         let fd = self.file.as_raw_fd();

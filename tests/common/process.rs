@@ -9,29 +9,29 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// A `peapod run` process this test started.
-pub struct Peapod {
+pub(crate) struct Peapod {
     pub(super) child: Option<Child>,
     pub log: PathBuf,
 }
 
 /// What `peapod run` logged when the pod started.
 #[derive(Debug, Clone)]
-pub struct Started {
+pub(crate) struct Started {
     pub ip: Ipv4Addr,
     pub netns: PathBuf,
 }
 
 impl Peapod {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
-    pub fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until the log has a line containing `needle`; returns that line.
-    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+    pub(crate) fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
         let t0 = Instant::now();
         loop {
             let out = self.output();
@@ -50,12 +50,12 @@ impl Peapod {
     }
 
     /// Number of log lines containing `needle`.
-    pub fn count(&self, needle: &str) -> usize {
+    pub(crate) fn count(&self, needle: &str) -> usize {
         self.output().lines().filter(|l| l.contains(needle)).count()
     }
 
     /// Waits for the "pod NAME started" line and parses it.
-    pub fn started(&mut self, pod: &str) -> Started {
+    pub(crate) fn started(&mut self, pod: &str) -> Started {
         let line = self.wait_for(&format!("pod {pod} started:"), Duration::from_secs(60));
         let field = |k: &str| {
             line.split_whitespace()
@@ -69,13 +69,13 @@ impl Peapod {
         }
     }
 
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
         nix::sys::signal::kill(pid, sig).unwrap();
     }
 
     /// Waits for the process to exit; kills it and fails after `limit`.
-    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let t0 = Instant::now();
         let child = self.child.as_mut().unwrap();
         loop {
@@ -92,7 +92,7 @@ impl Peapod {
     }
 
     /// SIGTERM, then wait for the exit.
-    pub fn terminate(&mut self) -> ExitStatus {
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         self.wait_exit(Duration::from_secs(30))
     }

@@ -12,7 +12,7 @@ use super::{EXIT_INVALID, EXIT_OK};
 /// settings; others are refused with a clear error. It carries a checksum: a modified file is
 /// refused too.
 #[derive(clap::Args, Debug)]
-pub struct Compile {
+pub(super) struct Compile {
     /// Target triple, e.g. aarch64-unknown-linux-gnu [default: this machine]
     #[arg(long)]
     target: Option<String>,
@@ -24,7 +24,7 @@ pub struct Compile {
 }
 
 impl Compile {
-    pub fn exec(self) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self) -> anyhow::Result<ExitCode> {
         let bytes = std::fs::read(&self.module)
             .with_context(|| format!("cannot read {}", self.module.display()))?;
         let sealed = match peapod::executor::precompile(&bytes, self.target.as_deref()) {

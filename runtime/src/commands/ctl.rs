@@ -20,7 +20,7 @@ use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
 
 /// Create or update pods from spec files (each re-created when its spec or modules changed).
 #[derive(clap::Args, Debug)]
-pub struct Apply {
+pub(super) struct Apply {
     /// A pod spec (TOML); a directory: every *.toml in it; `-` reads one spec from standard
     /// input (its module paths are relative to the current directory). May be repeated.
     #[arg(short = 'f', long = "filename", required = true)]
@@ -29,7 +29,7 @@ pub struct Apply {
 
 /// List pods: status, IP, age, restarts.
 #[derive(clap::Args, Debug)]
-pub struct Ps {
+pub(super) struct Ps {
     /// Only these pods (an error if one does not exist)
     pods: Vec<String>,
     /// Output format: table or json
@@ -40,7 +40,7 @@ pub struct Ps {
 /// Show what each container uses: CPU (in cores, as `cpu_limit` counts them, measured over
 /// the interval) and linear memory.
 #[derive(clap::Args, Debug)]
-pub struct Top {
+pub(super) struct Top {
     /// Only these pods
     pods: Vec<String>,
     /// How long CPU use is measured over
@@ -50,13 +50,13 @@ pub struct Top {
 
 /// Show one pod as JSON.
 #[derive(clap::Args, Debug)]
-pub struct Inspect {
+pub(super) struct Inspect {
     pod: String,
 }
 
 /// Print a container's log (kept in CRI format, so exited containers have one too).
 #[derive(clap::Args, Debug)]
-pub struct Logs {
+pub(super) struct Logs {
     /// POD or POD/CONTAINER (the container may be left out when the pod has one)
     target: String,
     /// Keep printing new lines until interrupted (or the pod is deleted)
@@ -82,14 +82,14 @@ pub struct Logs {
 
 /// Re-create a pod (new namespace, new IP), or restart one container in place (same IP).
 #[derive(clap::Args, Debug)]
-pub struct Restart {
+pub(super) struct Restart {
     /// POD (re-create) or POD/CONTAINER (restart in place)
     target: String,
 }
 
 /// Delete a pod created with `apply`: its modules stop, its namespace, IP and logs are freed.
 #[derive(clap::Args, Debug)]
-pub struct Delete {
+pub(super) struct Delete {
     pod: String,
 }
 
@@ -201,7 +201,7 @@ fn pod_name(name: &str) -> Result<&str, ExitCode> {
 }
 
 impl Apply {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         // Every spec named, in order: a directory's *.toml sorted; `-` is standard input.
         let mut specs: Vec<(PathBuf, std::io::Result<String>)> = Vec::new();
         for f in &self.files {
@@ -297,7 +297,7 @@ fn binary_size(bytes: u64) -> String {
 }
 
 impl Top {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         for p in &self.pods {
             if let Err(code) = pod_name(p) {
                 return Ok(code);
@@ -359,7 +359,7 @@ impl Top {
 }
 
 impl Ps {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         for p in &self.pods {
             if let Err(code) = pod_name(p) {
                 return Ok(code);
@@ -442,7 +442,7 @@ impl Ps {
 }
 
 impl Inspect {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         let pod = match pod_name(&self.pod) {
             Ok(p) => p,
             Err(code) => return Ok(code),
@@ -455,7 +455,7 @@ impl Inspect {
 }
 
 impl Restart {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         let client = Client::new(&config.socket);
         let rt = runtime()?;
         let target = match split(&self.target) {
@@ -487,7 +487,7 @@ impl Restart {
 }
 
 impl Delete {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         let pod = match pod_name(&self.pod) {
             Ok(p) => p,
             Err(code) => return Ok(code),
@@ -502,7 +502,7 @@ impl Delete {
 }
 
 impl Logs {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         let (pod, container) = match split(&self.target) {
             Ok(t) => t,
             Err(code) => return Ok(code),

@@ -14,10 +14,10 @@ use super::EXIT_OK;
 /// SIGHUP (or any change in the pods directory) reloads the pods directory. SIGTERM stops the
 /// modules but keeps every pod's namespace and IP for the next start.
 #[derive(clap::Args, Debug)]
-pub struct Daemon {}
+pub(super) struct Daemon {}
 
 impl Daemon {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         let exec = Executor::new()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("create wasm engine")?

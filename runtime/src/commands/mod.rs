@@ -12,13 +12,13 @@ use clap::{Parser, Subcommand};
 use peapod::config::{Config, Overrides};
 
 /// Every container's last run exited 0 (or the pod was stopped on request).
-pub const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// A container's last run failed (non-zero exit or trap).
-pub const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_FAILED: u8 = 1;
 /// Bad input: a pod spec or config that does not validate. Nothing was created.
-pub const EXIT_INVALID: u8 = 2;
+pub(crate) const EXIT_INVALID: u8 = 2;
 /// The runtime failed (kernel, files, permissions). What was created was removed.
-pub const EXIT_RUNTIME: u8 = 3;
+pub(crate) const EXIT_RUNTIME: u8 = 3;
 
 /// The heading of the options every command takes, apart from the command's own.
 const GLOBAL: &str = "Global options (also PEAPOD_* variables and the config file)";
@@ -26,7 +26,7 @@ const GLOBAL: &str = "Global options (also PEAPOD_* variables and the config fil
 /// Kubernetes-style pods of WebAssembly containers for small ARM boards.
 #[derive(Parser, Debug)]
 #[command(name = "peapod", version)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Runtime config file [default: /etc/peapod/peapod.toml if it exists]
     #[arg(long, global = true, env = "PEAPOD_CONFIG", help_heading = GLOBAL)]
     config: Option<PathBuf>,
@@ -87,7 +87,7 @@ impl Cli {
 }
 
 /// Loads the config (exit 2 if it is invalid), sets up logging, runs the command.
-pub fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
+pub(crate) fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = match cli.config() {
         Ok(c) => c,
         Err(e) => {

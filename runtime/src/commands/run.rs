@@ -31,7 +31,7 @@ macro_rules! say {
 /// Exit status: 0 when every container's last run exited 0 (or on SIGINT/SIGTERM), 1 when one
 /// failed, 2 when the spec is invalid (nothing is created), 3 when the runtime failed.
 #[derive(clap::Args, Debug)]
-pub struct Run {
+pub(super) struct Run {
     /// The pod spec (TOML)
     spec: PathBuf,
     /// Start each line of the guests' output with `POD/CONTAINER: ` (as `kubectl logs --prefix`)
@@ -58,7 +58,7 @@ fn print_lines(prefix: bool) -> LogSink {
 }
 
 impl Run {
-    pub fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+    pub(super) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         let spec = match PodSpec::load(&self.spec) {
             Ok(s) => s,
             Err(e) => {

@@ -41,15 +41,15 @@ use crate::module_file::Caller;
 use crate::spec::SpecError;
 
 /// The body of an apply (spec text and paths) must arrive within this...
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// ...and be at most this large.
-pub const MAX_BODY: usize = 4 << 20;
+pub(super) const MAX_BODY: usize = 4 << 20;
 
-pub type Shared = Arc<Mutex<Pods>>;
+pub(super) type Shared = Arc<Mutex<Pods>>;
 
 /// The API. `ready` turns true once start-up (recovery, the pods directory) is done: until
 /// then `/v1/healthz` answers 503 `{"status":"starting"}` and other requests wait for it.
-pub fn router(pods: Shared, ready: Arc<std::sync::atomic::AtomicBool>) -> Router {
+pub(super) fn router(pods: Shared, ready: Arc<std::sync::atomic::AtomicBool>) -> Router {
     Router::new()
         .route(
             "/v1/healthz",

@@ -18,14 +18,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How long a pod must run, with the daemon alive, before its start counts as safe.
-pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+pub(super) const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Daemon deaths in a row, within [`STABLE_AFTER`] of a pod's start, that are tolerated without
 /// delay (one `kill -9` or power cut must not delay recovery).
-pub const TOLERATED: u32 = 1;
+pub(super) const TOLERATED: u32 = 1;
 const FIRST_DELAY: Duration = Duration::from_secs(10);
 const MAX_DELAY: Duration = Duration::from_secs(300);
 
-pub struct CrashGuard {
+pub(super) struct CrashGuard {
     path: PathBuf,
     /// Pod -> daemon starts in a row that died within the window of this pod's start.
     marks: BTreeMap<String, u32>,
@@ -35,7 +35,7 @@ pub struct CrashGuard {
 
 impl CrashGuard {
     /// Reads the marks the last run left (a missing or unreadable file: none).
-    pub fn load(state_dir: &std::path::Path) -> Self {
+    pub(super) fn load(state_dir: &std::path::Path) -> Self {
         let path = state_dir.join("starts.json");
         let marks = std::fs::read(&path)
             .ok()
@@ -49,7 +49,7 @@ impl CrashGuard {
     }
 
     /// Deaths in a row within the window of `pod`'s start, as found at this daemon's start.
-    pub fn deaths(&self, pod: &str) -> u32 {
+    pub(super) fn deaths(&self, pod: &str) -> u32 {
         if self.open.contains_key(pod) {
             0
         } else {
@@ -58,7 +58,7 @@ impl CrashGuard {
     }
 
     /// How long `pod` must wait before it starts (zero for a pod that never hurt the daemon).
-    pub fn delay(&self, pod: &str) -> Duration {
+    pub(super) fn delay(&self, pod: &str) -> Duration {
         match self.deaths(pod) {
             n if n <= TOLERATED => Duration::ZERO,
             n => FIRST_DELAY
@@ -68,7 +68,7 @@ impl CrashGuard {
     }
 
     /// Marks `pod` as starting now.
-    pub fn starting(&mut self, pod: &str) {
+    pub(super) fn starting(&mut self, pod: &str) {
         if !self.open.contains_key(pod) {
             *self.marks.entry(pod.to_string()).or_insert(0) += 1;
         }
@@ -77,7 +77,7 @@ impl CrashGuard {
     }
 
     /// Forgets a pod (deleted, or its start failed without harm).
-    pub fn forget(&mut self, pod: &str) {
+    pub(super) fn forget(&mut self, pod: &str) {
         self.open.remove(pod);
         if self.marks.remove(pod).is_some() {
             self.save();
@@ -85,7 +85,7 @@ impl CrashGuard {
     }
 
     /// Clears the marks of pods that have run [`STABLE_AFTER`]; call it now and then.
-    pub fn tick(&mut self) {
+    pub(super) fn tick(&mut self) {
         let stable: Vec<String> = self
             .open
             .iter()
@@ -102,7 +102,7 @@ impl CrashGuard {
     }
 
     /// A clean stop: nothing crashed.
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.open.clear();
         self.marks.clear();
         let _ = std::fs::remove_file(&self.path);

@@ -18,7 +18,7 @@ use crate::spec::{PodSpec, Problem, SpecError};
 
 /// Where a pod's spec comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
+pub(super) enum Origin {
     /// A file of the pods directory.
     File(PathBuf),
     /// `peapod apply` (kept in the state dir).
@@ -26,7 +26,7 @@ pub enum Origin {
 }
 
 /// A validated spec with its compiled modules.
-pub struct Loaded {
+pub(super) struct Loaded {
     pub spec: PodSpec,
     pub modules: Vec<Prepared>,
     pub digest: String,
@@ -51,7 +51,7 @@ fn canonical(text: &str) -> String {
 }
 
 /// A validated spec with its module bytes and digest, not compiled yet.
-pub struct Parsed {
+pub(super) struct Parsed {
     pub spec: PodSpec,
     pub modules: Vec<Read>,
     pub digest: String,
@@ -61,7 +61,7 @@ pub struct Parsed {
 
 /// Validates spec text from `source`; `modules` replaces the module paths (stored copies).
 /// Module files are read with the rights of `caller` (see [`crate::module_file`]).
-pub fn parse(
+pub(super) fn parse(
     source: &Path,
     text: &str,
     modules: Option<&[PathBuf]>,
@@ -96,7 +96,7 @@ pub fn parse(
 }
 
 /// Compiles what [`parse`] returned.
-pub fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
+pub(super) fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
     let modules = loader::compile(exec, &p.spec, &p.modules, p.root_asks)?;
     Ok(Loaded {
         spec: p.spec,
@@ -108,7 +108,7 @@ pub fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
 
 /// The first half of an apply, done without the daemon's pods at hand (no lock): read and
 /// compile what `text` names. [`Pods::commit`] does the rest.
-pub fn plan(
+pub(super) fn plan(
     cfg: &Config,
     exec: &Executor,
     source: &Path,
@@ -147,12 +147,12 @@ pub(super) fn pod_files(cfg: &Config) -> Vec<(PathBuf, Result<String, String>)> 
 
 /// What a reload found in the pods directory: each file's pod, read and compiled, or what is
 /// wrong with the file.
-pub struct ReloadPlan(pub(super) Vec<(PathBuf, Result<Loaded, String>)>);
+pub(super) struct ReloadPlan(pub(super) Vec<(PathBuf, Result<Loaded, String>)>);
 
 /// The first half of a reload, done without the daemon's pods at hand (no lock): read and
 /// compile every pod file. Modules that running pods use are already loaded and cost a lookup.
 /// [`Pods::commit_reload`] does the rest.
-pub fn plan_reload(cfg: &Config, exec: &Executor) -> ReloadPlan {
+pub(super) fn plan_reload(cfg: &Config, exec: &Executor) -> ReloadPlan {
     let me = Caller::myself();
     ReloadPlan(
         pod_files(cfg)

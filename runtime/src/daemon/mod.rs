@@ -7,12 +7,12 @@
 //! in the pods directory, and pings the watchdog. SIGTERM/SIGINT: `STOPPING=1`, the modules stop,
 //! the sandboxes stay (a restarted daemon gives every pod its IP back).
 
-pub mod api;
-pub mod crashguard;
-pub mod load;
-pub mod pods;
-pub mod server;
-pub mod store;
+mod api;
+mod crashguard;
+mod load;
+mod pods;
+mod server;
+mod store;
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::module_file::Caller;
 
 /// A client must send its request header within this.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Open connections: whether each has sent anything, and how to close it.
 #[derive(Default)]
@@ -39,7 +39,7 @@ struct Conns {
 }
 
 /// Serves `router` on `listener` until `shutdown`, with at most `max_conns` connections.
-pub async fn serve(
+pub(super) async fn serve(
     listener: UnixListener,
     router: axum::Router,
     max_conns: usize,

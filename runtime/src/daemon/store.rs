@@ -13,7 +13,7 @@ use crate::durable;
 
 /// One persisted pod.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record {
+pub(super) struct Record {
     /// The spec file the client applied (paths in the spec were relative to it).
     pub source: PathBuf,
     /// The spec text.
@@ -23,13 +23,13 @@ pub struct Record {
 }
 
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(super) struct Store {
     pods: PathBuf,
     modules: PathBuf,
 }
 
 impl Store {
-    pub fn new(state_dir: &Path) -> Self {
+    pub(super) fn new(state_dir: &Path) -> Self {
         Store {
             pods: state_dir.join("pods"),
             modules: state_dir.join("modules"),
@@ -41,7 +41,7 @@ impl Store {
     }
 
     /// Every stored pod: (name, record), and the files that could not be read (with why).
-    pub fn load_all(&self) -> (Vec<(String, Record)>, Vec<String>) {
+    pub(super) fn load_all(&self) -> (Vec<(String, Record)>, Vec<String>) {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         let entries = match std::fs::read_dir(&self.pods) {
@@ -73,7 +73,7 @@ impl Store {
     }
 
     /// Copies module bytes into the store (once per content) and returns the stored path.
-    pub fn put_module(&self, bytes: &[u8]) -> io::Result<PathBuf> {
+    pub(super) fn put_module(&self, bytes: &[u8]) -> io::Result<PathBuf> {
         std::fs::create_dir_all(&self.modules)?;
         let sha = crate::artifact::sha256_hex(bytes);
         let path = self.modules.join(format!("{sha}.wasm"));
@@ -83,7 +83,7 @@ impl Store {
         Ok(path)
     }
 
-    pub fn save(&self, pod: &str, record: &Record) -> io::Result<()> {
+    pub(super) fn save(&self, pod: &str, record: &Record) -> io::Result<()> {
         std::fs::create_dir_all(&self.pods)?;
         let mut bytes = serde_json::to_vec_pretty(record).expect("record serializes");
         bytes.push(b'\n');
@@ -94,7 +94,7 @@ impl Store {
     }
 
     /// Forgets a pod, then drops module copies no stored pod uses any more.
-    pub fn remove(&self, pod: &str) -> io::Result<()> {
+    pub(super) fn remove(&self, pod: &str) -> io::Result<()> {
         match std::fs::remove_file(self.record_path(pod)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}

@@ -151,7 +151,7 @@ type Report<'a> = dyn FnMut(&[Key], String) + 'a;
 
 /// The longest probe duration or grace period: a day (timers far in the future overflow the
 /// clock's arithmetic, and nothing a probe does needs longer).
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses a duration field, reporting a bad one (or one over [`MAX_DURATION`]) at `keys`.
 pub(super) fn duration(

@@ -21,10 +21,10 @@ use serde::Serialize;
 
 mod view;
 
-pub use view::PodView;
+pub(super) use view::PodView;
 
 use super::crashguard::CrashGuard;
-pub use super::load::{Loaded, Origin, ReloadPlan, plan, plan_reload};
+pub(super) use super::load::{Loaded, Origin, ReloadPlan, plan, plan_reload};
 use super::load::{compile, parse, pod_files};
 use super::store::{Record, Store};
 use crate::config::Config;
@@ -36,7 +36,7 @@ use crate::spec::{PodSpec, SpecError};
 
 /// A reload of the shared pods that reads and compiles without holding their lock (the API
 /// answers meanwhile), then commits under it. Returns the problems, as [`Pods::reload`] does.
-pub async fn reload_beside(pods: &tokio::sync::Mutex<Pods>) -> Vec<String> {
+pub(super) async fn reload_beside(pods: &tokio::sync::Mutex<Pods>) -> Vec<String> {
     // One reload at a time from plan to commit: a plan of an older directory never lands after
     // a newer one.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -54,7 +54,7 @@ pub async fn reload_beside(pods: &tokio::sync::Mutex<Pods>) -> Vec<String> {
 /// Waits, without holding the lock, for the stops under way of pod `name` (of every pod: `None`),
 /// then starts the pods that waited for them. Stops that begin meanwhile are left to their own
 /// callers (and to [`Pods::tick`]).
-pub async fn settle(pods: &tokio::sync::Mutex<Pods>, name: Option<&str>) {
+pub(super) async fn settle(pods: &tokio::sync::Mutex<Pods>, name: Option<&str>) {
     let stops = pods.lock().await.stops(name);
     if stops.is_empty() {
         return;
@@ -65,10 +65,10 @@ pub async fn settle(pods: &tokio::sync::Mutex<Pods>, name: Option<&str>) {
 
 /// The end of a pod's stop, to wait for without the lock.
 #[derive(Clone)]
-pub struct Stopped(tokio::sync::watch::Receiver<bool>);
+pub(super) struct Stopped(tokio::sync::watch::Receiver<bool>);
 
 impl Stopped {
-    pub async fn wait(mut self) {
+    pub(super) async fn wait(mut self) {
         // An error: the task is gone (it ended), which is done too.
         let _ = self.0.wait_for(|done| *done).await;
     }
@@ -111,14 +111,14 @@ struct Entry {
 /// What `apply` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub(super) enum Action {
     Created,
     Recreated,
     Unchanged,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum OpError {
+pub(super) enum OpError {
     #[error("no pod named {0:?}")]
     NotFound(String),
     #[error("pod {pod:?} has no container named {container:?} (it has: {have})")]
@@ -135,7 +135,7 @@ pub enum OpError {
     Failed(String),
 }
 
-pub struct Pods {
+pub(super) struct Pods {
     cfg: Config,
     exec: Executor,
     store: Store,
@@ -148,7 +148,7 @@ pub struct Pods {
 }
 
 impl Pods {
-    pub fn new(cfg: Config, exec: Executor) -> Self {
+    pub(super) fn new(cfg: Config, exec: Executor) -> Self {
         Pods {
             store: Store::new(&cfg.state_dir),
             guard: CrashGuard::load(&cfg.state_dir),
@@ -160,14 +160,14 @@ impl Pods {
         }
     }
 
-    pub fn log_settings(&self) -> &crate::logs::cri::LogSettings {
+    pub(super) fn log_settings(&self) -> &crate::logs::cri::LogSettings {
         &self.cfg.logs
     }
 
     /// At daemon start: removes the sandbox parts of pods that are neither in the pods directory
     /// nor stored (orphans), then starts the stored pods and the directory's, taking over the
     /// sandboxes they left (same namespace, same IP).
-    pub async fn start_all(&mut self) {
+    pub(super) async fn start_all(&mut self) {
         let (records, bad) = self.store.load_all();
         for b in bad {
             tracing::error!("stored pod: {b}");
@@ -210,13 +210,13 @@ impl Pods {
     /// failed to start. A file that does not validate is reported and changes nothing: whatever
     /// pod it described keeps running as it was.
     /// Returns the problems (one message per bad file).
-    pub async fn reload(&mut self) -> Vec<String> {
+    pub(super) async fn reload(&mut self) -> Vec<String> {
         let plan = tokio::task::block_in_place(|| plan_reload(&self.cfg, &self.exec));
         self.commit_reload(plan).await
     }
 
     /// [`Pods::reload`]'s second half, with what [`plan_reload`] found.
-    pub async fn commit_reload(&mut self, plan: ReloadPlan) -> Vec<String> {
+    pub(super) async fn commit_reload(&mut self, plan: ReloadPlan) -> Vec<String> {
         let failed_before: BTreeSet<String> = self
             .entries
             .iter()
@@ -395,7 +395,7 @@ impl Pods {
 
     /// Now and then (the main loop's tick): clears the crash guard's marks of pods that run
     /// stably and starts the pods whose crash-guard delay is over.
-    pub async fn tick(&mut self) {
+    pub(super) async fn tick(&mut self) {
         self.guard.tick();
         let due: Vec<String> = self
             .entries
@@ -494,7 +494,7 @@ impl Pods {
     }
 
     /// The settings and the engine, for [`plan`] outside the lock.
-    pub fn planner(&self) -> (Config, Executor) {
+    pub(super) fn planner(&self) -> (Config, Executor) {
         (self.cfg.clone(), self.exec.clone())
     }
 
@@ -502,7 +502,7 @@ impl Pods {
     /// created, re-created if its spec or modules changed, or left as it is. A re-created pod
     /// starts once its old sandbox is gone: [`settle`] it, then read the outcome with
     /// [`Pods::committed`].
-    pub async fn commit(
+    pub(super) async fn commit(
         &mut self,
         source: &Path,
         text: &str,
@@ -551,7 +551,7 @@ impl Pods {
 
     /// What a [`Pods::commit`] came to, once settled. A new pod that cannot start is not kept
     /// (nothing of a failed apply is left once the returned stop is done).
-    pub fn committed(
+    pub(super) fn committed(
         &mut self,
         name: &str,
         action: Action,
@@ -575,7 +575,7 @@ impl Pods {
     /// `peapod delete`: pods created through the API only (a file's pod goes with its file).
     /// Returns the stop to wait for (without the lock); a pod already being deleted returns
     /// that stop.
-    pub fn delete(&mut self, name: &str) -> Result<Stopped, OpError> {
+    pub(super) fn delete(&mut self, name: &str) -> Result<Stopped, OpError> {
         match self.entries.get(name).map(|e| &e.origin) {
             None => match self.stop_under_way(name) {
                 Some(s) if matches!(s.origin, Origin::Api) => Ok(s.done.clone()),
@@ -596,7 +596,7 @@ impl Pods {
 
     /// `peapod restart POD`: a new sandbox (new IP), the containers from scratch, once the old
     /// one is gone: [`settle`] it, then read the outcome with [`Pods::outcome`].
-    pub async fn restart(&mut self, name: &str) -> Result<(), OpError> {
+    pub(super) async fn restart(&mut self, name: &str) -> Result<(), OpError> {
         let e = self
             .entries
             .remove(name)
@@ -619,7 +619,7 @@ impl Pods {
     }
 
     /// The pod as it is now, or why it is not running.
-    pub fn outcome(&self, name: &str) -> Result<PodView, OpError> {
+    pub(super) fn outcome(&self, name: &str) -> Result<PodView, OpError> {
         let view = self
             .view(name)
             .ok_or_else(|| OpError::NotFound(name.into()))?;
@@ -630,7 +630,7 @@ impl Pods {
     }
 
     /// `peapod restart POD/CONTAINER`: in place, same namespace and IP.
-    pub fn restart_container(&self, name: &str, container: &str) -> Result<(), OpError> {
+    pub(super) fn restart_container(&self, name: &str, container: &str) -> Result<(), OpError> {
         let e = self
             .entries
             .get(name)
@@ -664,7 +664,7 @@ impl Pods {
     }
 
     /// Container names of a pod.
-    pub fn containers(&self, name: &str) -> Result<Vec<String>, OpError> {
+    pub(super) fn containers(&self, name: &str) -> Result<Vec<String>, OpError> {
         self.entries
             .get(name)
             .map(|e| e.spec.containers.iter().map(|c| c.name.clone()).collect())
@@ -672,12 +672,12 @@ impl Pods {
     }
 
     /// Problems of the last reload of the pods directory.
-    pub fn problems(&self) -> Vec<String> {
+    pub(super) fn problems(&self) -> Vec<String> {
         self.problems.values().cloned().collect()
     }
 
     /// Clean stop of the daemon: the modules stop, the sandboxes stay (same IPs next start).
-    pub async fn stop_all(&mut self) {
+    pub(super) async fn stop_all(&mut self) {
         // Stops under way end first (a pod being deleted is deleted whole).
         futures::future::join_all(self.stops(None).into_iter().map(Stopped::wait)).await;
         self.guard.clear();

@@ -14,7 +14,7 @@ use crate::supervisor::{State, Status};
 
 /// A pod as `ps` and `inspect` show it.
 #[derive(Debug, Clone, Serialize)]
-pub struct PodView {
+pub(crate) struct PodView {
     pub name: String,
     /// starting (before its containers' first run; a re-created pod also while its old sandbox
     /// stops), running, restarting (a container waits out its backoff), succeeded, failed,
@@ -51,7 +51,7 @@ fn pod_ready(containers: &[Status]) -> bool {
 }
 
 impl Pods {
-    pub fn view(&self, name: &str) -> Option<PodView> {
+    pub(crate) fn view(&self, name: &str) -> Option<PodView> {
         let Some(e) = self.entries.get(name) else {
             return self.terminating(name);
         };
@@ -156,14 +156,14 @@ impl Pods {
     }
 
     /// Every pod, those being stopped too (once, by name).
-    pub fn views(&self) -> Vec<PodView> {
+    pub(crate) fn views(&self) -> Vec<PodView> {
         let names: BTreeSet<&String> = self.entries.keys().chain(self.stopping.keys()).collect();
         names.into_iter().filter_map(|n| self.view(n)).collect()
     }
 
     /// How many pods there are, and how many of them are ready (every second: from the
     /// containers' statuses alone, not whole views).
-    pub fn readiness(&self) -> (usize, usize) {
+    pub(crate) fn readiness(&self) -> (usize, usize) {
         let ready = self
             .entries
             .values()
