@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
@@ -289,6 +289,26 @@ fn recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing() {
         wait_healthy(SocketAddr::from((s.ip, 8080)));
         assert!(env.link_exists(&veth));
         assert_eq!(env.mounts(), [s.netns.display().to_string()]);
+        // Host and pod know each other's hardware address, derived from the IP, as permanent
+        // neighbour entries (no ARP, exempt from the neighbour table's limits).
+        let mac = |ip: Ipv4Addr| {
+            let [a, b, c, d] = ip.octets();
+            format!("02:50:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+        };
+        let host_side = cmd("ip", &["neigh", "show", "dev", &env.bridge]);
+        assert!(
+            host_side.contains(&format!("{} lladdr {} PERMANENT", s.ip, mac(s.ip))),
+            "{host_side}"
+        );
+        let net = format!("--net={}", s.netns.display());
+        let inside = cmd("nsenter", &[&net, "ip", "neigh", "show", "dev", "eth0"]);
+        let gw = env.gateway();
+        assert!(
+            inside.contains(&format!("{gw} lladdr {} PERMANENT", mac(gw))),
+            "{inside}"
+        );
+        let bridge_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", env.bridge));
+        assert_eq!(bridge_mac.unwrap().trim(), mac(gw));
         assert_eq!(p.terminate().code(), Some(0));
         // Nothing left: pin, mount, veth, lease.
         assert!(!s.netns.exists(), "pin left behind");
@@ -296,6 +316,11 @@ fn recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing() {
         assert!(!env.link_exists(&veth), "veth left behind");
         assert!(env.bridge_ports().is_empty());
         assert!(env.leases().is_empty(), "lease left: {:?}", env.leases());
+        let host_side = cmd("ip", &["neigh", "show", "dev", &env.bridge]);
+        assert!(
+            !host_side.contains("PERMANENT"),
+            "neighbour left: {host_side}"
+        );
         ips.push(s.ip);
     }
     assert_ne!(ips[0], ips[1], "a re-created pod gets a new address");

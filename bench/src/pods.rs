@@ -499,10 +499,14 @@ impl Ctx {
         let before = rss_kib("self");
         let t0 = Instant::now();
         let mut pods = vec![];
+        let mut starts = vec![];
         for _ in 0..self.pods {
             let spec = self.demo_spec()?;
+            let t = Instant::now();
             pods.push(self.start(&spec, modules.clone(), None).await?);
+            starts.push(ms(t.elapsed()));
         }
+        let started = t0.elapsed();
         for p in &pods {
             wait_accept(SocketAddr::from((p.ip, 8080)))?;
         }
@@ -528,6 +532,23 @@ impl Ctx {
             "ms",
             &[ms(took) / n],
         ));
+        figures.push(Figure::new(
+            "density",
+            "of which starting them, one after another",
+            "ms",
+            &[ms(started)],
+        ));
+        // Does a start cost more as pods accumulate? The first tenth against the last.
+        let tenth = (starts.len() / 10).max(1);
+        figures.push(
+            Figure::new(
+                "density",
+                format!("each start as the {} accumulate: last tenth", self.pods),
+                "ms",
+                &starts[starts.len() - tenth..],
+            )
+            .against("first tenth", &starts[..tenth]),
+        );
         figures.push(Figure::new(
             "density",
             "process RSS before",

@@ -7,8 +7,12 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, State,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -97,7 +101,8 @@ impl Netlink {
 pub trait Links {
     /// The index of link `name`, if it exists.
     async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError>;
-    /// Makes sure bridge `name` exists, is up and has `addr/prefix`; returns its index.
+    /// Makes sure bridge `name` exists, is up, has `addr/prefix` and the hardware address
+    /// [`mac_for`]`(addr)`; returns its index.
     async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<u32, NetError>;
     /// Creates a veth pair: `host` attached to the bridge `controller` and up; its peer made
     /// directly inside the namespace `netns` as `peer`, with hardware address `peer_mac`.
@@ -125,6 +130,18 @@ pub trait Links {
         name: &str,
     ) -> Result<(), NetError>;
     async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError>;
+    /// Sets a permanent neighbour entry on link `index` (`name`): `ip` is at `mac`.
+    async fn set_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        name: &str,
+    ) -> Result<(), NetError>;
+    /// Deletes the neighbour entry of `ip` on link `index`; none is fine.
+    async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError>;
+    /// The permanent IPv4 neighbour entries on link `index`: address and hardware address.
+    async fn permanent_neighbours(&self, index: u32) -> Result<Vec<(Ipv4Addr, Vec<u8>)>, NetError>;
 }
 
 impl Links for Netlink {
@@ -133,24 +150,21 @@ impl Links for Netlink {
         Ok(self.link(name).await?.map(|m| m.header.index))
     }
 
-    /// Makes sure bridge `name` exists, is up and has `addr/prefix`; returns its index.
     async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<u32, NetError> {
-        let index = match self.link_index(name).await? {
-            Some(i) => i,
+        // A bridge's hardware address is by default the lowest of its ports', so it changes as
+        // pods come and go; a fixed one lets each pod hold a permanent entry for its gateway.
+        let mac = mac_for(addr);
+        let link = match self.link(name).await? {
+            Some(l) => l,
             None => {
-                match self
-                    .handle
-                    .link()
-                    .add(LinkBridge::new(name).up().build())
-                    .execute()
-                    .await
-                {
+                let bridge = LinkBridge::new(name).address(mac.to_vec()).up().build();
+                match self.handle.link().add(bridge).execute().await {
                     Ok(()) => {}
                     // Another peapod made it meanwhile.
                     Err(e) if is_errno(&e, libc::EEXIST) => {}
                     Err(e) => return Err(NetError::new(format!("create bridge {name}"), e)),
                 }
-                self.link_index(name).await?.ok_or_else(|| {
+                self.link(name).await?.ok_or_else(|| {
                     NetError::other(
                         format!("create bridge {name}"),
                         std::io::Error::other("bridge vanished after creation"),
@@ -158,6 +172,24 @@ impl Links for Netlink {
                 })?
             }
         };
+        let index = link.header.index;
+        let has_mac = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Address(m) if m[..] == mac[..]));
+        if !has_mac {
+            // A bridge made by an older peapod (or by hand): given the fixed address once.
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .address(mac.to_vec())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| NetError::new(format!("set the hardware address of {name}"), e))?;
+        }
         self.set_up(index, name).await?;
         self.add_addr(index, addr, prefix, name).await?;
         Ok(index)
@@ -304,6 +336,65 @@ impl Links for Netlink {
             .execute()
             .await
             .map_err(|e| NetError::new(format!("add default route via {gateway}"), e))
+    }
+
+    async fn set_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        name: &str,
+    ) -> Result<(), NetError> {
+        self.handle
+            .neighbours()
+            .add(index, ip.into())
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetError::new(format!("add neighbour {ip} on {name}"), e))
+    }
+
+    async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Err(e) if !is_errno(&e, libc::ENOENT) => {
+                Err(NetError::new(format!("delete neighbour {ip}"), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn permanent_neighbours(&self, index: u32) -> Result<Vec<(Ipv4Addr, Vec<u8>)>, NetError> {
+        let all: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetError::new("list neighbours", e))?;
+        Ok(all
+            .into_iter()
+            .filter(|n| n.header.ifindex == index && n.header.state == NeighbourState::Permanent)
+            .filter_map(|n| {
+                let mut ip = None;
+                let mut mac = None;
+                for a in n.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(i),
+                        NeighbourAttribute::LinkLayerAddress(m) => mac = Some(m),
+                        _ => {}
+                    }
+                }
+                Some((ip?, mac?))
+            })
+            .collect())
     }
 }
 

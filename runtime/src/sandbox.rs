@@ -358,6 +358,9 @@ pub async fn plumb(
         netns.as_fd(),
     )
     .await?;
+    // The host reaches the pod without asking (ARP): see `configure_inside`.
+    host.set_neighbour(bridge, ip, net::mac_for(ip), "the bridge")
+        .await?;
     in_netns(netns.clone(), move || async move {
         let nl = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
         configure_inside(&nl, ip, prefix, gateway).await
@@ -368,7 +371,15 @@ pub async fn plumb(
 }
 
 /// The inside of a pod's namespace, through `nl` opened there: `lo` up, `ip/prefix` on the
-/// veth's peer, the peer up, the default route via `gateway`; returns once the peer is up.
+/// veth's peer, the peer up, a permanent neighbour entry for `gateway`, the default route via
+/// it; returns once the peer is up.
+///
+/// Both ends' hardware addresses follow from their IPs ([`net::mac_for`]; the bridge is given
+/// the gateway's), so the host and the pod hold permanent neighbour entries for each other
+/// instead of learning them by ARP: no first packet waits for (or loses to) an ARP exchange,
+/// and permanent entries are exempt from the kernel's neighbour-table limits
+/// (`net.ipv4.neigh.default.gc_thresh1/2/3`, 128/512/1024 by default, which count the entries
+/// of every namespace together): a thousand pods need no change to the host's sysctls.
 async fn configure_inside(
     nl: &impl Links,
     ip: Ipv4Addr,
@@ -386,6 +397,8 @@ async fn configure_inside(
         .ok_or_else(|| SandboxError::Other("veth peer missing in pod namespace".into()))?;
     nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
     nl.set_up(eth, POD_IFACE).await?;
+    nl.set_neighbour(eth, gateway, net::mac_for(gateway), POD_IFACE)
+        .await?;
     nl.add_default_route(gateway).await?;
     nl.wait_oper_up(POD_IFACE, LINK_UP_LIMIT).await?;
     Ok(())
@@ -436,6 +449,43 @@ pub async fn collect_orphans(
     let mut in_use: std::collections::BTreeSet<String> = keep.clone();
     in_use.extend(locked_elsewhere(cfg));
     removed.extend(remove_leftover_veths(&host, &cfg.bridge, &in_use).await?);
+    let leased = Ipam::new(cfg).leases()?.into_values().collect();
+    for ip in remove_stale_neighbours(&host, &cfg.bridge, &leased).await? {
+        removed.push(format!("neighbour {ip}"));
+    }
+    Ok(removed)
+}
+
+/// Deletes the host's permanent neighbour entry of pod address `ip` on bridge `bridge`.
+async fn forget_neighbour(
+    host: &impl Links,
+    bridge: &str,
+    ip: Ipv4Addr,
+) -> Result<(), SandboxError> {
+    if let Some(index) = host.link_index(bridge).await? {
+        host.delete_neighbour(index, ip).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the host's neighbour entries for pod addresses on bridge `bridge` (permanent, with
+/// the hardware address [`net::mac_for`] gives the address) that no pod in `leased` holds;
+/// returns their addresses. Entries of another form (an administrator's own) stay.
+async fn remove_stale_neighbours(
+    host: &impl Links,
+    bridge: &str,
+    leased: &std::collections::BTreeSet<Ipv4Addr>,
+) -> Result<Vec<Ipv4Addr>, SandboxError> {
+    let Some(index) = host.link_index(bridge).await? else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for (ip, mac) in host.permanent_neighbours(index).await? {
+        if mac[..] == net::mac_for(ip)[..] && !leased.contains(&ip) {
+            host.delete_neighbour(index, ip).await?;
+            removed.push(ip);
+        }
+    }
     Ok(removed)
 }
 
@@ -491,10 +541,25 @@ fn locked_elsewhere(cfg: &Config) -> Vec<String> {
 /// Removes every part of pod `pod`'s sandbox that exists, collecting all errors.
 async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
     let mut errors = Vec::new();
+    let ipam = Ipam::new(cfg);
+    // The host's neighbour entry goes before the lease: once the IP is free, the entry is the
+    // next pod's to set.
+    let ip = match ipam.leases() {
+        Ok(l) => l.get(pod).copied(),
+        Err(e) => {
+            errors.push(e.into());
+            None
+        }
+    };
     match Netlink::connect() {
         Ok(nl) => {
             if let Err(e) = nl.delete_link(&host_veth_name(&cfg.bridge, pod)).await {
                 errors.push(e.into());
+            }
+            if let Some(ip) = ip
+                && let Err(e) = forget_neighbour(&nl, &cfg.bridge, ip).await
+            {
+                errors.push(e);
             }
         }
         Err(e) => errors.push(SandboxError::Other(format!("netlink: {e}"))),
@@ -502,7 +567,7 @@ async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
     if let Err(e) = netns::remove_pinned(&cfg.netns_path(pod)) {
         errors.push(e.into());
     }
-    if let Err(e) = Ipam::new(cfg).release(pod) {
+    if let Err(e) = ipam.release(pod) {
         errors.push(e.into());
     }
     if let Err(e) = volumes::remove(cfg, pod) {
@@ -544,6 +609,8 @@ mod tests {
     #[derive(Default)]
     struct FakeLinks {
         links: std::sync::Mutex<Vec<(String, u32, Option<u32>)>>,
+        /// Permanent neighbour entries: link index, address, hardware address.
+        neighbours: std::sync::Mutex<Vec<(u32, Ipv4Addr, Vec<u8>)>>,
         calls: std::sync::Mutex<Vec<String>>,
         fail: Option<&'static str>,
     }
@@ -626,6 +693,36 @@ mod tests {
         async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
             self.call("add_default_route", gateway.to_string())
         }
+        async fn set_neighbour(
+            &self,
+            index: u32,
+            ip: Ipv4Addr,
+            mac: [u8; 6],
+            name: &str,
+        ) -> Result<(), NetError> {
+            let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+            self.call(
+                "set_neighbour",
+                format!("{index} {ip} {} {name}", hex.join(":")),
+            )
+        }
+        async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
+            self.call("delete_neighbour", format!("{index} {ip}"))?;
+            let mut n = self.neighbours.lock().unwrap();
+            n.retain(|e| (e.0, e.1) != (index, ip));
+            Ok(())
+        }
+        async fn permanent_neighbours(
+            &self,
+            index: u32,
+        ) -> Result<Vec<(Ipv4Addr, Vec<u8>)>, NetError> {
+            self.call("permanent_neighbours", index.to_string())?;
+            let n = self.neighbours.lock().unwrap();
+            Ok(n.iter()
+                .filter(|e| e.0 == index)
+                .map(|e| (e.1, e.2.clone()))
+                .collect())
+        }
     }
 
     const IP: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 7);
@@ -643,6 +740,7 @@ mod tests {
                 "link_index eth0",
                 "add_addr 2 10.66.0.7/22 eth0",
                 "set_up 2 eth0",
+                "set_neighbour 2 10.66.0.1 02:50:0a:42:00:01 eth0",
                 "add_default_route 10.66.0.1",
                 "wait_oper_up eth0",
             ]
@@ -700,5 +798,39 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(host.calls(), ["link_index pb0"]);
+    }
+
+    /// The orphan scan drops the host's entries for pod addresses no lease holds, and only
+    /// those of the pods' form: a leased pod's stays, as does an administrator's static entry.
+    #[tokio::test]
+    async fn stale_neighbours_are_the_pods_own_only() {
+        let host = FakeLinks::with(&[("pb0", None), ("eth1", None)]);
+        let (leased, stale, admin) = (
+            Ipv4Addr::new(10, 66, 0, 2),
+            Ipv4Addr::new(10, 66, 0, 3),
+            Ipv4Addr::new(10, 66, 0, 9),
+        );
+        *host.neighbours.lock().unwrap() = vec![
+            (1, leased, net::mac_for(leased).to_vec()),
+            (1, stale, net::mac_for(stale).to_vec()),
+            (1, admin, vec![0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            (
+                2,
+                Ipv4Addr::new(10, 66, 0, 4),
+                net::mac_for(Ipv4Addr::new(10, 66, 0, 4)).to_vec(),
+            ),
+        ];
+        let removed = remove_stale_neighbours(&host, "pb0", &[leased].into())
+            .await
+            .unwrap();
+        assert_eq!(removed, [stale]);
+        let left: Vec<Ipv4Addr> = host
+            .neighbours
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(left, [leased, admin, Ipv4Addr::new(10, 66, 0, 4)]);
     }
 }
