@@ -352,6 +352,43 @@ fn two_pods_at_once_get_different_ips_and_one_name_runs_once() {
     assert!(env.leases().is_empty());
 }
 
+/// A lease whose pod is gone for good (its process killed, its pin lost as in a reboot) is not
+/// looked for at every start, but gives way when it stands in the way: in a subnet full of such
+/// leases, a new pod gets one of their addresses.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn stale_leases_give_way_when_the_subnet_is_full() {
+    let mut env = Env::new();
+    let [a, b, c] = env.net;
+    env.subnet = format!("{a}.{b}.{c}.0/29"); // the gateway and five pods
+    let mut stale = Vec::new();
+    for i in 0..5 {
+        let name = format!("stale{i}");
+        let spec = env.spec(
+            &format!("{name}.toml"),
+            &pod(&name, "Always", &[kv("0.0.0.0:8080")]),
+        );
+        let mut p = env.start(&spec);
+        let s = p.started(&name);
+        p.signal(Signal::SIGKILL);
+        p.wait_exit(MIN);
+        nix::mount::umount2(&s.netns, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        std::fs::remove_file(&s.netns).unwrap();
+        stale.push(s.ip);
+    }
+    assert_eq!(env.leases().len(), 5, "{:?}", env.leases());
+
+    let spec = env.spec("fresh.toml", &pod("fresh", "Always", &[kv("0.0.0.0:8080")]));
+    let mut p = env.start(&spec);
+    p.wait_for("dropped stale lease", MIN);
+    let fresh = p.started("fresh");
+    assert!(stale.contains(&fresh.ip), "{} not in {stale:?}", fresh.ip);
+    wait_healthy(SocketAddr::from((fresh.ip, 8080)));
+    assert_eq!(env.leases(), [("fresh".to_string(), fresh.ip)]);
+    assert!(p.terminate().success());
+    assert!(env.leases().is_empty());
+}
+
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn leftovers_of_a_killed_run_are_cleaned_by_the_next() {

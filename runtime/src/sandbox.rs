@@ -182,10 +182,6 @@ impl Sandbox {
             tracing::warn!(pod, "removing leftovers of an earlier run of this pod");
             remove_parts(cfg, pod).await?;
         }
-        // Leases whose pin is gone belong to no pod.
-        for (stale, ip) in ipam.retain(|p, _| netns::is_pinned(&cfg.netns_path(p)))? {
-            tracing::info!(pod = stale, %ip, "dropped stale lease");
-        }
 
         let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
         let bridge = host
@@ -287,7 +283,17 @@ impl Sandbox {
         ports: &[Published],
     ) -> Result<Ipv4Addr, SandboxError> {
         let t0 = std::time::Instant::now();
-        let ip = ipam.allocate_publishing(&self.pod, ports)?;
+        let ip = match ipam.allocate_publishing(&self.pod, ports) {
+            // Leases whose pin is gone belong to no pod (a process killed before it cleaned
+            // up): dropped when they stand in the way, not looked for at every start (that is
+            // a lookup per pod on the bridge; a daemon start drops them all).
+            Err(IpamError::Exhausted { .. } | IpamError::PortTaken { .. })
+                if drop_stale_leases(&self.cfg, ipam)? > 0 =>
+            {
+                ipam.allocate_publishing(&self.pod, ports)?
+            }
+            r => r?,
+        };
         crash_point("sandbox-after-lease");
         tracing::debug!(
             pod = self.pod,
@@ -350,6 +356,7 @@ pub async fn plumb(
     gateway: Ipv4Addr,
 ) -> Result<(), SandboxError> {
     use std::os::fd::AsFd;
+    let t0 = std::time::Instant::now();
     host.create_veth_into(
         host_veth,
         bridge,
@@ -358,6 +365,7 @@ pub async fn plumb(
         netns.as_fd(),
     )
     .await?;
+    let t_veth = t0.elapsed();
     // The host reaches the pod without asking (ARP): see `configure_inside`.
     host.set_neighbour(bridge, ip, net::mac_for(ip), "the bridge")
         .await?;
@@ -366,7 +374,13 @@ pub async fn plumb(
         configure_inside(&nl, ip, prefix, gateway).await
     })
     .await?;
+    let t_inside = t0.elapsed();
     host.wait_oper_up(host_veth, LINK_UP_LIMIT).await?;
+    tracing::debug!(
+        "plumb: veth {t_veth:.1?}, neighbour and inside {:.1?}, host end up {:.1?}",
+        t_inside - t_veth,
+        t0.elapsed() - t_inside
+    );
     Ok(())
 }
 
@@ -454,6 +468,15 @@ pub async fn collect_orphans(
         removed.push(format!("neighbour {ip}"));
     }
     Ok(removed)
+}
+
+/// Drops the leases of the bridge whose pod has no pinned namespace; returns how many.
+fn drop_stale_leases(cfg: &Config, ipam: &Ipam) -> Result<usize, SandboxError> {
+    let dropped = ipam.retain(|p, _| netns::is_pinned(&cfg.netns_path(p)))?;
+    for (stale, ip) in &dropped {
+        tracing::info!(pod = stale, %ip, "dropped stale lease");
+    }
+    Ok(dropped.len())
 }
 
 /// Deletes the host's permanent neighbour entry of pod address `ip` on bridge `bridge`.
