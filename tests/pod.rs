@@ -290,25 +290,30 @@ fn recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing() {
         assert!(env.link_exists(&veth));
         assert_eq!(env.mounts(), [s.netns.display().to_string()]);
         // Host and pod know each other's hardware address, derived from the IP, as permanent
-        // neighbour entries (no ARP, exempt from the neighbour table's limits).
-        let mac = |ip: Ipv4Addr| {
-            let [a, b, c, d] = ip.octets();
-            format!("02:50:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
-        };
-        let host_side = cmd("ip", &["neigh", "show", "dev", &env.bridge]);
-        assert!(
-            host_side.contains(&format!("{} lladdr {} PERMANENT", s.ip, mac(s.ip))),
-            "{host_side}"
-        );
-        let net = format!("--net={}", s.netns.display());
-        let inside = cmd("nsenter", &[&net, "ip", "neigh", "show", "dev", "eth0"]);
-        let gw = env.gateway();
-        assert!(
-            inside.contains(&format!("{gw} lladdr {} PERMANENT", mac(gw))),
-            "{inside}"
-        );
-        let bridge_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", env.bridge));
-        assert_eq!(bridge_mac.unwrap().trim(), mac(gw));
+        // neighbour entries (no ARP, exempt from the neighbour table's limits). Not under
+        // qemu-user (before 10.0 it translates no neighbour message): there, ARP, as checked
+        // by the pod serving above.
+        if !emulated() {
+            let mac = |ip: Ipv4Addr| {
+                let [a, b, c, d] = ip.octets();
+                format!("02:50:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+            };
+            let host_side = cmd("ip", &["neigh", "show", "dev", &env.bridge]);
+            assert!(
+                host_side.contains(&format!("{} lladdr {} PERMANENT", s.ip, mac(s.ip))),
+                "{host_side}"
+            );
+            let net = format!("--net={}", s.netns.display());
+            let inside = cmd("nsenter", &[&net, "ip", "neigh", "show", "dev", "eth0"]);
+            let gw = env.gateway();
+            assert!(
+                inside.contains(&format!("{gw} lladdr {} PERMANENT", mac(gw))),
+                "{inside}"
+            );
+            let bridge_mac =
+                std::fs::read_to_string(format!("/sys/class/net/{}/address", env.bridge));
+            assert_eq!(bridge_mac.unwrap().trim(), mac(gw));
+        }
         assert_eq!(p.terminate().code(), Some(0));
         // Nothing left: pin, mount, veth, lease.
         assert!(!s.netns.exists(), "pin left behind");

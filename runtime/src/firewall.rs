@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
 };
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, Expressions, Hook, HookNumber,
@@ -36,7 +35,7 @@ use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use crate::spec::Published;
 
@@ -396,32 +395,7 @@ fn table_exists() -> io::Result<bool> {
 
 /// Sends `bytes` and waits for `acks` acknowledgements (or the first error).
 fn exchange(bytes: &[u8], acks: usize) -> io::Result<()> {
-    let mut sock = Socket::new(NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
-    sock.send(bytes, 0)?;
-    let mut acked = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    while acked < acks {
-        let n = sock.recv(&mut &mut buf[..], 0)?;
-        let mut off = 0;
-        while off < n {
-            let m = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[off..n])
-                .map_err(|e| io::Error::other(format!("nf_tables answer: {e}")))?;
-            let len = m.header.length as usize;
-            if len == 0 {
-                break;
-            }
-            off += (len + 3) & !3;
-            if let NetlinkPayload::Error(e) = m.payload {
-                match e.code {
-                    None => acked += 1,
-                    Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
-                }
-            }
-        }
-    }
-    Ok(())
+    crate::net::exchange::<NetfilterMessage>(NETLINK_NETFILTER, bytes, acks).map(drop)
 }
 
 /// Messages sent as one nf_tables transaction: all of them take effect, or none.

@@ -3,17 +3,23 @@
 //! A netlink socket acts in the network namespace of the thread that opened it, so a [`Netlink`]
 //! opened on a host thread changes the host, and one opened on a pod thread changes the pod.
 
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::AddressFamily;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkDeserializable,
+    NetlinkMessage, NetlinkPayload,
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, State,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -23,20 +29,20 @@ use rtnetlink::{
 pub struct NetError {
     op: String,
     #[source]
-    source: std::io::Error,
+    source: io::Error,
 }
 
 impl NetError {
     fn new(op: impl Into<String>, e: rtnetlink::Error) -> Self {
         let source = match e {
             rtnetlink::Error::NetlinkError(m) => m.to_io(),
-            other => std::io::Error::other(other.to_string()),
+            other => io::Error::other(other.to_string()),
         };
         NetError::other(op, source)
     }
 
     /// An error of `op`, caused by `source`.
-    pub(crate) fn other(op: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn other(op: impl Into<String>, source: io::Error) -> Self {
         NetError {
             op: op.into(),
             source,
@@ -69,7 +75,7 @@ pub struct Netlink {
 
 impl Netlink {
     /// Opens a connection; must be called inside a tokio runtime, which drives it.
-    pub fn connect() -> std::io::Result<Self> {
+    pub fn connect() -> io::Result<Self> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
@@ -167,7 +173,7 @@ impl Links for Netlink {
                 self.link(name).await?.ok_or_else(|| {
                     NetError::other(
                         format!("create bridge {name}"),
-                        std::io::Error::other("bridge vanished after creation"),
+                        io::Error::other("bridge vanished after creation"),
                     )
                 })?
             }
@@ -222,7 +228,7 @@ impl Links for Netlink {
             // The kernel's bridge numbers its ports in 10 bits, port 0 unused.
             Err(e) if is_errno(&e, libc::EXFULL) => Err(NetError::other(
                 format!("create veth {host}"),
-                std::io::Error::other(format!(
+                io::Error::other(format!(
                     "the bridge has {BRIDGE_MAX_PORTS} ports already, the most a Linux bridge \
                      takes: give further pods another bridge (--bridge / network.bridge) and subnet"
                 )),
@@ -286,7 +292,7 @@ impl Links for Netlink {
             if tokio::time::Instant::now() >= deadline {
                 return Err(NetError::other(
                     format!("wait for {name} to come up"),
-                    std::io::Error::from(std::io::ErrorKind::TimedOut),
+                    io::Error::from(io::ErrorKind::TimedOut),
                 ));
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -338,6 +344,10 @@ impl Links for Netlink {
             .map_err(|e| NetError::new(format!("add default route via {gateway}"), e))
     }
 
+    // The neighbour verbs go over a socket of their own per request (`route_request`), not the
+    // connection: QEMU's user-mode emulator (before 10.0) translates no neighbour message and
+    // fails the send with EOPNOTSUPP, which on the connection would close it for every later
+    // request instead of failing this one.
     async fn set_neighbour(
         &self,
         index: u32,
@@ -345,42 +355,41 @@ impl Links for Netlink {
         mac: [u8; 6],
         name: &str,
     ) -> Result<(), NetError> {
-        self.handle
-            .neighbours()
-            .add(index, ip.into())
-            .link_layer_address(&mac)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| NetError::new(format!("add neighbour {ip} on {name}"), e))
+        let mut msg = neighbour(index, ip);
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        route_request(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+        .map_err(|e| NetError::other(format!("add neighbour {ip} on {name}"), e))
     }
 
     async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.ifindex = index;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        match self.handle.neighbours().del(msg).execute().await {
-            Err(e) if !is_errno(&e, libc::ENOENT) => {
-                Err(NetError::new(format!("delete neighbour {ip}"), e))
+        match route_request(
+            RouteNetlinkMessage::DelNeighbour(neighbour(index, ip)),
+            NLM_F_ACK,
+        ) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                Err(NetError::other(format!("delete neighbour {ip}"), e))
             }
             _ => Ok(()),
         }
     }
 
     async fn permanent_neighbours(&self, index: u32) -> Result<Vec<(Ipv4Addr, Vec<u8>)>, NetError> {
-        let all: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetError::new("list neighbours", e))?;
+        let mut query = NeighbourMessage::default();
+        query.header.family = AddressFamily::Inet;
+        let all = route_request(RouteNetlinkMessage::GetNeighbour(query), NLM_F_DUMP)
+            .map_err(|e| NetError::other("list neighbours", e))?;
         Ok(all
             .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => Some(n),
+                _ => None,
+            })
             .filter(|n| n.header.ifindex == index && n.header.state == NeighbourState::Permanent)
             .filter_map(|n| {
                 let mut ip = None;
@@ -395,6 +404,71 @@ impl Links for Netlink {
                 Some((ip?, mac?))
             })
             .collect())
+    }
+}
+
+/// A neighbour message for `ip` on link `index`.
+fn neighbour(index: u32, ip: Ipv4Addr) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.ifindex = index;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    msg
+}
+
+/// One rtnetlink request (with `flags` besides `NLM_F_REQUEST`) through [`exchange`]; returns
+/// the messages a dump answered.
+fn route_request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    let mut m = NetlinkMessage::from(msg);
+    m.header.flags = NLM_F_REQUEST | flags;
+    m.header.sequence_number = 1;
+    m.finalize();
+    let mut bytes = vec![0; m.buffer_len()];
+    m.serialize(&mut bytes);
+    let acks = usize::from(flags & NLM_F_ACK != 0);
+    exchange(NETLINK_ROUTE, &bytes, acks)
+}
+
+/// Sends `bytes` (requests of netlink `protocol`) on a socket of its own, opened in the calling
+/// thread's network namespace, and reads until `acks` acknowledgements or the end of a dump
+/// have come (or the first error, as the errno the kernel answered). Returns the messages
+/// answered. Blocking: a local request, answered at once.
+pub(crate) fn exchange<M: NetlinkDeserializable>(
+    protocol: isize,
+    bytes: &[u8],
+    acks: usize,
+) -> io::Result<Vec<M>> {
+    let mut sock = Socket::new(protocol)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    sock.send(bytes, 0)?;
+    let (mut acked, mut answers) = (0, Vec::new());
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = sock.recv(&mut &mut buf[..], 0)?;
+        let mut off = 0;
+        while off < n {
+            let m = NetlinkMessage::<M>::deserialize(&buf[off..n])
+                .map_err(|e| io::Error::other(format!("netlink answer: {e}")))?;
+            let len = m.header.length as usize;
+            if len == 0 {
+                break;
+            }
+            off += (len + 3) & !3;
+            match m.payload {
+                NetlinkPayload::Error(e) => match e.code {
+                    None => acked += 1,
+                    Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
+                },
+                NetlinkPayload::Done(_) => return Ok(answers),
+                NetlinkPayload::InnerMessage(m) => answers.push(m),
+                _ => {}
+            }
+        }
+        if acks > 0 && acked >= acks {
+            return Ok(answers);
+        }
     }
 }
 

@@ -367,8 +367,10 @@ pub async fn plumb(
     .await?;
     let t_veth = t0.elapsed();
     // The host reaches the pod without asking (ARP): see `configure_inside`.
-    host.set_neighbour(bridge, ip, net::mac_for(ip), "the bridge")
-        .await?;
+    unless_unsupported(
+        host.set_neighbour(bridge, ip, net::mac_for(ip), "the bridge")
+            .await,
+    )?;
     in_netns(netns.clone(), move || async move {
         let nl = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
         configure_inside(&nl, ip, prefix, gateway).await
@@ -411,8 +413,10 @@ async fn configure_inside(
         .ok_or_else(|| SandboxError::Other("veth peer missing in pod namespace".into()))?;
     nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
     nl.set_up(eth, POD_IFACE).await?;
-    nl.set_neighbour(eth, gateway, net::mac_for(gateway), POD_IFACE)
-        .await?;
+    unless_unsupported(
+        nl.set_neighbour(eth, gateway, net::mac_for(gateway), POD_IFACE)
+            .await,
+    )?;
     nl.add_default_route(gateway).await?;
     nl.wait_oper_up(POD_IFACE, LINK_UP_LIMIT).await?;
     Ok(())
@@ -486,9 +490,25 @@ async fn forget_neighbour(
     ip: Ipv4Addr,
 ) -> Result<(), SandboxError> {
     if let Some(index) = host.link_index(bridge).await? {
-        host.delete_neighbour(index, ip).await?;
+        unless_unsupported(host.delete_neighbour(index, ip).await)?;
     }
     Ok(())
+}
+
+/// A neighbour verb's outcome, except that neighbour messages refused as unsupported (QEMU's
+/// user-mode emulator before 10.0 translates none) are no failure: host and pods then find each
+/// other by ARP, as before these entries, which is said once.
+fn unless_unsupported(r: Result<(), NetError>) -> Result<(), SandboxError> {
+    match r {
+        Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!("{e}: no permanent neighbour entries here; host and pods use ARP");
+            }
+            Ok(())
+        }
+        r => Ok(r?),
+    }
 }
 
 /// Deletes the host's neighbour entries for pod addresses on bridge `bridge` (permanent, with
@@ -502,8 +522,12 @@ async fn remove_stale_neighbours(
     let Some(index) = host.link_index(bridge).await? else {
         return Ok(Vec::new());
     };
+    let entries = match host.permanent_neighbours(index).await {
+        Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Vec::new(),
+        r => r?,
+    };
     let mut removed = Vec::new();
-    for (ip, mac) in host.permanent_neighbours(index).await? {
+    for (ip, mac) in entries {
         if mac[..] == net::mac_for(ip)[..] && !leased.contains(&ip) {
             host.delete_neighbour(index, ip).await?;
             removed.push(ip);
@@ -635,7 +659,8 @@ mod tests {
         /// Permanent neighbour entries: link index, address, hardware address.
         neighbours: std::sync::Mutex<Vec<(u32, Ipv4Addr, Vec<u8>)>>,
         calls: std::sync::Mutex<Vec<String>>,
-        fail: Option<&'static str>,
+        /// The verb that fails, and its errno.
+        fail: Option<(&'static str, i32)>,
     }
 
     impl FakeLinks {
@@ -655,9 +680,9 @@ mod tests {
         fn call(&self, verb: &'static str, args: String) -> Result<(), NetError> {
             self.calls.lock().unwrap().push(format!("{verb} {args}"));
             match self.fail {
-                Some(f) if f == verb => Err(NetError::other(
+                Some((f, errno)) if f == verb => Err(NetError::other(
                     verb,
-                    std::io::Error::from_raw_os_error(libc::EPERM),
+                    std::io::Error::from_raw_os_error(errno),
                 )),
                 _ => Ok(()),
             }
@@ -778,12 +803,26 @@ mod tests {
         assert!(!nl.calls().iter().any(|c| c.starts_with("add_addr")));
 
         let nl = FakeLinks {
-            fail: Some("add_default_route"),
+            fail: Some(("add_default_route", libc::EPERM)),
             ..FakeLinks::with(&[("lo", None), (POD_IFACE, None)])
         };
         let e = configure_inside(&nl, IP, 22, GW).await.unwrap_err();
         assert!(e.to_string().starts_with("add_default_route: "), "{e}");
         assert!(!nl.calls().iter().any(|c| c.starts_with("wait_oper_up")));
+
+        // Neighbour entries refused as unsupported (an emulator): ARP instead, the rest goes on.
+        let nl = FakeLinks {
+            fail: Some(("set_neighbour", libc::EOPNOTSUPP)),
+            ..FakeLinks::with(&[("lo", None), (POD_IFACE, None)])
+        };
+        configure_inside(&nl, IP, 22, GW).await.unwrap();
+        assert_eq!(nl.calls().last().unwrap(), "wait_oper_up eth0");
+        // Refused for another reason: a failure.
+        let nl = FakeLinks {
+            fail: Some(("set_neighbour", libc::EINVAL)),
+            ..FakeLinks::with(&[("lo", None), (POD_IFACE, None)])
+        };
+        assert!(configure_inside(&nl, IP, 22, GW).await.is_err());
     }
 
     /// Only the pods' own veths on this bridge that no kept pod owns go: not a kept pod's, not
