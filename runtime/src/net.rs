@@ -49,6 +49,12 @@ impl NetError {
         }
     }
 
+    /// Refused as not supported (`EOPNOTSUPP`): by the kernel, or by an emulator that does not
+    /// translate the request (QEMU's user mode, before 10.0, for neighbour messages).
+    pub(crate) fn is_unsupported(&self) -> bool {
+        self.errno() == Some(libc::EOPNOTSUPP)
+    }
+
     /// The errno the kernel answered with, if any.
     pub fn errno(&self) -> Option<i32> {
         self.source.raw_os_error()

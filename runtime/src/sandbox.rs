@@ -500,7 +500,7 @@ async fn forget_neighbour(
 /// other by ARP, as before these entries, which is said once.
 fn unless_unsupported(r: Result<(), NetError>) -> Result<(), SandboxError> {
     match r {
-        Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
+        Err(e) if e.is_unsupported() => {
             static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!("{e}: no permanent neighbour entries here; host and pods use ARP");
@@ -523,7 +523,7 @@ async fn remove_stale_neighbours(
         return Ok(Vec::new());
     };
     let entries = match host.permanent_neighbours(index).await {
-        Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Vec::new(),
+        Err(e) if e.is_unsupported() => Vec::new(),
         r => r?,
     };
     let mut removed = Vec::new();

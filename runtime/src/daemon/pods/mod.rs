@@ -556,19 +556,15 @@ impl Pods {
         name: &str,
         action: Action,
     ) -> (Result<(Action, PodView), OpError>, Option<Stopped>) {
-        let Some(view) = self.view(name) else {
-            // Deleted meanwhile by another request.
-            return (Err(OpError::NotFound(name.into())), None);
-        };
-        match view.error {
-            Some(e) if action == Action::Created => {
+        // (Not found: deleted meanwhile by another request.)
+        match self.outcome(name) {
+            Err(e @ OpError::Failed(_)) if action == Action::Created => {
                 if let Err(err) = self.store.remove(name) {
                     tracing::warn!("pod {name}: forgetting the failed apply: {err}");
                 }
-                (Err(OpError::Failed(e)), self.remove(name, Logs::Drop))
+                (Err(e), self.remove(name, Logs::Drop))
             }
-            Some(e) => (Err(OpError::Failed(e)), None),
-            None => (Ok((action, view)), None),
+            r => (r.map(|view| (action, view)), None),
         }
     }
 
