@@ -80,7 +80,7 @@ fn in_host_namespace(
          [[containers]]\nname = \"listen\"\nmodule = {toolbox:?}\n\
          args = [\"listen\", \"0.0.0.0:9000\", \"x\"]\n\
          ports = [{{ container_port = 9000, host_port = 19000 }}]\n\
-         [[containers]]\nname = \"sink\"\nmodule = {toolbox:?}\nargs = [\"sink\", \"0.0.0.0:9001\"]\n\
+         [[containers]]\nname = \"sink\"\nmodule = {toolbox:?}\nargs = [\"sink\", \"0.0.0.0:9001\", \"0\"]\n\
          ports = [{{ container_port = 9001, host_port = 19001 }}]\n"
     );
     let spec = PodSpec::parse(&dir.join("bpub.toml"), &text)?;
@@ -144,7 +144,9 @@ fn throughput(addr: SocketAddr, mib: usize, runs: usize) -> Result<Vec<f64>> {
     let chunk = vec![0x5au8; 64 * 1024];
     let mut samples = Vec::new();
     for _ in 0..runs {
-        // The sink serves one connection, then is restarted (10 ms backoff).
+        // The sink serves connections one after another and never exits: a one-shot sink
+        // restarted between runs raced the next connection, which the ending instance's
+        // listener could still complete and then reset as it closed.
         let mut c = wait_for(addr)?;
         let t0 = Instant::now();
         for _ in 0..mib * 16 {

@@ -12,8 +12,9 @@
 //! spin                   busy-loop forever, never yielding
 //! sleep MS               sleep, then exit 0
 //! env                    print argv and environment, exit 0
-//! sink ADDR              accept one connection, read it to the end, print
-//!                        "received BYTES bytes in MICROS us", exit 0
+//! sink ADDR [COUNT]      accept COUNT connections (default 1; 0: forever) one after another,
+//!                        read each to the end, print "received BYTES bytes in MICROS us"
+//!                        for each; then exit 0
 //! source ADDR MIB        connect (retrying up to 5s), send MIB mebibytes, exit 0
 //! hog N                  bind up to N TCP listeners on 127.0.0.1 (ephemeral ports), printing
 //!                        "holding K sockets" every 100; then hold them forever (a hostile
@@ -133,20 +134,27 @@ fn main() {
         }
         "sleep" => std::thread::sleep(Duration::from_millis(arg(2).parse().expect("sleep MS"))),
         "sink" => {
+            let count: usize = args
+                .get(3)
+                .map_or(1, |n| n.parse().expect("sink ADDR [COUNT]"));
             let l = TcpListener::bind(arg(2)).expect("sink: bind");
             println!("sink listening on {}", arg(2));
-            let (mut c, _) = l.accept().expect("sink: accept");
-            let t0 = std::time::Instant::now();
             let mut buf = vec![0u8; 256 * 1024];
-            let mut total: u64 = 0;
-            loop {
-                match c.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => total += n as u64,
-                    Err(e) => panic!("sink: read: {e}"),
+            let mut served = 0;
+            while count == 0 || served < count {
+                let (mut c, _) = l.accept().expect("sink: accept");
+                let t0 = std::time::Instant::now();
+                let mut total: u64 = 0;
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => total += n as u64,
+                        Err(e) => panic!("sink: read: {e}"),
+                    }
                 }
+                println!("received {total} bytes in {} us", t0.elapsed().as_micros());
+                served += 1;
             }
-            println!("received {total} bytes in {} us", t0.elapsed().as_micros());
         }
         "source" => {
             let addr = arg(2);
