@@ -31,6 +31,9 @@ struct Args {
     /// Pods started at once for the density figure
     #[arg(long, default_value_t = 50)]
     pods: usize,
+    /// Pods being started at a time in the density figure (1: one after another)
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
     /// MiB sent per throughput run
     #[arg(long, default_value_t = 512)]
     mib: usize,
@@ -135,6 +138,7 @@ async fn measure(args: &Args, place: &Place, figures: &mut Vec<Figure>) -> Resul
         args.pods,
         args.mib,
     )?;
+    ctx.parallel = args.parallel.max(1);
     eprintln!(
         "bench: pod start and re-create ({} iterations)",
         args.iterations

@@ -20,6 +20,8 @@ pub(crate) struct Ctx {
     pub dir: std::path::PathBuf,
     pub iterations: usize,
     pub pods: usize,
+    /// Pods started at once in the density figure.
+    pub parallel: usize,
     pub mib: usize,
     seq: u32,
 }
@@ -38,6 +40,7 @@ impl Ctx {
             dir,
             iterations,
             pods,
+            parallel: 1,
             mib,
             seq: 0,
         })
@@ -500,11 +503,25 @@ impl Ctx {
         let t0 = Instant::now();
         let mut pods = vec![];
         let mut starts = vec![];
+        let mut under_way = tokio::task::JoinSet::new();
         for _ in 0..self.pods {
             let spec = self.demo_spec()?;
-            let t = Instant::now();
-            pods.push(self.start(&spec, modules.clone(), None).await?);
-            starts.push(ms(t.elapsed()));
+            if under_way.len() >= self.parallel {
+                let (pod, took) = under_way.join_next().await.expect("one is under way")??;
+                pods.push(pod);
+                starts.push(took);
+            }
+            let (cfg, exec, modules) = (self.cfg.clone(), self.exec.clone(), modules.clone());
+            under_way.spawn(async move {
+                let t = Instant::now();
+                let pod = RunningPod::start_with_logs(&cfg, &exec, &spec, modules, None).await?;
+                anyhow::Ok((pod, ms(t.elapsed())))
+            });
+        }
+        while let Some(r) = under_way.join_next().await {
+            let (pod, took) = r??;
+            pods.push(pod);
+            starts.push(took);
         }
         let started = t0.elapsed();
         for p in &pods {

@@ -2,10 +2,17 @@
 //!
 //! Like CNI's host-local plugin, addresses are handed out round-robin starting after the last one
 //! handed out, so a pod re-created right away gets a *different* address (nothing that cached the
-//! old one reaches the new pod by mistake). Leases live in `<state_dir>/ipam/<bridge>.json`, written
-//! atomically (temp file, fsync, rename, fsync of the directory) under an exclusive `flock`, so
-//! several `peapod` processes can share one bridge. A lease is persisted before its address is
-//! configured on any interface.
+//! old one reaches the new pod by mistake). Leases live in `<state_dir>/ipam/<bridge>.json`,
+//! replaced whole (temp file, rename) under an exclusive `flock`, so several `peapod` processes
+//! can share one bridge. A lease is written before its address is configured on any interface.
+//!
+//! The file survives a crash of the process that writes it, not a power loss
+//! ([`crate::durable::replace`], no flush): a lease is an address held by a pinned namespace, and
+//! a power loss takes every namespace and pin with it, so after a reboot every lease is stale
+//! anyway (dropped at the daemon's start, or when one stands in the way). Flushing cost 1-5 ms
+//! a pod start. A file written before this boot that does not parse (torn by the power loss) is
+//! therefore read as empty, with a warning; one written since is an error, as it may describe
+//! living pods.
 //!
 //! The file also keeps each pod's published host ports and what the bridge's firewall chains were
 //! made to hold: the chains ([`crate::firewall`]) are made from this file, under its lock, when
@@ -218,9 +225,14 @@ impl Ipam {
             .collect()
     }
 
+    /// Removes the temp files of writers killed half-way through a write.
+    pub(crate) fn sweep(&self) {
+        crate::durable::sweep(&self.dir);
+    }
+
     /// The current leases, pod name -> address.
     pub fn leases(&self) -> Result<BTreeMap<String, Ipv4Addr>, IpamError> {
-        // No lock: the file is only ever replaced whole (durable::write renames a complete
+        // No lock: the file is only ever replaced whole (durable::replace renames a complete
         // file over it), so a reader sees one version or the next; and reading works where the
         // state dir cannot be written.
         Ok(self.read()?.leases)
@@ -334,10 +346,23 @@ impl Ipam {
     fn read(&self) -> Result<LeaseFile, IpamError> {
         let path = self.file();
         let f: LeaseFile = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IpamError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            })?,
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(f) => f,
+                Err(e) if crate::durable::written_before_boot(&path) => {
+                    tracing::warn!(
+                        "{}: corrupt lease file ({e}) from before this boot, when no pod of it \
+                         can still live: starting from no leases",
+                        path.display()
+                    );
+                    LeaseFile::default()
+                }
+                Err(e) => {
+                    return Err(IpamError::Corrupt {
+                        path,
+                        message: e.to_string(),
+                    });
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => LeaseFile::default(),
             Err(e) => return Err(self.io(&path)(e)),
         };
@@ -368,7 +393,7 @@ impl Ipam {
         let path = self.file();
         let mut bytes = serde_json::to_vec_pretty(f).expect("lease file serializes");
         bytes.push(b'\n');
-        crate::durable::write(&path, &bytes).map_err(self.io(&path))
+        crate::durable::replace(&path, &bytes).map_err(self.io(&path))
     }
 }
 
@@ -535,5 +560,27 @@ pub(crate) mod tests {
         std::fs::create_dir_all(d.path().join("ipam")).unwrap();
         std::fs::write(d.path().join("ipam/brt.json"), "{not json").unwrap();
         assert!(matches!(i.allocate("a"), Err(IpamError::Corrupt { .. })));
+        assert!(matches!(i.leases(), Err(IpamError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_corrupt_file_from_before_this_boot_is_read_as_no_leases() {
+        // A power loss can tear the file (it is not flushed), and takes every pod's namespace
+        // with it: nothing the file said can still hold an address.
+        let d = tempfile::tempdir().unwrap();
+        let i = ipam(d.path(), "10.1.0.0/24");
+        let file = d.path().join("ipam/brt.json");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "{\"subnet\": \"10.1.0.0/24\", \"lea").unwrap();
+        File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400))
+            .unwrap();
+        assert!(i.leases().unwrap().is_empty());
+        let ip = i.allocate("a").unwrap();
+        assert_eq!(i.leases().unwrap().get("a"), Some(&ip));
+        assert!(std::fs::read_to_string(&file).unwrap().contains("\"a\""));
     }
 }

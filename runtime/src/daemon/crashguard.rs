@@ -11,7 +11,8 @@
 //! answers, so `peapod delete` and `peapod ps` work.
 //!
 //! A process crash does not lose written data (the page cache survives it), so the marks are
-//! written with a rename but without fsync: they cost no disk flush on a pod start.
+//! written with a rename but without fsync ([`crate::durable::replace`]): they cost no disk
+//! flush on a pod start.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -109,16 +110,14 @@ impl CrashGuard {
     }
 
     fn save(&self) {
-        let r = (|| {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = self
-                .path
-                .with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, serde_json::to_vec(&self.marks).expect("serializes"))?;
-            std::fs::rename(&tmp, &self.path)
-        })();
+        let r = self
+            .path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                let marks = serde_json::to_vec(&self.marks).expect("serializes");
+                crate::durable::replace(&self.path, &marks)
+            });
         if let Err(e) = r {
             tracing::warn!("{}: {e}", self.path.display());
         }

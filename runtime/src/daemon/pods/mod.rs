@@ -178,6 +178,9 @@ impl Pods {
                 keep.insert(spec.name);
             }
         }
+        // Temp files of writers killed half-way (the crash guard's marks, the leases).
+        crate::durable::sweep(&self.cfg.state_dir);
+        crate::ipam::Ipam::new(&self.cfg).sweep();
         let stale_logs = self.cfg.logs.collect_orphans(&keep);
         if !stale_logs.is_empty() {
             tracing::info!("removed orphaned logs: {}", stale_logs.join(", "));
