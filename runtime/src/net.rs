@@ -14,7 +14,8 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage, State,
+    BridgePortState, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute,
+    LinkInfo, LinkMessage, State,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -103,6 +104,33 @@ impl Netlink {
     }
 }
 
+/// Whether a link passes traffic: operationally up and, when it is a bridge port, forwarding.
+///
+/// A new veth's bridge port comes up in two steps of one kernel pass (linkwatch): its operstate
+/// is set, then the bridge is told and moves the port from `disabled` to `forwarding`. In between
+/// the host's first frame to the pod (flooded: the bridge has not learnt the pod's MAC yet) is
+/// dropped at that port; for a TCP client that is a SYN lost and resent a second later, the one-
+/// second outliers of pod start and re-create (issue 14) that waiting for the operstate alone
+/// let through. A state the bridge does not report (an older kernel, an emulator) does not hold
+/// the wait up.
+fn passes_traffic(m: &LinkMessage) -> bool {
+    let oper_up = m
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::OperState(State::Up)));
+    let port_state = m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::PortData(InfoPortData::BridgePort(p)) => p.iter().find_map(|x| match x {
+                InfoBridgePort::State(s) => Some(*s),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    });
+    oper_up && port_state.is_none_or(|s| s == BridgePortState::Forwarding)
+}
+
 /// The netlink verbs a sandbox is made of, as a trait: [`Netlink`] speaks them to the kernel; the
 /// sandbox's logic (what is configured in which order, which links are leftovers, what an error
 /// says) is written against the trait, so its tests run without root against a fake (as youki's
@@ -130,7 +158,8 @@ pub trait Links {
     async fn delete_link(&self, name: &str) -> Result<bool, NetError>;
     /// The links attached to bridge `controller`.
     async fn ports_of(&self, controller: u32) -> Result<Vec<Port>, NetError>;
-    /// Waits until link `name` is operationally up, at most `limit`.
+    /// Waits until link `name` passes traffic, at most `limit`: operationally up and, for a
+    /// bridge port, forwarding.
     async fn wait_oper_up(&self, name: &str, limit: std::time::Duration) -> Result<(), NetError>;
     async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError>;
     /// Adds `addr/prefix` to a link; an address already there is fine.
@@ -287,12 +316,7 @@ impl Links for Netlink {
     async fn wait_oper_up(&self, name: &str, limit: std::time::Duration) -> Result<(), NetError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let up = self.link(name).await?.is_some_and(|m| {
-                m.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
-            });
-            if up {
+            if self.link(name).await?.is_some_and(|m| passes_traffic(&m)) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
