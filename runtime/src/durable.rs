@@ -20,20 +20,8 @@ const TEMP_SUFFIX: &str = ".tmp";
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
-    let r = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r?;
-    File::open(dir)?.sync_all()
+    swap(path, bytes, true)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Replaces `path` with `bytes` atomically, without flushing them to the disk (see the module's
@@ -41,10 +29,23 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// rest of the machine writes (4-5 ms with 1000 pods' sidecars writing): paid on every pod start
 /// and stop for nothing a power loss would leave alive.
 pub(crate) fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    swap(path, bytes, false)
+}
+
+/// Writes `bytes` to a temp file beside `path` (fsynced when `flush`) and renames it over
+/// `path`; on failure the temp file is removed.
+fn swap(path: &Path, bytes: &[u8], flush: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
-    let r = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let r = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        if flush {
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -72,8 +73,8 @@ fn boot_time() -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
-/// Removes the temp files in `dir` that a process killed in the middle of a [`write`] left: those
-/// of processes that no longer run.
+/// Removes the temp files in `dir` that a process killed in the middle of a [`write`] or a
+/// [`replace`] left: those of processes that no longer run.
 pub(crate) fn sweep(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

@@ -160,7 +160,11 @@ pub trait Links {
     async fn ports_of(&self, controller: u32) -> Result<Vec<Port>, NetError>;
     /// Waits until link `name` passes traffic, at most `limit`: operationally up and, for a
     /// bridge port, forwarding.
-    async fn wait_oper_up(&self, name: &str, limit: std::time::Duration) -> Result<(), NetError>;
+    async fn wait_passes_traffic(
+        &self,
+        name: &str,
+        limit: std::time::Duration,
+    ) -> Result<(), NetError>;
     async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError>;
     /// Adds `addr/prefix` to a link; an address already there is fine.
     async fn add_addr(
@@ -313,7 +317,11 @@ impl Links for Netlink {
     /// Waits until link `name` is operationally up: the kernel has activated its queueing (done by
     /// linkwatch, which may lag up to a second behind `set_up`; until then frames are dropped and
     /// a first TCP connection to the pod would stall for a SYN retransmit).
-    async fn wait_oper_up(&self, name: &str, limit: std::time::Duration) -> Result<(), NetError> {
+    async fn wait_passes_traffic(
+        &self,
+        name: &str,
+        limit: std::time::Duration,
+    ) -> Result<(), NetError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if self.link(name).await?.is_some_and(|m| passes_traffic(&m)) {

@@ -377,7 +377,7 @@ pub async fn plumb(
     })
     .await?;
     let t_inside = t0.elapsed();
-    host.wait_oper_up(host_veth, LINK_UP_LIMIT).await?;
+    host.wait_passes_traffic(host_veth, LINK_UP_LIMIT).await?;
     tracing::debug!(
         "plumb: veth {t_veth:.1?}, neighbour and inside {:.1?}, host end up {:.1?}",
         t_inside - t_veth,
@@ -418,7 +418,7 @@ async fn configure_inside(
             .await,
     )?;
     nl.add_default_route(gateway).await?;
-    nl.wait_oper_up(POD_IFACE, LINK_UP_LIMIT).await?;
+    nl.wait_passes_traffic(POD_IFACE, LINK_UP_LIMIT).await?;
     Ok(())
 }
 
@@ -729,8 +729,12 @@ mod tests {
                 .map(|l| net::Port { name: l.0.clone() })
                 .collect())
         }
-        async fn wait_oper_up(&self, name: &str, _: std::time::Duration) -> Result<(), NetError> {
-            self.call("wait_oper_up", name.into())
+        async fn wait_passes_traffic(
+            &self,
+            name: &str,
+            _: std::time::Duration,
+        ) -> Result<(), NetError> {
+            self.call("wait_passes_traffic", name.into())
         }
         async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {
             self.call("set_up", format!("{index} {name}"))
@@ -790,7 +794,7 @@ mod tests {
                 "set_up 2 eth0",
                 "set_neighbour 2 10.66.0.1 02:50:0a:42:00:01 eth0",
                 "add_default_route 10.66.0.1",
-                "wait_oper_up eth0",
+                "wait_passes_traffic eth0",
             ]
         );
     }
@@ -808,7 +812,11 @@ mod tests {
         };
         let e = configure_inside(&nl, IP, 22, GW).await.unwrap_err();
         assert!(e.to_string().starts_with("add_default_route: "), "{e}");
-        assert!(!nl.calls().iter().any(|c| c.starts_with("wait_oper_up")));
+        assert!(
+            !nl.calls()
+                .iter()
+                .any(|c| c.starts_with("wait_passes_traffic"))
+        );
 
         // Neighbour entries refused as unsupported (an emulator): ARP instead, the rest goes on.
         let nl = FakeLinks {
@@ -816,7 +824,7 @@ mod tests {
             ..FakeLinks::with(&[("lo", None), (POD_IFACE, None)])
         };
         configure_inside(&nl, IP, 22, GW).await.unwrap();
-        assert_eq!(nl.calls().last().unwrap(), "wait_oper_up eth0");
+        assert_eq!(nl.calls().last().unwrap(), "wait_passes_traffic eth0");
         // Refused for another reason: a failure.
         let nl = FakeLinks {
             fail: Some(("set_neighbour", libc::EINVAL)),
