@@ -1,5 +1,6 @@
-//! The library API directly: the threading invariant. Every thread of a pod lives in the pod's
-//! namespace, the caller's threads never enter it, and none is left after the pod stops.
+//! The library API directly. The threading invariant: every thread of a pod lives in the pod's
+//! namespace, the caller's threads never enter it, and none is left after the pod stops. And what
+//! a start's return promises: the pod is reachable, no first packet lost.
 
 mod common;
 
@@ -98,4 +99,67 @@ async fn pod_threads_live_in_the_pod_namespace_and_end_with_it() {
     assert!(left.is_empty(), "threads left in the pod: {left:?}");
     assert!(!env.pin(&name).exists());
     assert!(env.leases().is_empty());
+}
+
+/// A pod alone on its bridge, re-created: every time its start returns, the first SYN the host
+/// sends it arrives. When the last port leaves a bridge, the kernel turns the bridge's carrier
+/// and queueing off; the next pod's port turns the carrier on at once, but the queueing only
+/// when linkwatch gets to it: a SYN sent in between was dropped and resent a second later (the
+/// one-second outliers of issue 14). A connect that refuses (the listener not up yet) is tried
+/// again; one that hears nothing within 900 ms lost its SYN (TCP resends it after a second).
+/// The race is narrow (traced in the bench: about one start in 80, the SYN dropped at the
+/// bridge's own queue); this test cannot force it, it checks the promise at every start.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root: scripts/test runs it"]
+async fn the_first_syn_to_a_pod_alone_on_its_bridge_arrives() {
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let name = unique("t");
+    let file = env.dir.path().join("p.toml");
+    let spec = PodSpec::parse(
+        &file,
+        &format!(
+            "[pod]\nname = {name:?}\n[[containers]]\nname = \"l\"\nmodule = {TOOLBOX:?}\nargs = [\"listen\", \"0.0.0.0:7000\", \"hi\"]\n"
+        ),
+    )
+    .unwrap();
+    let exec = Executor::new().unwrap();
+    let cfg = env.config();
+    let modules =
+        peapod::loader::load(&exec, &spec, &cfg, peapod::module_file::Caller::myself()).unwrap();
+    for round in 0..20 {
+        let pod = RunningPod::start(&cfg, &exec, &spec, modules.clone())
+            .await
+            .unwrap();
+        let operstate = std::fs::read_to_string(format!("/sys/class/net/{}/operstate", env.bridge));
+        assert_eq!(
+            operstate.unwrap().trim(),
+            "up",
+            "round {round}: the bridge passes traffic when the start returns"
+        );
+        let addr = SocketAddr::from((pod.ip, 7000));
+        let t0 = Instant::now();
+        loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(900)) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(30),
+                        "round {round}: {addr} never listened"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => {
+                    panic!("round {round}: a connect to {addr} heard nothing: {e} (a SYN lost)")
+                }
+            }
+        }
+        let report = pod.stop().await.unwrap();
+        assert!(report.teardown.is_none(), "{:?}", report.teardown);
+        assert!(
+            env.bridge_ports().is_empty(),
+            "round {round}: the bridge keeps no port"
+        );
+    }
 }

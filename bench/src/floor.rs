@@ -77,16 +77,7 @@ pub(crate) async fn raw_netlink(
         let veth = format!("pbr{tag}{i}");
         let t0 = Instant::now();
         let fd = Arc::new(netns::create_pinned(&pin)?);
-        plumb(
-            &host,
-            bridge,
-            &fd,
-            &veth,
-            floor_ip(cfg),
-            cfg.subnet.prefix_len(),
-            cfg.gateway(),
-        )
-        .await?;
+        plumb(&host, bridge, cfg, &fd, &veth, floor_ip(cfg)).await?;
         samples.push(ms(t0.elapsed()));
         drop(fd);
         host.delete_link(&veth).await?;

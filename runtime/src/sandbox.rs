@@ -254,16 +254,7 @@ impl Sandbox {
         };
         // Deleting the host end takes the peer (and its address and route) with it.
         host.delete_link(&sandbox.host_veth).await?;
-        plumb(
-            &host,
-            bridge,
-            &sandbox.netns,
-            &sandbox.host_veth,
-            ip,
-            cfg.subnet.prefix_len(),
-            cfg.gateway(),
-        )
-        .await?;
+        plumb(&host, bridge, cfg, &sandbox.netns, &sandbox.host_veth, ip).await?;
         Ok((sandbox, true))
     }
 
@@ -300,16 +291,7 @@ impl Sandbox {
             "sandbox: lease persisted in {:.1?}",
             t0.elapsed()
         );
-        plumb(
-            host,
-            bridge,
-            &self.netns,
-            &self.host_veth,
-            ip,
-            self.cfg.subnet.prefix_len(),
-            self.cfg.gateway(),
-        )
-        .await?;
+        plumb(host, bridge, &self.cfg, &self.netns, &self.host_veth, ip).await?;
         Ok(ip)
     }
 
@@ -341,21 +323,20 @@ impl Sandbox {
     }
 }
 
-/// The kernel work of a sandbox, nothing else: a veth from bridge `bridge` into the namespace
-/// `netns` (peer created there as `eth0`), then, from inside, `lo` up, `ip/prefix` on `eth0`, `eth0`
-/// up and a default route via `gateway`; returns once both ends pass traffic. Benchmarks call it
-/// alone as the netlink floor.
-#[allow(clippy::too_many_arguments)]
+/// The kernel work of a sandbox, nothing else: a veth from `cfg`'s bridge (index `bridge`) into
+/// the namespace `netns` (peer created there as `eth0`), then, from inside, `lo` up, `ip` on
+/// `eth0`, `eth0` up and a default route via the gateway; returns once both ends and the bridge
+/// pass traffic. Benchmarks call it alone as the netlink floor.
 pub async fn plumb(
     host: &impl Links,
     bridge: u32,
+    cfg: &Config,
     netns: &Arc<OwnedFd>,
     host_veth: &str,
     ip: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
 ) -> Result<(), SandboxError> {
     use std::os::fd::AsFd;
+    let (prefix, gateway) = (cfg.subnet.prefix_len(), cfg.gateway());
     let t0 = std::time::Instant::now();
     host.create_veth_into(
         host_veth,
@@ -378,10 +359,16 @@ pub async fn plumb(
     .await?;
     let t_inside = t0.elapsed();
     host.wait_passes_traffic(host_veth, LINK_UP_LIMIT).await?;
+    let t_host = t0.elapsed();
+    // The port forwarding turns the bridge's carrier on; a bridge whose last port had gone (the
+    // pod re-created when it was the only one) has its queueing off until linkwatch brings it
+    // back, and drops what the host sends through it until then.
+    host.wait_passes_traffic(&cfg.bridge, LINK_UP_LIMIT).await?;
     tracing::debug!(
-        "plumb: veth {t_veth:.1?}, neighbour and inside {:.1?}, host end up {:.1?}",
+        "plumb: veth {t_veth:.1?}, neighbour and inside {:.1?}, host end up {:.1?}, bridge up {:.1?}",
         t_inside - t_veth,
-        t0.elapsed() - t_inside
+        t_host - t_inside,
+        t0.elapsed() - t_host
     );
     Ok(())
 }
