@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::*;
-use peapod::executor::Executor;
+use peapod::executor::{Executor, Prepared};
 use peapod::pod::RunningPod;
 use peapod::spec::PodSpec;
 
@@ -33,16 +33,15 @@ fn threads() -> Vec<(String, String, Option<u64>)> {
         .collect()
 }
 
-#[tokio::test(flavor = "current_thread")]
-#[ignore = "needs root: scripts/test runs it"]
-async fn pod_threads_live_in_the_pod_namespace_and_end_with_it() {
-    let env = Env::new();
+/// A pod of one toolbox module answering `text` on `listen`, loaded: (name, spec, executor,
+/// modules).
+fn listener_pod(env: &Env, listen: &str, text: &str) -> (String, PodSpec, Executor, Vec<Prepared>) {
     let name = unique("t");
     let file = env.dir.path().join("p.toml");
     let spec = PodSpec::parse(
         &file,
         &format!(
-            "[pod]\nname = {name:?}\n[[containers]]\nname = \"l\"\nmodule = {TOOLBOX:?}\nargs = [\"listen\", \"127.0.0.1:7000\", \"inside\"]\n"
+            "[pod]\nname = {name:?}\n[[containers]]\nname = \"l\"\nmodule = {TOOLBOX:?}\nargs = [\"listen\", {listen:?}, {text:?}]\n"
         ),
     )
     .unwrap();
@@ -54,6 +53,14 @@ async fn pod_threads_live_in_the_pod_namespace_and_end_with_it() {
         peapod::module_file::Caller::myself(),
     )
     .unwrap();
+    (name, spec, exec, modules)
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root: scripts/test runs it"]
+async fn pod_threads_live_in_the_pod_namespace_and_end_with_it() {
+    let env = Env::new();
+    let (name, spec, exec, modules) = listener_pod(&env, "127.0.0.1:7000", "inside");
     let host = netns_inode("/proc/thread-self/ns/net").unwrap();
 
     let pod = RunningPod::start(&env.config(), &exec, &spec, modules)
@@ -115,19 +122,8 @@ async fn the_first_syn_to_a_pod_alone_on_its_bridge_arrives() {
     use std::net::{SocketAddr, TcpStream};
     use std::time::{Duration, Instant};
     let env = Env::new();
-    let name = unique("t");
-    let file = env.dir.path().join("p.toml");
-    let spec = PodSpec::parse(
-        &file,
-        &format!(
-            "[pod]\nname = {name:?}\n[[containers]]\nname = \"l\"\nmodule = {TOOLBOX:?}\nargs = [\"listen\", \"0.0.0.0:7000\", \"hi\"]\n"
-        ),
-    )
-    .unwrap();
-    let exec = Executor::new().unwrap();
+    let (_, spec, exec, modules) = listener_pod(&env, "0.0.0.0:7000", "hi");
     let cfg = env.config();
-    let modules =
-        peapod::loader::load(&exec, &spec, &cfg, peapod::module_file::Caller::myself()).unwrap();
     for round in 0..20 {
         let pod = RunningPod::start(&cfg, &exec, &spec, modules.clone())
             .await
