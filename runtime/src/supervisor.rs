@@ -383,12 +383,22 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
                         done.restarts + 1
                     );
                     control.update(|s| s.state = State::Waiting);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => false,
-                        _ = control.restart.notified() => true,
-                        _ = stop.cancelled() => {
+                    if delay.is_zero() {
+                        // Not even a zero sleep: tokio's timer rounds a deadline up to its next
+                        // millisecond tick, which restart in place would wait for.
+                        if stop.is_cancelled() {
                             done.stopped = true;
                             return done;
+                        }
+                        false
+                    } else {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => false,
+                            _ = control.restart.notified() => true,
+                            _ = stop.cancelled() => {
+                                done.stopped = true;
+                                return done;
+                            }
                         }
                     }
                 } else {
