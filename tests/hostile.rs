@@ -637,3 +637,42 @@ fn a_full_log_disk_is_one_warning_not_one_per_line() {
     assert_eq!(http(good, "GET", "/healthz", "").unwrap().status, 200);
     assert!(d.terminate().success());
 }
+
+/// Round 2, finding 1: a guest nests 20,000 directories in its `empty_dir` in seconds; deleting
+/// the pod removed the tree recursively on a daemon thread and overflowed its stack (every pod
+/// went down with the daemon). The removal is iterative now: the pod goes, its tree with it, and
+/// the daemon and its other pod stay.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_deep_directory_chain_does_not_take_the_daemon_down() {
+    let env = Env::new();
+    let (mut d, good) = daemon_with_good_pod(&env);
+    let levels = if emulated() { 5_000 } else { 20_000 };
+    let spec = env.spec(
+        "deep.toml",
+        &format!(
+            "[pod]\nname = \"deep\"\n[[volumes]]\nname = \"scratch\"\nempty_dir = {{}}\n\
+             [[containers]]\nname = \"c\"\nmodule = {TOOLBOX:?}\nargs = [\"chain\", \"/scratch\", \"{levels}\"]\n\
+             volume_mounts = [{{ name = \"scratch\", mount_path = \"/scratch\" }}]\n"
+        ),
+    );
+    env.ctl_ok(&["apply", "-f", spec.to_str().unwrap()]);
+    let done = format!("chain of {levels} levels");
+    eventually(Duration::from_secs(120), "the chain is built", || {
+        env.ctl(&["logs", "deep"]).1.contains(&done).then_some(())
+    });
+    let tree = env.state_dir().join("volumes").join("deep");
+    assert!(
+        tree.join("scratch/c/c/c").is_dir(),
+        "the chain is on the host"
+    );
+    env.ctl_ok(&["delete", "deep"]);
+    assert!(!tree.exists(), "the pod's tree went with it");
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), None).is_ok(),
+        "the daemon lives"
+    );
+    still_serving(good);
+    assert!(!env.ps().contains_key("deep"));
+    d.terminate();
+}

@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -39,7 +40,13 @@ fn swap(path: &Path, bytes: &[u8], flush: bool) -> io::Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
     let r = (|| {
-        let mut file = File::create(&tmp)?;
+        // Root's alone whoever's umask: a pod's record holds its env (passwords).
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         if flush {
             file.sync_all()?;
@@ -50,6 +57,23 @@ fn swap(path: &Path, bytes: &[u8], flush: bool) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     r
+}
+
+/// Makes directory `dir` (and its parents) if it is missing and leaves it `0700` whoever started
+/// peapod and whatever their umask: the state dir holds the pods' records (their env), the
+/// compile cache's key and the leases; the logs dir what guests print. An API client reads
+/// them through the daemon.
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let m = std::fs::metadata(dir)?;
+    if m.permissions().mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Whether `path` was last written before the machine booted: then what a [`replace`]d file
@@ -139,6 +163,28 @@ mod tests {
         assert!(!dead.exists());
         assert!(alive.exists() && other.exists());
         assert_eq!(std::fs::read(d.path().join("kept")).unwrap(), b"x");
+    }
+
+    /// Round 2, finding 8: a daemon started by hand (umask 022) left the state dir 0755 and the
+    /// pods' records 0644, so any user read a pod's env. Whatever the umask, they are root's.
+    #[test]
+    fn records_and_the_state_dir_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&state).unwrap();
+        assert_eq!(mode(&state), 0o700, "an existing loose dir is tightened");
+        let fresh = d.path().join("a/b");
+        private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        // (Under the test's umask, 022 or looser: a plain create would give 0644.)
+        write(&state.join("pod.json"), b"{}").unwrap();
+        replace(&state.join("leases"), b"x").unwrap();
+        assert_eq!(mode(&state.join("pod.json")), 0o600);
+        assert_eq!(mode(&state.join("leases")), 0o600);
     }
 
     #[test]

@@ -335,7 +335,10 @@ impl Ipam {
     }
 
     fn lock(&self) -> Result<Flock<File>, IpamError> {
-        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        if !self.dir.is_dir() {
+            // With its parents (the state dir of a first `peapod run`): root's alone.
+            crate::durable::private_dir(&self.dir).map_err(self.io(&self.dir))?;
+        }
         let path = self.dir.join(format!("{}.lock", self.bridge));
         // A read-only state dir: an update that changes nothing needs no write; one that does
         // fails at its write, saying so.

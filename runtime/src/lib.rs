@@ -11,6 +11,7 @@
 //!   [`loader`]: a pod's modules read and compiled.
 //! - [`supervisor`]: restart policy and backoff of one container, with its probes ([`probe`])
 //!   and its CPU metered and capped ([`cpu`]).
+//! - [`volumes`]: a pod's volumes on the host; [`tree`]: removing what a guest wrote, safely.
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
 //! - [`logs`]: container output into the log, and [`logs::cri`]: CRI-format log files with rotation.
 //! - [`daemon`]: `peapod daemon`, its pods, its API; [`client`]: the API's client (the CLI).
@@ -43,4 +44,5 @@ pub mod sandbox;
 pub mod spec;
 pub mod supervisor;
 pub mod table;
+pub mod tree;
 pub mod volumes;

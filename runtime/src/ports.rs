@@ -32,7 +32,7 @@ pub(crate) fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem
         {
             Some(format!("{published} is published by pod {holder} already"))
         } else {
-            host_holds(&published)
+            host_holds(&published, caller)
         };
         if let Some(m) = message {
             problems.push(spec.port_problem(c, p, m));
@@ -42,7 +42,9 @@ pub(crate) fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem
 }
 
 /// Why the host cannot give `p` (a process holds it, or `host_ip` is not the host's), if so.
-fn host_holds(p: &Published) -> Option<String> {
+/// The holder's PID and command are named to root only: another user learns only that the port
+/// is in use (what a `bind` of theirs would tell them).
+fn host_holds(p: &Published, caller: Caller) -> Option<String> {
     let at = SocketAddr::from((p.host_ip, p.host_port));
     let bound = match p.protocol {
         Protocol::Tcp => TcpListener::bind(at).map(drop),
@@ -50,10 +52,12 @@ fn host_holds(p: &Published) -> Option<String> {
     };
     match bound {
         Ok(()) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some(match holder(p) {
-            Some((pid, name)) => format!("{p} is in use on the host by process {pid} ({name})"),
-            None => format!("{p} is in use on the host"),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Some(match caller.is_root().then(|| holder(p)).flatten() {
+                Some((pid, name)) => format!("{p} is in use on the host by process {pid} ({name})"),
+                None => format!("{p} is in use on the host"),
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Some(format!(
             "{} is not an address of this host (host_ip: one of the host's, or 0.0.0.0 for all)",
             p.host_ip
@@ -114,21 +118,30 @@ mod tests {
             host_port: port,
             container_port: 80,
         };
-        let m = host_holds(&p).expect("held");
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        };
+        let m = host_holds(&p, root).expect("held");
         assert!(
             m.contains(&format!("by process {}", std::process::id())),
             "{m}"
         );
+        // Another user learns that it is in use, not by what (round 2, finding 8).
+        let user = Caller { uid: 1000, ..root };
+        let m = host_holds(&p, user).expect("held");
+        assert_eq!(m, format!("{p} is in use on the host"));
         drop(l);
-        assert_eq!(host_holds(&p), None);
+        assert_eq!(host_holds(&p, root), None);
         let elsewhere = Published {
             host_ip: "192.0.2.77".parse().unwrap(),
             ..p
         };
         assert!(
-            host_holds(&elsewhere).is_some_and(|m| m.contains("not an address of this host")),
+            host_holds(&elsewhere, root).is_some_and(|m| m.contains("not an address of this host")),
             "{:?}",
-            host_holds(&elsewhere)
+            host_holds(&elsewhere, root)
         );
     }
 }

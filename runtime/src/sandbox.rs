@@ -604,8 +604,12 @@ async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
     if let Err(e) = ipam.release(pod) {
         errors.push(e.into());
     }
-    if let Err(e) = volumes::remove(cfg, pod) {
-        errors.push(SandboxError::Other(format!("volumes of pod {pod}: {e}")));
+    // A guest's tree may be large: removed on a blocking thread, not an async worker.
+    let (c, p) = (cfg.clone(), pod.to_string());
+    match tokio::task::spawn_blocking(move || volumes::remove(&c, &p)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => errors.push(SandboxError::Other(format!("volumes of pod {pod}: {e}"))),
+        Err(e) => errors.push(SandboxError::Other(format!("volumes of pod {pod}: {e}"))),
     }
     match errors.len() {
         0 => Ok(()),

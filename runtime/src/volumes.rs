@@ -217,9 +217,8 @@ pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, PathBuf>
                     dirs.insert(v.name.clone(), own);
                     continue;
                 }
-                if own.exists() {
-                    std::fs::remove_dir_all(&own).map_err(|e| io("cannot clear", &own, e))?;
-                }
+                crate::tree::remove(&own, Default::default())
+                    .map_err(|e| io("cannot clear", &own, e))?;
                 make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
                 for (name, text) in files {
                     let f = own.join(name);
@@ -253,7 +252,9 @@ pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, PathBuf>
 
 /// Removes pod `pod`'s volumes: for each of its two directories, first every mount under it
 /// (tmpfs, secret binds), then the files. Nothing is deleted while a mount is left: a secret's
-/// bind mount must never lead a recursive delete into the host file it shows.
+/// bind mount must never lead a recursive delete into the host file it shows. The files are a
+/// guest's making: they go by [`crate::tree::remove`] (iterative, no symlink followed, bounded).
+/// Blocking: call it on a blocking thread.
 pub fn remove(cfg: &Config, pod: &str) -> std::io::Result<()> {
     remove_dir(&secrets_dir(cfg, pod))?;
     remove_dir(&pod_dir(cfg, pod))
@@ -276,7 +277,7 @@ fn remove_dir(root: &Path) -> std::io::Result<()> {
             root.display()
         )));
     }
-    std::fs::remove_dir_all(root)
+    crate::tree::remove(root, Default::default())
 }
 
 /// Pods that have volumes here (to collect those of pods that are gone).

@@ -327,5 +327,8 @@ impl Drop for Env {
                 .args(["link", "del", &self.bridge])
                 .status();
         }
+        // A guest's tree left behind may be deeper than the recursive removal of the temp dir
+        // can go (tests/hostile.rs builds one).
+        let _ = peapod::tree::remove(self.dir.path(), Default::default());
     }
 }

@@ -26,6 +26,9 @@
 //!                        fill PATH KIB (write KIB KiB in 64 KiB chunks: "N bytes in MICROS
 //!                        us", or how far it got),
 //!                        hold (stay alive, serving nothing)
+//! chain DIR N           nest N directories under DIR/c the way a hostile guest does in
+//!                        seconds (mkdir DIR/n; mv DIR/c DIR/n/c; mv DIR/n DIR/c; repeated),
+//!                        print "chain of N levels" and stay alive (the pod is then deleted)
 //! fill-loop PATH         write PATH in 64 KiB chunks until a write fails, start over, forever
 //!                        (a guest pressing against its volume's size limit)
 //! http ADDR [FLAG...]    an HTTP/1.1 server for probes and hooks: GET /status/CODE answers
@@ -44,7 +47,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: toolbox listen|connect|resolve|exit|trap|spin|sleep|env|sink|source|hog|fs|fill-loop|http ...");
+            eprintln!("usage: toolbox listen|connect|resolve|exit|trap|spin|sleep|env|sink|source|hog|fs|chain|fill-loop|http ...");
             std::process::exit(2)
         })
     };
@@ -175,6 +178,25 @@ fn main() {
         "fs" => {
             let failed = args[2..].iter().filter(|op| !fs_op(op)).count();
             std::process::exit(i32::from(failed > 0))
+        }
+        "chain" => {
+            let dir = std::path::Path::new(arg(2));
+            let n: usize = arg(3).parse().expect("chain N");
+            let (c, next) = (dir.join("c"), dir.join("n"));
+            std::fs::create_dir(&c).expect("mkdir DIR/c");
+            for i in 0..n {
+                let step = std::fs::create_dir(&next)
+                    .and_then(|()| std::fs::rename(&c, next.join("c")))
+                    .and_then(|()| std::fs::rename(&next, &c));
+                if let Err(e) = step {
+                    println!("chain: failed at level {i}: {e}");
+                    std::process::exit(1);
+                }
+            }
+            println!("chain of {n} levels");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         "fill-loop" => {
             let path = arg(2);

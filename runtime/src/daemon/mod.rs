@@ -91,6 +91,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.pods_dir)
         .with_context(|| format!("create {}", cfg.pods_dir.display()))?;
+    for d in [&cfg.state_dir, &cfg.logs.dir] {
+        crate::durable::private_dir(d).with_context(|| format!("create {} (0700)", d.display()))?;
+    }
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if ev.is_ok_and(|e| !e.kind.is_access()) {
