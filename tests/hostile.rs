@@ -676,3 +676,90 @@ fn a_deep_directory_chain_does_not_take_the_daemon_down() {
     assert!(!env.ps().contains_key("deep"));
     d.terminate();
 }
+
+/// Round 2, findings 3 and 7: a pod may not ask more of the board than it has, whoever asks
+/// (a 100 GiB tmpfs, a day of grace), and a daemon stop never waits on a pod's grace period
+/// longer than `limits.stop_timeout`.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn asks_beyond_the_board_are_refused_and_a_stop_is_bounded() {
+    let env = Env::new();
+    let config = env.spec(
+        "peapod.toml",
+        "[limits]\nallocatable_memory = \"1GiB\"\nmax_grace_period = \"1m\"\nstop_timeout = \"2s\"\n",
+    );
+    let mut d = env.daemon_with(|c| {
+        c.env("PEAPOD_CONFIG", &config);
+    });
+    let pod = |name: &str, extra: &str, volumes: &str, mib: u64| {
+        env.spec(
+            &format!("{name}.toml"),
+            &format!(
+                "[pod]\nname = \"{name}\"\n{extra}\n{volumes}\n\
+                 [[containers]]\nname = \"app\"\nmodule = {TOOLBOX:?}\n\
+                 args = [\"http\", \"127.0.0.1:8080\", \"--ignore-shutdown\"]\n\
+                 memory_limit_mib = {mib}\n\
+                 lifecycle = {{ pre_stop = {{ http_get = {{ path = \"/shutdown\", port = 8080 }} }} }}\n"
+            ),
+        )
+    };
+    let apply = |spec: &Path| env.ctl(&["apply", "-f", spec.to_str().unwrap()]);
+
+    let tmpfs = pod(
+        "big",
+        "",
+        "[[volumes]]\nname = \"t\"\nempty_dir = { size_limit = \"100GiB\" }\n",
+        16,
+    );
+    let (code, _, err) = apply(&tmpfs);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("pod big needs 100 GiB of memory, 1 GiB of 1 GiB allocatable is free"),
+        "{err}"
+    );
+    let grace = pod("slow", "termination_grace_period = \"23h59m\"", "", 16);
+    let (code, _, err) = apply(&grace);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("pod.termination_grace_period: 23h 59m is longer than this board allows, 1m"),
+        "{err}"
+    );
+    // What is admitted counts against the next pod: 512 MiB leave 512.
+    let (code, _, err) = apply(&pod("first", "termination_grace_period = \"1m\"", "", 512));
+    assert_eq!(code, 0, "{err}");
+    let body = serde_json::json!({
+        "source": env.dir.path().join("second.toml"),
+        "spec": std::fs::read_to_string(pod("second", "", "", 600)).unwrap(),
+    });
+    let (status, v) = raw_api(&env, "POST", "/v1/pods", &body.to_string());
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("needs 600 MiB of memory, 512 MiB of 1 GiB")),
+        "{v}"
+    );
+    let ps = env.ps();
+    assert_eq!(
+        ps.keys().collect::<Vec<_>>(),
+        ["first"],
+        "nothing of a refused pod"
+    );
+    assert!(!env.state_dir().join("volumes/big").exists());
+    env.wait_running("first");
+
+    // `first` ignores its pre_stop hook for its minute of grace; the daemon stops in 2 s.
+    let t0 = Instant::now();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the stop waited {:?}, past limits.stop_timeout (2s)",
+        t0.elapsed()
+    );
+    assert!(
+        env.pin("first").exists(),
+        "its sandbox stays for the next start"
+    );
+}

@@ -22,10 +22,23 @@
 //!                                # open_files_limit wins)
 //! api_connections = 128          # concurrent API connections (the oldest idle one is
 //!                                # closed for a new one)
+//! max_grace_period = "5m"        # the longest termination_grace_period a pod may ask
+//! stop_timeout = "25s"           # a daemon stop waits at most this for its pods (under the
+//!                                # unit's TimeoutStopSec=30s); their sandboxes stay
+//! allocatable_memory = "3GiB"    # what pods may be promised in all: container memory limits
+//!                                # plus tmpfs sizes [default: 80% of MemTotal]
+//! max_containers = 64            # containers (init included) in one pod
+//! [quotas]                       # API callers other than root (the peapod group)
+//! pods = 8                       # pods per user (each one address of the subnet)
+//! containers = 8                 # containers in one of their pods
+//! memory = "1GiB"                # promised to one user's pods in all
+//! published_ports = 4            # host ports one user's pods publish in all
+//! restart_floor = "100ms"        # the shortest time between two restarts in one of their pods
 //! ```
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -62,6 +75,8 @@ pub struct Config {
     /// The daemon's log level (a tracing filter), unless PEAPOD_LOG is set.
     pub log_level: String,
     pub limits: Limits,
+    /// What a caller other than root may ask of the board.
+    pub quotas: Quotas,
 }
 
 /// Bounds on what pods and API clients may take (see [`crate::limits`]).
@@ -73,6 +88,62 @@ pub struct Limits {
     pub open_files: usize,
     /// Concurrent connections to the API.
     pub api_connections: usize,
+    /// The longest `termination_grace_period` a pod may ask.
+    pub max_grace_period: Duration,
+    /// How long a daemon stop waits for its pods (their `pre_stop` hooks) at most.
+    pub stop_timeout: Duration,
+    /// Memory every admitted pod may be promised together (container memory limits plus tmpfs
+    /// `size_limit`s): what the kubelet calls allocatable.
+    pub allocatable_memory: u64,
+    /// Containers (init containers included) in one pod, for everyone.
+    pub max_containers: usize,
+}
+
+/// Per-user bounds for API callers other than root (members of the `peapod` group). Root's
+/// pods, and the pods directory's (root's files), are bounded by [`Limits`] alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Pods one user may have (each takes an address of the subnet).
+    pub pods: usize,
+    /// Containers in one of their pods.
+    pub containers: usize,
+    /// Memory promised to one user's pods together.
+    pub memory: u64,
+    /// Host ports one user's pods publish together.
+    pub published_ports: usize,
+    /// The shortest time between two restarts of containers of one of their pods.
+    pub restart_floor: Duration,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            pods: 8,
+            containers: 8,
+            memory: 1 << 30,
+            published_ports: 4,
+            restart_floor: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The default of `limits.max_grace_period`: 5 minutes (a delete or a re-create never waits
+/// longer for a pod's `pre_stop` hooks).
+pub const DEFAULT_MAX_GRACE: Duration = Duration::from_secs(300);
+/// The default of `limits.stop_timeout`: under the systemd unit's `TimeoutStopSec=30s`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(25);
+/// The default of `limits.max_containers`.
+pub const DEFAULT_MAX_CONTAINERS: usize = 64;
+
+/// The default of `limits.allocatable_memory`: 80% of the host's `MemTotal` (the rest is the
+/// system's and the daemon's own), or 1 GiB where `/proc/meminfo` cannot be read.
+pub fn default_allocatable() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let line = t.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib << 10)
+    });
+    total.map_or(1 << 30, |t| t / 5 * 4)
 }
 
 /// Default cap on concurrent API connections.
@@ -84,6 +155,10 @@ impl Default for Limits {
             max_module_size: DEFAULT_MAX_MODULE_SIZE,
             open_files: DEFAULT_OPEN_FILES,
             api_connections: DEFAULT_API_CONNECTIONS,
+            max_grace_period: DEFAULT_MAX_GRACE,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            allocatable_memory: default_allocatable(),
+            max_containers: DEFAULT_MAX_CONTAINERS,
         }
     }
 }
@@ -105,6 +180,7 @@ impl Default for Config {
             },
             log_level: "info".into(),
             limits: Limits::default(),
+            quotas: Quotas::default(),
         }
     }
 }
@@ -134,6 +210,8 @@ struct RawConfig {
     logs: RawLogs,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    quotas: RawQuotas,
 }
 
 #[derive(Deserialize, Default)]
@@ -142,6 +220,20 @@ struct RawLimits {
     max_module_size: Option<Size>,
     open_files: Option<usize>,
     api_connections: Option<usize>,
+    max_grace_period: Option<String>,
+    stop_timeout: Option<String>,
+    allocatable_memory: Option<Size>,
+    max_containers: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    pods: Option<usize>,
+    containers: Option<usize>,
+    memory: Option<Size>,
+    published_ports: Option<usize>,
+    restart_floor: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -257,6 +349,14 @@ impl Config {
             Some(Size::Text(t)) => parse_size(&t).map_err(|m| invalid(format!("{field}: {m}"))),
         };
         let max_size = size(raw.logs.max_size, DEFAULT_LOG_MAX_SIZE, "logs.max_size")?;
+        let duration = |v: Option<String>, default: Duration, field: &str| match v {
+            None => Ok(default),
+            Some(t) => humantime::parse_duration(&t).map_err(|e| {
+                invalid(format!(
+                    "{field}: {t:?} is not a duration like \"30s\": {e}"
+                ))
+            }),
+        };
         let dl = Limits::default();
         let limits = Limits {
             max_module_size: size(
@@ -266,11 +366,48 @@ impl Config {
             )?,
             open_files: raw.limits.open_files.unwrap_or(dl.open_files),
             api_connections: raw.limits.api_connections.unwrap_or(dl.api_connections),
+            max_grace_period: duration(
+                raw.limits.max_grace_period,
+                dl.max_grace_period,
+                "limits.max_grace_period",
+            )?,
+            stop_timeout: duration(
+                raw.limits.stop_timeout,
+                dl.stop_timeout,
+                "limits.stop_timeout",
+            )?,
+            allocatable_memory: size(
+                raw.limits.allocatable_memory,
+                dl.allocatable_memory,
+                "limits.allocatable_memory",
+            )?,
+            max_containers: raw.limits.max_containers.unwrap_or(dl.max_containers),
         };
+        let dq = Quotas::default();
+        let quotas = Quotas {
+            pods: raw.quotas.pods.unwrap_or(dq.pods),
+            containers: raw.quotas.containers.unwrap_or(dq.containers),
+            memory: size(raw.quotas.memory, dq.memory, "quotas.memory")?,
+            published_ports: raw.quotas.published_ports.unwrap_or(dq.published_ports),
+            restart_floor: duration(
+                raw.quotas.restart_floor,
+                dq.restart_floor,
+                "quotas.restart_floor",
+            )?,
+        };
+        if limits.max_grace_period > crate::spec::MAX_GRACE_PERIOD {
+            return Err(invalid(format!(
+                "limits.max_grace_period: at most {}",
+                humantime::format_duration(crate::spec::MAX_GRACE_PERIOD)
+            )));
+        }
         for (field, v) in [
             ("limits.max_module_size", limits.max_module_size),
             ("limits.open_files", limits.open_files as u64),
             ("limits.api_connections", limits.api_connections as u64),
+            ("limits.allocatable_memory", limits.allocatable_memory),
+            ("limits.max_containers", limits.max_containers as u64),
+            ("quotas.containers", quotas.containers as u64),
         ] {
             if v == 0 {
                 return Err(invalid(format!("{field}: must be at least 1")));
@@ -306,6 +443,7 @@ impl Config {
             },
             log_level,
             limits,
+            quotas,
             egress: overrides.egress.or(raw.network.egress).unwrap_or(d.egress),
             run_dir,
             state_dir,
@@ -433,6 +571,65 @@ mod tests {
                 "limits.max_module_size",
             ),
             ("[limits]\nopen_files = 0\n", "limits.open_files"),
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("peapod.toml"), "{e}");
+        }
+    }
+
+    /// configs/peapod.toml says what the defaults are: it must agree with them.
+    #[test]
+    fn the_example_config_states_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/peapod.toml");
+        let c = Config::load(Some(&example), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn limits_and_quotas() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("peapod.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Config::load(Some(&f), &Overrides::default())
+        };
+        let c = load(
+            "[limits]\nmax_grace_period = \"1m\"\nstop_timeout = \"10s\"\n\
+             allocatable_memory = \"3GiB\"\nmax_containers = 9\n\
+             [quotas]\npods = 2\ncontainers = 3\nmemory = \"256MiB\"\npublished_ports = 0\n\
+             restart_floor = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_grace_period, Duration::from_secs(60));
+        assert_eq!(c.limits.stop_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.allocatable_memory, 3 << 30);
+        assert_eq!(c.limits.max_containers, 9);
+        assert_eq!(
+            c.quotas,
+            Quotas {
+                pods: 2,
+                containers: 3,
+                memory: 256 << 20,
+                published_ports: 0,
+                restart_floor: Duration::from_secs(1),
+            }
+        );
+        assert!(default_allocatable() > 0);
+        for (bad, field) in [
+            (
+                "[limits]\nmax_grace_period = \"soon\"\n",
+                "limits.max_grace_period",
+            ),
+            (
+                "[limits]\nmax_grace_period = \"2d\"\n",
+                "limits.max_grace_period",
+            ),
+            (
+                "[limits]\nallocatable_memory = 0\n",
+                "limits.allocatable_memory",
+            ),
+            ("[quotas]\nmemory = \"lots\"\n", "quotas.memory"),
+            ("[quotas]\nrestart_floor = 5\n", "restart_floor"),
         ] {
             let e = load(bad).unwrap_err().to_string();
             assert!(e.contains(field) && e.contains("peapod.toml"), "{e}");

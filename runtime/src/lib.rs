@@ -14,12 +14,14 @@
 //! - [`volumes`]: a pod's volumes on the host; [`tree`]: removing what a guest wrote, safely.
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
 //! - [`logs`]: container output into the log, and [`logs::cri`]: CRI-format log files with rotation.
+//! - `admission`: what a pod may ask of the board (allocatable memory, per-user quotas).
 //! - [`daemon`]: `peapod daemon`, its pods, its API; [`client`]: the API's client (the CLI).
 //!
 //! Public are the modules the `peapod` binary, the integration tests and the bench use; the rest
 //! (and every item not used outside its module's crate) is `pub(crate)`, which the workspace's
 //! `unreachable_pub` lint keeps true.
 
+mod admission;
 mod artifact;
 pub mod client;
 pub mod config;

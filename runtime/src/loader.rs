@@ -9,11 +9,13 @@ use crate::spec::{ContainerSpec, PodSpec, SpecError};
 use crate::{ports, volumes};
 
 /// Reads every module of `spec` (at most `limits.max_module_size` bytes each) with the rights
-/// of `caller`, and checks what its volumes and published ports need from the host
-/// ([`volumes::check`], [`ports::check`]); all problems at once.
+/// of `caller`, and checks it against the settings' per-pod bounds (`admission::check`) and what
+/// its volumes and published ports need from the host ([`volumes::check`], [`ports::check`]);
+/// all problems at once.
 pub fn read_modules(spec: &PodSpec, cfg: &Config, caller: Caller) -> Result<Vec<Read>, SpecError> {
     let max = cfg.limits.max_module_size;
-    let mut volume_problems = volumes::check(spec, cfg, caller);
+    let mut volume_problems = crate::admission::check(spec, cfg, caller);
+    volume_problems.extend(volumes::check(spec, cfg, caller));
     volume_problems.extend(ports::check(spec, cfg, caller));
     let read = each_module(spec, spec.containers.iter().map(|_| ()), |c, ()| {
         module_file::read(&c.module, max, caller).map_err(|e| e.to_string())

@@ -44,6 +44,15 @@ impl Caller {
         }
     }
 
+    /// Root, as the owner of the pods directory's files.
+    pub fn root() -> Caller {
+        Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        }
+    }
+
     pub fn is_root(&self) -> bool {
         self.uid == 0
     }

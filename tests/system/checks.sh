@@ -85,7 +85,7 @@ journal() { journalctl -b -u peapod --no-pager -o short-monotonic >"$share/journ
 # Compound checks.
 not_enabled() { [ "$(systemctl is-enabled peapod)" = disabled ]; }
 socket_mode() { [ "$(stat -c %U:%G:%a /run/peapod/peapod.sock)" = root:peapod:660 ]; }
-dir_modes() { [ "$(stat -c %a /var/lib/peapod)/$(stat -c %a /run/peapod)" = 750/755 ]; }
+dir_modes() { [ "$(stat -c %a /var/lib/peapod)/$(stat -c %a /run/peapod)" = 700/755 ]; }
 ps_lists_both() { # NAME STATUS IP READY ...: both running, all containers ready
     local out
     out=$(peapod ps) && echo "$out" &&
@@ -145,7 +145,7 @@ if [ "$boot" = 1 ]; then
     check "active/running, STATUS= says ready" ready_status
     note "StatusText: $(prop StatusText)"
     check "API socket /run/peapod/peapod.sock is root:peapod 0660" socket_mode
-    check "state dir /var/lib/peapod is 0750, run dir /run/peapod 0755" dir_modes
+    check "state dir /var/lib/peapod is 0700, run dir /run/peapod 0755" dir_modes
 
     check "demo pod (pods dir) and an applied pod serve on their IPs, demo on 127.0.0.1:18080" start_pods
     # The app can answer before its readiness probe first passes (a probe that fails at the

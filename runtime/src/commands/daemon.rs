@@ -27,7 +27,11 @@ impl Daemon {
             .enable_all()
             .build()
             .context("create runtime")?;
-        rt.block_on(peapod::daemon::run(config, exec))?;
+        let r = rt.block_on(peapod::daemon::run(config, exec));
+        // A pod left stopping past limits.stop_timeout has its thread's join on a blocking
+        // task: the exit does not wait for it (its sandbox is kept, as a kill would keep it).
+        rt.shutdown_timeout(std::time::Duration::from_millis(500));
+        r?;
         Ok(ExitCode::from(EXIT_OK))
     }
 }

@@ -14,8 +14,8 @@
 //!
 //! Errors are JSON, `{"error": message, "problems": [...]}` (problems for an invalid spec), with
 //! 400 (bad request), 404 (no such pod or container), 408 (the body did not arrive in time),
-//! 409 (conflict: e.g. the pod belongs to a file), 413 (body too large), 422 (invalid spec) or
-//! 500.
+//! 409 (conflict: e.g. the pod belongs to a file), 413 (body too large), 422 (invalid spec, or
+//! a pod that does not fit the board's allocatable memory or the caller's quotas) or 500.
 //!
 //! The module files an apply names are read with the client's rights (its `SO_PEERCRED`, see
 //! [`super::server`]); logs are streamed from disk in chunks, never loaded whole.
@@ -96,7 +96,7 @@ impl IntoResponse for OpError {
         let status = match &self {
             OpError::NotFound(_) | OpError::NoContainer { .. } => StatusCode::NOT_FOUND,
             OpError::Conflict(_) => StatusCode::CONFLICT,
-            OpError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            OpError::Invalid(_) | OpError::Unfit(_) => StatusCode::UNPROCESSABLE_ENTITY,
             OpError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let (message, problems): (String, Vec<String>) = match &self {
@@ -188,7 +188,7 @@ async fn apply(
     let action = match pods
         .lock()
         .await
-        .commit(&body.source, &body.spec, loaded)
+        .commit(&body.source, &body.spec, loaded, caller)
         .await
     {
         Ok(a) => a,

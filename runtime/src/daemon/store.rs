@@ -20,6 +20,10 @@ pub(super) struct Record {
     pub text: String,
     /// The stored copy of each container's module, in spec order.
     pub modules: Vec<PathBuf>,
+    /// The uid of the client that applied it (its pods count against its quotas). Records from
+    /// before owners were kept read as root's.
+    #[serde(default)]
+    pub owner: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +135,7 @@ mod tests {
             source: "/x/pod.toml".into(),
             text: "[pod]\n".into(),
             modules: vec![m.clone()],
+            owner: 1000,
         };
         s.save("a", &r(&m1)).unwrap();
         let m2 = s.put_module(b"two").unwrap();

@@ -66,6 +66,10 @@ pub enum RestartPolicy {
 /// with a warning). A run that lasted longer than this is restarted at once.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
 
+/// The longest `termination_grace_period` any board may allow (`limits.max_grace_period` is at
+/// most this).
+pub const MAX_GRACE_PERIOD: Duration = supervision::MAX_DURATION;
+
 /// The largest `memory_limit_mib`: 64 GiB (a 32-bit wasm memory holds at most 4 GiB).
 pub const MAX_MEMORY_LIMIT_MIB: u64 = 64 << 10;
 

@@ -27,6 +27,7 @@ use super::crashguard::CrashGuard;
 pub(super) use super::load::{Loaded, Origin, ReloadPlan, plan, plan_reload};
 use super::load::{compile, parse, pod_files};
 use super::store::{Record, Store};
+use crate::admission::Admitted;
 use crate::config::Config;
 use crate::executor::{Executor, Prepared};
 use crate::module_file::Caller;
@@ -98,6 +99,8 @@ enum Logs {
 
 struct Entry {
     origin: Origin,
+    /// Whose it is: the uid of the client that applied it (root's for the pods directory's).
+    owner: u32,
     spec: PodSpec,
     modules: Vec<Prepared>,
     digest: String,
@@ -131,6 +134,9 @@ pub(super) enum OpError {
     Conflict(String),
     #[error(transparent)]
     Invalid(#[from] SpecError),
+    /// Does not fit beside the pods admitted already (the board's memory, the caller's quotas).
+    #[error("{0}")]
+    Unfit(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -197,7 +203,7 @@ impl Pods {
             let loaded = parse(&r.source, &r.text, Some(&r.modules), me, &self.cfg)
                 .and_then(|p| compile(&self.exec, p));
             match loaded {
-                Ok(l) if l.spec.name == name => self.start(Origin::Api, l).await,
+                Ok(l) if l.spec.name == name => self.start(Origin::Api, r.owner, l).await,
                 Ok(l) => tracing::error!(
                     "stored pod {name}: its spec names pod {:?}; not started",
                     l.spec.name
@@ -254,6 +260,9 @@ impl Pods {
                     path.display()
                 );
                 problems.insert(path, msg);
+            } else if let Err(unfit) = self.admit(Caller::root(), &p.spec) {
+                let msg = format!("{}: {unfit}", path.display());
+                problems.insert(path, msg);
             } else {
                 found.insert(name, (path, p));
             }
@@ -284,7 +293,7 @@ impl Pods {
                 tracing::info!("pod {name}: {} changed; re-creating", path.display());
                 self.remove(&name, Logs::Keep);
             }
-            self.start(Origin::File(path), l).await;
+            self.start(Origin::File(path), 0, l).await;
         }
         // Pods that failed to start (API pods too: a full or read-only disk, a missing
         // directory) are tried again: a reload is the user's word that the cause may be gone.
@@ -313,7 +322,7 @@ impl Pods {
 
     /// Registers a pod and starts it (taking over a sandbox it left, if any), failed or not; a
     /// pod the crash guard holds back is registered as waiting and started by [`Pods::tick`].
-    async fn start(&mut self, origin: Origin, l: Loaded) {
+    async fn start(&mut self, origin: Origin, owner: u32, l: Loaded) {
         let name = l.spec.name.clone();
         for w in l.spec.warning_lines() {
             tracing::warn!("{w}");
@@ -333,6 +342,7 @@ impl Pods {
             name.clone(),
             Entry {
                 origin,
+                owner,
                 spec: l.spec,
                 modules: l.modules,
                 digest: l.digest,
@@ -496,6 +506,21 @@ impl Pods {
         Some(done)
     }
 
+    /// Whether pod `spec`, asked for by `caller`, fits beside every pod registered (the one of
+    /// its name, which it would replace, left out): see [`crate::admission`].
+    fn admit(&self, caller: Caller, spec: &PodSpec) -> Result<(), crate::admission::Unfit> {
+        let others: Vec<Admitted<'_>> = self
+            .entries
+            .iter()
+            .filter(|(n, _)| **n != spec.name)
+            .map(|(_, e)| Admitted {
+                owner: e.owner,
+                spec: &e.spec,
+            })
+            .collect();
+        crate::admission::admit(&self.cfg, caller, spec, &others)
+    }
+
     /// The settings and the engine, for [`plan`] outside the lock.
     pub(super) fn planner(&self) -> (Config, Executor) {
         (self.cfg.clone(), self.exec.clone())
@@ -510,6 +535,7 @@ impl Pods {
         source: &Path,
         text: &str,
         l: Loaded,
+        caller: Caller,
     ) -> Result<Action, OpError> {
         let name = l.spec.name.clone();
         let current = self.entries.get(&name);
@@ -522,6 +548,8 @@ impl Pods {
         if current.is_some_and(|e| e.digest == l.digest && e.running.is_some()) {
             return Ok(Action::Unchanged);
         }
+        self.admit(caller, &l.spec)
+            .map_err(|u| OpError::Unfit(u.to_string()))?;
         let stored = l
             .bytes
             .iter()
@@ -535,6 +563,7 @@ impl Pods {
                     source: source.to_path_buf(),
                     text: text.to_string(),
                     modules: stored.clone(),
+                    owner: caller.uid,
                 },
             )
             .map_err(|e| OpError::Failed(format!("storing pod: {e}")))?;
@@ -548,7 +577,7 @@ impl Pods {
         for (c, p) in l.spec.containers.iter_mut().zip(stored) {
             c.module = p;
         }
-        self.start(Origin::Api, l).await;
+        self.start(Origin::Api, caller.uid, l).await;
         Ok(action)
     }
 
@@ -610,10 +639,10 @@ impl Pods {
             // An explicit restart is the user's word: the crash-guard delay ends.
             self.guard.forget(name);
         }
-        let origin = e.origin.clone();
+        let (origin, owner) = (e.origin.clone(), e.owner);
         self.entries.insert(name.into(), e);
         self.remove(name, Logs::Keep);
-        self.start(origin, l).await;
+        self.start(origin, owner, l).await;
         Ok(())
     }
 
@@ -676,16 +705,33 @@ impl Pods {
     }
 
     /// Clean stop of the daemon: the modules stop, the sandboxes stay (same IPs next start).
+    /// Every pod stops at once, and the whole stop takes at most `limits.stop_timeout` (under
+    /// systemd's stop timeout): what is still stopping then (a `pre_stop` hook within its
+    /// grace period) is left, its sandbox kept, as a kill would leave it.
     pub(super) async fn stop_all(&mut self) {
-        // Stops under way end first (a pod being deleted is deleted whole).
-        futures::future::join_all(self.stops(None).into_iter().map(Stopped::wait)).await;
+        let within = self.cfg.limits.stop_timeout;
+        let deadline = tokio::time::Instant::now() + within;
+        // Stops under way end first (a pod being deleted is deleted whole), if they can in time.
+        let under_way = futures::future::join_all(self.stops(None).into_iter().map(Stopped::wait));
+        let _ = tokio::time::timeout_at(deadline, under_way).await;
         self.guard.clear();
-        for (name, e) in std::mem::take(&mut self.entries) {
-            if let Some(p) = e.running
-                && let Err(err) = p.stop_keep_sandbox().await
-            {
-                tracing::error!("pod {name}: {err}");
-            }
+        let stops = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter_map(|(name, e)| e.running.map(|p| (name, p)))
+            .map(|(name, p)| async move {
+                if let Err(err) = p.stop_keep_sandbox().await {
+                    tracing::error!("pod {name}: {err}");
+                }
+            });
+        if tokio::time::timeout_at(deadline, futures::future::join_all(stops))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "pods still stopping after {} (limits.stop_timeout): left as they are, their \
+                 sandboxes kept",
+                humantime::format_duration(within)
+            );
         }
     }
 }
