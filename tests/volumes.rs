@@ -858,3 +858,89 @@ bad_spec!(
     "",
     "FILE:5: volumes[0].host_path.path: TMP overlaps peapod's own directory TMP/run"
 );
+
+/// Round 2, finding 2: root applies a pod over a directory a user can rename in (`~/www`); the
+/// user swaps it for a symlink to the state dir, or a secret for one to a root-only file, and
+/// restarts the pod. Such a path is refused unless the volume allows it knowingly; when allowed,
+/// what was checked is held open (a restart in place still sees it), and a new sandbox opens
+/// the path again, refusing the symlink: the guest never sees the state dir or the file.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_host_path_swapped_for_a_symlink_is_never_followed() {
+    let env = Env::new();
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(home.join("www")).unwrap();
+    std::fs::write(home.join("www/index.html"), "site").unwrap();
+    std::fs::write(home.join("token"), "user's token").unwrap();
+    let root_only = env.dir.path().join("root-only");
+    std::fs::write(&root_only, "root's secret").unwrap();
+    // The user owns the directory the volumes' paths are in.
+    nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+    let d = env.daemon();
+    let text = |allow: bool| {
+        let a = if allow {
+            ", allow_user_writable = true"
+        } else {
+            ""
+        };
+        pod(
+            "site",
+            "Always",
+            &format!(
+                "[[volumes]]\nname = \"www\"\nhost_path = {{ path = {:?}{a} }}\n\
+                 [[volumes]]\nname = \"token\"\nsecret = {{ path = {:?}{a} }}\n",
+                home.join("www"),
+                home.join("token")
+            ),
+            &[(
+                "app",
+                &["fs", "ls /www", "cat /token/token", "hold"],
+                "volume_mounts = [{ name = \"www\", mount_path = \"/www\" }, \
+                 { name = \"token\", mount_path = \"/token\" }]",
+            )],
+        )
+    };
+    let spec = env.spec("site.toml", &text(false));
+    let (code, _, err) = env.ctl(&["apply", "-f", spec.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    for v in ["www", "token"] {
+        let want = format!(
+            "{} can be renamed or replaced by a user other than root ({} belongs to user 4242)",
+            home.join(v).display(),
+            home.display()
+        );
+        assert!(err.contains(&want), "{want:?} in {err}");
+    }
+    assert!(err.contains("allow_user_writable = true"), "{err}");
+
+    // Root knowingly allows it.
+    std::fs::write(&spec, text(true)).unwrap();
+    env.ctl_ok(&["apply", "-f", spec.to_str().unwrap()]);
+    env.wait_running("site");
+    let logs = || env.ctl(&["logs", "site"]).1;
+    eventually(MIN, "the guest lists the site", || {
+        logs().contains("index.html").then_some(())
+    });
+    assert!(logs().contains("user's token"));
+    // The swap: the site for a symlink to the state dir, the token for one to a root-only file.
+    std::fs::rename(home.join("www"), home.join("www.old")).unwrap();
+    std::os::unix::fs::symlink(env.state_dir(), home.join("www")).unwrap();
+    std::fs::rename(home.join("token"), home.join("token.old")).unwrap();
+    std::os::unix::fs::symlink(&root_only, home.join("token")).unwrap();
+    // A restart in place sees what was checked, not what the names lead to now.
+    env.ctl_ok(&["restart", "site/app"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = logs();
+    assert!(!seen.contains("ipam") && !seen.contains("pods"), "{seen}");
+    assert!(!seen.contains("root's secret"), "{seen}");
+    // A new sandbox opens the paths again, and refuses the symlinks.
+    let (code, _, err) = env.ctl(&["restart", "site"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("is a symbolic link"), "{err}");
+    let seen = logs();
+    assert!(
+        !seen.contains("root's secret") && !seen.contains("ipam"),
+        "{seen}"
+    );
+    drop(d);
+}

@@ -156,7 +156,8 @@ pub struct RunSpec {
 /// A host directory preopened for the guest at `guest` (a volume mount).
 #[derive(Debug, Clone)]
 pub struct Mount {
-    pub host: PathBuf,
+    /// Held open for as long as the container may start (see [`crate::host_files`]).
+    pub host: crate::host_files::Held,
     pub guest: String,
     pub read_only: bool,
 }
@@ -168,7 +169,7 @@ pub struct EnvFile {
     pub var: String,
     /// The guest path, for messages.
     pub path: String,
-    pub dir: PathBuf,
+    pub dir: crate::host_files::Held,
     pub rel: String,
 }
 
@@ -506,16 +507,12 @@ impl Executor {
             } else {
                 FsPerms::ReadWrite
             };
-            if let Err(e) = wasi.preopened_dir(&m.host, &m.guest, perms) {
-                return Outcome::NotStarted(format!(
-                    "volume mount {}: {}: {e:#}",
-                    m.guest,
-                    m.host.display()
-                ));
+            if let Err(e) = wasi.preopened_dir(m.host.path(), &m.guest, perms) {
+                return Outcome::NotStarted(format!("volume mount {}: {e:#}", m.guest));
             }
         }
         for e in &spec.env_files {
-            match crate::volumes::read_env_file(&e.dir, &e.rel) {
+            match crate::volumes::read_env_file(&e.dir.path(), &e.rel) {
                 Ok(value) => {
                     wasi.env(&e.var, value);
                 }

@@ -11,7 +11,8 @@
 //!   [`loader`]: a pod's modules read and compiled.
 //! - [`supervisor`]: restart policy and backoff of one container, with its probes ([`probe`])
 //!   and its CPU metered and capped ([`cpu`]).
-//! - [`volumes`]: a pod's volumes on the host; [`tree`]: removing what a guest wrote, safely.
+//! - [`volumes`]: a pod's volumes on the host ([`host_files`]: host paths opened without
+//!   following a symlink, held for the sandbox's life); [`tree`]: removing what a guest wrote, safely.
 //! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
 //! - [`logs`]: container output into the log, and [`logs::cri`]: CRI-format log files with rotation.
 //! - `admission`: what a pod may ask of the board (allocatable memory, per-user quotas).
@@ -30,6 +31,7 @@ pub mod daemon;
 mod durable;
 pub mod executor;
 mod firewall;
+pub mod host_files;
 mod ipam;
 mod limits;
 pub mod loader;

@@ -21,7 +21,9 @@
 //! refuses every write, create, rename and delete.
 //!
 //! Who may mount host files: a `host_path` or `secret` is opened by the daemon, as root, so only
-//! a root caller may name one (the pods directory is root's; an API client must be root).
+//! a root caller may name one (the pods directory is root's; an API client must be root), and it
+//! is opened by [`crate::host_files`]: no symlink on the path, no directory on it that another
+//! user may write unless the volume allows it, held open for the sandbox's life.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -30,6 +32,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::config::Config;
+use crate::host_files::{self, Held, OpenError};
 use crate::module_file::Caller;
 use crate::spec::{PodSpec, Problem, VolumeKind};
 
@@ -77,7 +80,7 @@ pub fn views(cfg: &Config, spec: &PodSpec) -> Vec<VolumeView> {
             name: v.name.clone(),
             kind: v.kind.word(),
             host_path: match &v.kind {
-                VolumeKind::HostPath { path, .. } | VolumeKind::Secret { path } => path.clone(),
+                VolumeKind::HostPath { path, .. } | VolumeKind::Secret { path, .. } => path.clone(),
                 VolumeKind::EmptyDir { .. } | VolumeKind::Files(_) => {
                     pod_dir(cfg, &spec.name).join(&v.name)
                 }
@@ -91,21 +94,18 @@ pub fn views(cfg: &Config, spec: &PodSpec) -> Vec<VolumeView> {
 }
 
 /// What validation needs from the host: every `host_path` is a directory (or may be made),
-/// every `secret` a file or directory, the caller may name them, and none of them holds or lies
-/// inside peapod's own directories (run dir, state dir, logs: the compile cache's key, the pins
-/// and the API socket must stay out of a guest's reach). One problem per fault.
+/// every `secret` a file or directory, opened as [`host_files::open`] does (no symlink on the
+/// path, no directory on it another user may write, unless allowed), the caller may name them,
+/// and none of them holds or lies inside peapod's own directories (run dir, state dir, logs: the
+/// compile cache's key, the pins and the API socket must stay out of a guest's reach). One
+/// problem per fault.
 pub fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem> {
-    let own: Vec<PathBuf> = [&cfg.run_dir, &cfg.state_dir, &cfg.logs.dir]
-        .into_iter()
-        .map(|d| absolute(d))
-        .collect();
     let mut problems = Vec::new();
     for v in &spec.volumes {
-        let (field, path) = match &v.kind {
-            VolumeKind::HostPath { path, .. } => ("host_path.path", path),
-            VolumeKind::Secret { path } => ("secret.path", path),
-            _ => continue,
+        let Some(host) = HostVolume::of(&v.kind) else {
+            continue;
         };
+        let (field, path) = (host.field, host.path);
         if !caller.is_root() {
             problems.push(spec.volume_problem(
                 v,
@@ -117,30 +117,15 @@ pub fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem> {
             ));
             continue;
         }
-        let message = match (&v.kind, std::fs::metadata(path)) {
-            (_, Ok(m)) if m.is_dir() => None,
-            (VolumeKind::Secret { .. }, Ok(m)) if m.is_file() => None,
-            (VolumeKind::Secret { .. }, Ok(_)) => Some("is not a file or directory"),
-            (_, Ok(_)) => Some("is not a directory"),
-            (VolumeKind::HostPath { create: true, .. }, Err(e))
-                if e.kind() == std::io::ErrorKind::NotFound =>
-            {
-                None
-            }
-            (VolumeKind::HostPath { .. }, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                Some("does not exist (create it, or set type = \"DirectoryOrCreate\")")
-            }
-            (_, Err(e)) => {
-                problems.push(spec.volume_problem(v, field, format!("{}: {e}", path.display())));
+        let real = match host.open(false) {
+            Ok(held) => held.real_path().unwrap_or_else(|_| path.to_path_buf()),
+            Err(HostError::Missing) if host.create => absolute(path),
+            Err(e) => {
+                problems.push(spec.volume_problem(v, field, e.to_string()));
                 continue;
             }
         };
-        if let Some(m) = message {
-            problems.push(spec.volume_problem(v, field, format!("{} {m}", path.display())));
-            continue;
-        }
-        let p = absolute(path);
-        if let Some(d) = own.iter().find(|d| p.starts_with(d) || d.starts_with(&p)) {
+        if let Some(d) = overlaps(cfg, &real) {
             problems.push(spec.volume_problem(
                 v,
                 field,
@@ -153,6 +138,91 @@ pub fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// A `host_path` or `secret` volume: the host path it names and how it may be opened.
+struct HostVolume<'a> {
+    field: &'static str,
+    path: &'a Path,
+    create: bool,
+    allow_user_writable: bool,
+    /// `host_path`: a directory; `secret`: a directory or a regular file.
+    dir_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HostError {
+    #[error("missing")]
+    Missing,
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl<'a> HostVolume<'a> {
+    fn of(kind: &'a VolumeKind) -> Option<HostVolume<'a>> {
+        match kind {
+            VolumeKind::HostPath {
+                path,
+                create,
+                allow_user_writable,
+            } => Some(HostVolume {
+                field: "host_path.path",
+                path,
+                create: *create,
+                allow_user_writable: *allow_user_writable,
+                dir_only: true,
+            }),
+            VolumeKind::Secret {
+                path,
+                allow_user_writable,
+            } => Some(HostVolume {
+                field: "secret.path",
+                path,
+                create: false,
+                allow_user_writable: *allow_user_writable,
+                dir_only: false,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Opens it ([`host_files::open`]; `create`: a `DirectoryOrCreate` is made) and checks its
+    /// kind. `Missing` only when it does not exist and may not be made now.
+    fn open(&self, create: bool) -> Result<Held, HostError> {
+        let p = self.path.display();
+        let held =
+            match host_files::open(self.path, create && self.create, self.allow_user_writable) {
+                Ok(h) => h,
+                Err(OpenError::Missing(_)) if self.create && !create => {
+                    return Err(HostError::Missing);
+                }
+                Err(OpenError::Missing(_)) if self.dir_only => {
+                    return Err(HostError::Refused(format!(
+                        "{p} does not exist (create it, or set type = \"DirectoryOrCreate\")"
+                    )));
+                }
+                Err(OpenError::Missing(_)) => {
+                    let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+                    return Err(HostError::Refused(format!("{p}: {e}")));
+                }
+                Err(e) => return Err(HostError::Refused(e.to_string())),
+            };
+        match (held.is_dir(), held.is_file(), self.dir_only) {
+            (true, _, _) | (false, true, false) => Ok(held),
+            (false, _, true) => Err(HostError::Refused(format!("{p} is not a directory"))),
+            (false, _, false) => Err(HostError::Refused(format!(
+                "{p} is not a file or directory"
+            ))),
+        }
+    }
+}
+
+/// Which of peapod's own directories `real` (a resolved path) holds or lies inside, if any.
+fn overlaps(cfg: &Config, real: &Path) -> Option<PathBuf> {
+    [&cfg.run_dir, &cfg.state_dir, &cfg.logs.dir]
+        .into_iter()
+        .map(|d| absolute(d))
+        .find(|d| real.starts_with(d) || d.starts_with(real))
 }
 
 /// `p` with symlinks resolved as far as it exists (the rest appended as written).
@@ -173,9 +243,11 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-/// Makes pod `spec`'s volumes on the host and returns each volume's host directory. Idempotent:
-/// what exists (a recovered sandbox's volumes, with their data and mounts) is kept.
-pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
+/// Makes pod `spec`'s volumes on the host and returns each volume's host directory, held open
+/// for the sandbox's life (a `host_path` or `secret` is opened again here, checked again, and
+/// what was checked is what the pod gets, whatever its name leads to later). Idempotent: what
+/// exists (a recovered sandbox's volumes, with their data and mounts) is kept.
+pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, Held>, VolumeError> {
     let root = pod_dir(cfg, &spec.name);
     let mut dirs = BTreeMap::new();
     for v in &spec.volumes {
@@ -186,7 +258,41 @@ pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, PathBuf>
         let own = root.join(&v.name);
         let io =
             |what: &str, p: &Path, e: std::io::Error| err(format!("{what} {}: {e}", p.display()));
-        let dir = match &v.kind {
+        let hold = |p: &Path| Held::own_dir(p).map_err(|e| io("cannot open", p, e));
+        if let Some(host) = HostVolume::of(&v.kind) {
+            let held = host.open(true).map_err(|e| err(e.to_string()))?;
+            let real = held
+                .real_path()
+                .map_err(|e| io("cannot resolve", host.path, e))?;
+            if let Some(d) = overlaps(cfg, &real) {
+                return Err(err(format!(
+                    "{} is now {}, inside peapod's own directory {}: not mounted",
+                    host.path.display(),
+                    real.display(),
+                    d.display()
+                )));
+            }
+            if held.is_dir() {
+                dirs.insert(v.name.clone(), held);
+                continue;
+            }
+            // A single-file secret: shown in a directory of its own, by a read-only bind mount
+            // of the file that was checked.
+            let name = host
+                .path
+                .file_name()
+                .ok_or_else(|| err(format!("{} has no file name", host.path.display())))?;
+            let own = secrets_dir(cfg, &spec.name).join(&v.name);
+            let target = own.join(name);
+            make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
+            if !is_mount_point(&target) {
+                bind_read_only(&held.path(), &target)
+                    .map_err(|e| io("cannot bind-mount the secret at", &target, e))?;
+            }
+            dirs.insert(v.name.clone(), hold(&own)?);
+            continue;
+        }
+        match &v.kind {
             VolumeKind::EmptyDir { size_limit } => {
                 make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
                 if let Some(size) = size_limit
@@ -194,16 +300,6 @@ pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, PathBuf>
                 {
                     mount_tmpfs(&own, *size).map_err(|e| io("cannot mount a tmpfs on", &own, e))?;
                 }
-                own
-            }
-            VolumeKind::HostPath { path, create } => {
-                if *create {
-                    std::fs::create_dir_all(path).map_err(|e| io("cannot create", path, e))?;
-                }
-                if !path.is_dir() {
-                    return Err(err(format!("{} is not a directory", path.display())));
-                }
-                path.clone()
             }
             VolumeKind::Files(files) => {
                 // As the spec says already (a recovered sandbox): nothing to write, so a
@@ -213,39 +309,20 @@ pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, PathBuf>
                 };
                 let same = std::fs::read_dir(&own).is_ok_and(|d| d.count() == files.len())
                     && files.iter().all(|(n, t)| written(n, t));
-                if same {
-                    dirs.insert(v.name.clone(), own);
-                    continue;
-                }
-                crate::tree::remove(&own, Default::default())
-                    .map_err(|e| io("cannot clear", &own, e))?;
-                make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
-                for (name, text) in files {
-                    let f = own.join(name);
-                    write_read_only(&f, text.as_bytes()).map_err(|e| io("cannot write", &f, e))?;
-                }
-                own
-            }
-            VolumeKind::Secret { path } => {
-                let meta = std::fs::metadata(path).map_err(|e| io("secret", path, e))?;
-                if meta.is_dir() {
-                    path.clone()
-                } else {
-                    let name = path
-                        .file_name()
-                        .ok_or_else(|| err(format!("{} has no file name", path.display())))?;
-                    let own = secrets_dir(cfg, &spec.name).join(&v.name);
-                    let target = own.join(name);
+                if !same {
+                    crate::tree::remove(&own, Default::default())
+                        .map_err(|e| io("cannot clear", &own, e))?;
                     make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
-                    if !is_mount_point(&target) {
-                        bind_read_only(path, &target)
-                            .map_err(|e| io("cannot bind-mount the secret at", &target, e))?;
+                    for (name, text) in files {
+                        let f = own.join(name);
+                        write_read_only(&f, text.as_bytes())
+                            .map_err(|e| io("cannot write", &f, e))?;
                     }
-                    own
                 }
             }
-        };
-        dirs.insert(v.name.clone(), dir);
+            VolumeKind::HostPath { .. } | VolumeKind::Secret { .. } => unreachable!("above"),
+        }
+        dirs.insert(v.name.clone(), hold(&own)?);
     }
     Ok(dirs)
 }

@@ -10,6 +10,7 @@
 //! [[volumes]]
 //! name = "site"
 //! host_path = { path = "/srv/site" }          # type = "DirectoryOrCreate": made if missing
+//!                                             # allow_user_writable = true: see below
 //! [[volumes]]
 //! name = "cfg"
 //! files = { "app.conf" = "mode=edge\n" }      # read-only
@@ -21,6 +22,10 @@
 //! volume_mounts = [{ name = "data", mount_path = "/data" }, { name = "cfg", mount_path = "/etc/app" }]
 //! env_from_files = { TOKEN = "/run/secrets/token" }
 //! ```
+//!
+//! A `host_path` or `secret` path has no symlink on it, and no directory on it that a user other
+//! than root may write (that user could swap what the pod is given) unless the volume says
+//! `allow_user_writable = true` (see [`crate::host_files`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -49,12 +54,20 @@ pub enum VolumeKind {
     /// A directory of the pod's sandbox, empty in every new sandbox, shared by the containers
     /// that mount it: on disk in the state dir, or a tmpfs of `size_limit` bytes.
     EmptyDir { size_limit: Option<u64> },
-    /// A directory of the host; `create`: made if missing (`type = "DirectoryOrCreate"`).
-    HostPath { path: PathBuf, create: bool },
+    /// A directory of the host; `create`: made if missing (`type = "DirectoryOrCreate"`);
+    /// `allow_user_writable`: root accepts a path another user may change.
+    HostPath {
+        path: PathBuf,
+        create: bool,
+        allow_user_writable: bool,
+    },
     /// Read-only files with exactly these contents (a config map).
     Files(BTreeMap<String, String>),
     /// A host file or directory, shown read-only; its content is never copied anywhere.
-    Secret { path: PathBuf },
+    Secret {
+        path: PathBuf,
+        allow_user_writable: bool,
+    },
 }
 
 impl VolumeKind {
@@ -112,6 +125,8 @@ struct RawHostPath {
     path: PathBuf,
     #[serde(rename = "type", default)]
     kind: HostPathType,
+    #[serde(default)]
+    allow_user_writable: bool,
 }
 
 /// Kubernetes' `hostPath.type`, the two that make sense for a directory.
@@ -126,6 +141,8 @@ enum HostPathType {
 #[serde(deny_unknown_fields)]
 struct RawSecret {
     path: PathBuf,
+    #[serde(default)]
+    allow_user_writable: bool,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +259,7 @@ pub(super) fn volumes(
                 VolumeKind::HostPath {
                     path: h.path,
                     create: h.kind == HostPathType::DirectoryOrCreate,
+                    allow_user_writable: h.allow_user_writable,
                 },
                 line_of(&keys),
             )
@@ -265,7 +283,13 @@ pub(super) fn volumes(
                 Key::F("path"),
             ];
             absolute(&s.path, &keys, problem);
-            (VolumeKind::Secret { path: s.path }, line_of(&keys))
+            (
+                VolumeKind::Secret {
+                    path: s.path,
+                    allow_user_writable: s.allow_user_writable,
+                },
+                line_of(&keys),
+            )
         } else {
             unreachable!("exactly one kind was checked above")
         };
