@@ -23,7 +23,7 @@ use crate::logs::{ContainerLog, LogSink};
 use crate::netns;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::spec::{Kind, PodSpec, mount_of};
-use crate::supervisor::{Container, Control, Final, ModuleRunner, Status, supervise};
+use crate::supervisor::{Container, Control, Final, ModuleRunner, RestartFloor, Status, supervise};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -44,7 +44,7 @@ pub enum PodError {
 }
 
 /// How a pod's containers are run, beyond their spec.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     /// Every output line is also handed to this.
     pub sink: Option<LogSink>,
@@ -55,6 +55,21 @@ pub struct Options {
     pub linger: bool,
     /// Open-handle cap of containers whose spec sets none (`limits.open_files`).
     pub open_files: Option<usize>,
+    /// The shortest time between two restarts of the pod's containers, all together (at least
+    /// [`crate::spec::MIN_BACKOFF`]; `quotas.restart_floor` for a pod of a user other than root).
+    pub restart_floor: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sink: None,
+            logs: None,
+            linger: false,
+            open_files: None,
+            restart_floor: crate::spec::MIN_BACKOFF,
+        }
+    }
 }
 
 /// A pod whose containers are running.
@@ -154,6 +169,7 @@ impl RunningPod {
         let (tx, results) = oneshot::channel();
         let mut controls = Vec::new();
         let mut containers = Vec::new();
+        let floor = RestartFloor::new(opts.restart_floor.max(crate::spec::MIN_BACKOFF));
         for (c, module) in spec.containers.iter().zip(modules) {
             let mut log = ContainerLog::new(&spec.name, &c.name, opts.sink.clone());
             if let Some(settings) = &opts.logs {
@@ -219,6 +235,7 @@ impl RunningPod {
                 cpu_limit: c.cpu_limit,
                 pre_stop: c.pre_stop.clone(),
                 grace: spec.termination_grace_period,
+                floor: floor.clone(),
             };
             containers.push((c.kind, container, control));
         }

@@ -373,6 +373,11 @@ impl Pods {
             logs: Some(self.cfg.logs.clone()),
             linger: true,
             open_files: Some(self.cfg.limits.open_files),
+            restart_floor: if e.owner == 0 {
+                crate::spec::MIN_BACKOFF
+            } else {
+                self.cfg.quotas.restart_floor
+            },
         };
         self.guard.starting(name);
         let t0 = Instant::now();
