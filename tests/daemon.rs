@@ -741,10 +741,16 @@ fn healthz_says_starting_until_start_up_is_done() {
 fn an_apply_that_cannot_start_leaves_nothing() {
     let env = Env::new();
     let mut d = env.daemon();
-    // A host_path to be made (DirectoryOrCreate) where a dangling symlink is: it validates (the
-    // path does not exist) but cannot be made, so the pod cannot start.
-    let target = env.dir.path().join("dangling");
-    std::os::unix::fs::symlink("/nonexistent/peapod-test", &target).unwrap();
+    // A host_path to be made (DirectoryOrCreate) in a read-only mount: it validates (the path
+    // does not exist) but cannot be made, so the pod cannot start.
+    let ro = env.dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let none: Option<&str> = None;
+    use nix::mount::{MsFlags, mount};
+    mount(Some(&ro), &ro, none, MsFlags::MS_BIND, none).unwrap();
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    mount(none, &ro, none, flags, none).unwrap();
+    let target = ro.join("made");
     let spec = format!(
         "{}volume_mounts = [{{ name = \"d\", mount_path = \"/d\" }}]\n\
          [[volumes]]\nname = \"d\"\nhost_path = {{ path = {target:?}, type = \"DirectoryOrCreate\" }}\n",
@@ -760,7 +766,7 @@ fn an_apply_that_cannot_start_leaves_nothing() {
     assert!(!env.pin("nostart").exists());
     assert!(!env.state_dir().join("logs").join("nostart").exists());
     // Once the cause is gone the same apply works.
-    std::fs::remove_file(&target).unwrap();
+    nix::mount::umount2(&ro, nix::mount::MntFlags::MNT_DETACH).unwrap();
     env.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     env.wait_running("nostart");
     d.terminate();

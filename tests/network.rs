@@ -430,3 +430,58 @@ fn a_published_port_answers_on_every_host_address_and_goes_with_the_pod() {
     let table = world.peapod_table().unwrap_or_default();
     assert!(!table.contains(&env.bridge), "{table}");
 }
+
+/// Round 2, finding 6: a published port captured a root service that bound it later, local
+/// clients included. The pod's sandbox holds the port on the host: a later bind fails with
+/// `EADDRINUSE` (the service learns at once), the port answers for the pod, and once the pod is
+/// gone the port is the host's again.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_host_service_cannot_bind_a_published_port_while_the_pod_has_it() {
+    native_only();
+    let world = World::new();
+    let env = Env::new();
+    let web = env.spec(
+        "web.toml",
+        &env.kv_spec(
+            "web",
+            &format!(
+                "ports = [{{ container_port = 8080, host_port = 18080 }}]\n\n\
+                 [[containers]]\nname = \"dns\"\nmodule = {TOOLBOX:?}\n\
+                 args = [\"sleep\", \"600000\"]\n\
+                 ports = [{{ container_port = 53, host_port = 15353, protocol = \"UDP\" }}]\n"
+            ),
+        ),
+    );
+    let mut p = world.start(&env, &web, false);
+    p.wait_for("kv-server listening", Duration::from_secs(60));
+    let pin = format!("/run/netns/{}", world.host.name);
+    // A host service started after the pod, as root, on every address or on 127.0.0.1.
+    let bind = |addr: &str, udp: bool| {
+        let (pin, addr) = (pin.clone(), addr.parse::<SocketAddr>().unwrap());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&pin).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            if udp {
+                std::net::UdpSocket::bind(addr).map(drop)
+            } else {
+                TcpListener::bind(addr).map(drop)
+            }
+        })
+        .join()
+        .unwrap()
+    };
+    for (addr, udp) in [
+        ("0.0.0.0:18080", false),
+        ("127.0.0.1:18080", false),
+        (&format!("{HOST_OUT}:18080") as &str, false),
+        ("127.0.0.1:15353", true),
+    ] {
+        let e = bind(addr, udp).expect_err(addr);
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{addr}: {e}");
+    }
+    world.published_answers("while a host service tried to bind the port");
+    assert!(p.terminate().success());
+    bind("127.0.0.1:18080", false).expect("the port is the host's again");
+    bind("127.0.0.1:15353", true).expect("the port is the host's again");
+}

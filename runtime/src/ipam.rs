@@ -225,6 +225,16 @@ impl Ipam {
             .collect()
     }
 
+    /// Whether pod `pod` publishes a port that clashes with `port` on this bridge (its sandbox
+    /// holds it).
+    pub(crate) fn publishes(&self, pod: &str, port: &Published) -> bool {
+        self.read().is_ok_and(|f| {
+            f.ports
+                .get(pod)
+                .is_some_and(|l| l.iter().any(|p| p.clashes(port)))
+        })
+    }
+
     /// Removes the temp files of writers killed half-way through a write.
     pub(crate) fn sweep(&self) {
         crate::durable::sweep(&self.dir);

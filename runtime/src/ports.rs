@@ -2,6 +2,11 @@
 //! pod publishes (on any bridge of this state dir) or that a host process holds is a problem of
 //! the spec's `host_port` field, naming the holder where it is known. Publishing itself is
 //! [`crate::firewall`]'s.
+//!
+//! A published port is the pod's for the sandbox's life: the daemon holds it on the host
+//! ([`hold`]: a socket bound to the host address and port, never listening), so a host service
+//! started later fails to bind it with `EADDRINUSE` instead of silently losing its traffic, local
+//! clients included, to the pod's DNAT rules.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
@@ -25,6 +30,9 @@ pub(crate) fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem
                 "only root may publish a host port below {unprivileged} \
                  (net.ipv4.ip_unprivileged_port_start), as only root may bind one"
             ))
+        } else if ipam.publishes(&spec.name, &published) {
+            // Held by this pod's own sandbox (a re-create): its to hand on.
+            None
         } else if let Some((holder, _)) = ipam
             .port_holders(&spec.name, &[published])
             .into_iter()
@@ -39,6 +47,33 @@ pub(crate) fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem
         }
     }
     problems
+}
+
+/// Holds each of `ports` on the host: a socket bound to its host address and port, not
+/// listening (connections to it are refused; the DNAT rules take the port's traffic before it
+/// gets there) and without `SO_REUSEADDR`, so no other bind of the port succeeds while it is
+/// held. Dropped with the sandbox.
+pub(crate) fn hold(ports: &[Published]) -> Result<Vec<socket2::Socket>, String> {
+    use socket2::{Domain, Protocol as P, SockAddr, Socket, Type};
+    ports
+        .iter()
+        .map(|p| {
+            let (ty, proto) = match p.protocol {
+                Protocol::Tcp => (Type::STREAM, P::TCP),
+                Protocol::Udp => (Type::DGRAM, P::UDP),
+            };
+            let s = Socket::new(Domain::IPV4, ty, Some(proto))
+                .map_err(|e| format!("{p}: cannot make a socket to hold it: {e}"))?;
+            s.bind(&SockAddr::from(SocketAddr::from((p.host_ip, p.host_port))))
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        format!("{p} is in use on the host (bound since the pod was checked)")
+                    }
+                    _ => format!("{p}: cannot hold it on the host: {e}"),
+                })?;
+            Ok(s)
+        })
+        .collect()
 }
 
 /// Why the host cannot give `p` (a process holds it, or `host_ip` is not the host's), if so.

@@ -53,6 +53,8 @@ pub struct Sandbox {
     pub host_veth: String,
     cfg: Config,
     lock: PodLock,
+    /// The published host ports, held ([`crate::ports::hold`]).
+    _ports: Vec<socket2::Socket>,
 }
 
 /// What every host veth's name starts with.
@@ -177,6 +179,7 @@ impl Sandbox {
         lock.mark_created();
         let netns_path = cfg.netns_path(pod);
         let ipam = Ipam::new(cfg);
+        let held = crate::ports::hold(ports).map_err(SandboxError::Other)?;
         // We hold the lock, so any pin, lease or volume of this pod is a dead process' leftover.
         if netns_path.exists() || ipam.leases()?.contains_key(pod) || volumes::exist(cfg, pod) {
             tracing::warn!(pod, "removing leftovers of an earlier run of this pod");
@@ -198,6 +201,7 @@ impl Sandbox {
             host_veth: host_veth_name(&cfg.bridge, pod),
             cfg: cfg.clone(),
             lock,
+            _ports: held,
         };
         match sandbox.configure(&host, bridge, &ipam, ports).await {
             Ok(ip) => {
@@ -237,6 +241,7 @@ impl Sandbox {
             drop(lock);
             return Ok((Sandbox::create(cfg, pod, ports).await?, false));
         };
+        let held = crate::ports::hold(ports).map_err(SandboxError::Other)?;
         ipam.set_ports(pod, ports)?;
         let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
         let bridge = host
@@ -251,6 +256,7 @@ impl Sandbox {
             host_veth: host_veth_name(&cfg.bridge, pod),
             cfg: cfg.clone(),
             lock,
+            _ports: held,
         };
         // Deleting the host end takes the peer (and its address and route) with it.
         host.delete_link(&sandbox.host_veth).await?;
