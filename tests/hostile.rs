@@ -763,3 +763,92 @@ fn asks_beyond_the_board_are_refused_and_a_stop_is_bounded() {
         "its sandbox stays for the next start"
     );
 }
+
+/// Round 2, finding 5: a user (not root) holding the API's connections locked root out: 2000
+/// connections that each sent half a header, or 130 held `logs -f` streams, left `healthz` and
+/// root's `peapod ps` unanswered. A user's connections now make way for each other, a quarter
+/// of the slots is root's alone, and a user's follow streams are bounded.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_user_flooding_the_api_does_not_lock_root_out() {
+    let env = Env::new();
+    let (mut d, good) = daemon_with_good_pod(&env);
+    // Let the attacker reach the socket (as the `peapod` group would).
+    for dir in [env.dir.path().to_path_buf(), env.run_dir()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let socket = env.socket();
+    let (stalled, follows) = std::thread::spawn(move || {
+        // This thread alone becomes user 4242 (the raw system call: glibc's would change every
+        // thread of the test), and its connections carry that uid (SO_PEERCRED).
+        // SAFETY: setresuid changes only this thread's credentials; no memory is involved.
+        let r = unsafe { libc::syscall(libc::SYS_setresuid, -1i64, 4242i64, -1i64) };
+        assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let mut stalled = Vec::new();
+        for i in 0..2000 {
+            let Ok(mut c) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let half: &[u8] = if i % 2 == 0 {
+                b"GET /v1/healthz HTTP/1.1\r\nHost:"
+            } else {
+                b"G"
+            };
+            let _ = c.write_all(half);
+            stalled.push(c);
+        }
+        let mut follows = Vec::new();
+        for _ in 0..10 {
+            let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            c.write_all(
+                b"GET /v1/pods/good/logs?container=app&follow=true HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            .unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).unwrap();
+            follows.push((String::from_utf8_lossy(&head).into_owned(), c));
+        }
+        (stalled, follows)
+    })
+    .join()
+    .unwrap();
+    // Root is answered: a refused connection would fail these.
+    for _ in 0..5 {
+        let (status, v) = raw_api(&env, "GET", "/v1/healthz", "");
+        assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
+    }
+    env.ctl_ok(&["ps"]);
+    still_serving(good);
+    let statuses: Vec<&str> = follows.iter().map(|(h, _)| &h[9..12]).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "200").count(),
+        4,
+        "quotas.follow_streams: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "429").count(),
+        6,
+        "{statuses:?}"
+    );
+    // Of the 2000 stalled connections the user keeps at most their share, less the followers.
+    let open = eventually(
+        Duration::from_secs(10),
+        "the user's extra connections close",
+        || {
+            let open = stalled
+            .iter()
+            .filter(|c| {
+                c.set_nonblocking(true).unwrap();
+                let mut b = [0u8; 1];
+                matches!((&**c).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count();
+            (open + 4 <= 16).then_some(open)
+        },
+    );
+    eprintln!("figure: the user holds {open} stalled connections of 2000 opened");
+    drop(follows);
+    assert!(d.terminate().success());
+}

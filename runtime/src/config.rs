@@ -34,6 +34,9 @@
 //! memory = "1GiB"                # promised to one user's pods in all
 //! published_ports = 4            # host ports one user's pods publish in all
 //! restart_floor = "100ms"        # the shortest time between two restarts in one of their pods
+//! api_connections = 16           # API connections one user holds open (a quarter of
+//!                                # limits.api_connections is root's alone)
+//! follow_streams = 4             # `peapod logs -f` streams one user holds open
 //! ```
 
 use std::net::Ipv4Addr;
@@ -113,6 +116,10 @@ pub struct Quotas {
     pub published_ports: usize,
     /// The shortest time between two restarts of containers of one of their pods.
     pub restart_floor: Duration,
+    /// API connections one user may hold open.
+    pub api_connections: usize,
+    /// `logs?follow=true` streams one user may hold open.
+    pub follow_streams: usize,
 }
 
 impl Default for Quotas {
@@ -123,6 +130,8 @@ impl Default for Quotas {
             memory: 1 << 30,
             published_ports: 4,
             restart_floor: Duration::from_millis(100),
+            api_connections: 16,
+            follow_streams: 4,
         }
     }
 }
@@ -234,6 +243,8 @@ struct RawQuotas {
     memory: Option<Size>,
     published_ports: Option<usize>,
     restart_floor: Option<String>,
+    api_connections: Option<usize>,
+    follow_streams: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -394,6 +405,8 @@ impl Config {
                 dq.restart_floor,
                 "quotas.restart_floor",
             )?,
+            api_connections: raw.quotas.api_connections.unwrap_or(dq.api_connections),
+            follow_streams: raw.quotas.follow_streams.unwrap_or(dq.follow_streams),
         };
         if limits.max_grace_period > crate::spec::MAX_GRACE_PERIOD {
             return Err(invalid(format!(
@@ -408,6 +421,7 @@ impl Config {
             ("limits.allocatable_memory", limits.allocatable_memory),
             ("limits.max_containers", limits.max_containers as u64),
             ("quotas.containers", quotas.containers as u64),
+            ("quotas.api_connections", quotas.api_connections as u64),
         ] {
             if v == 0 {
                 return Err(invalid(format!("{field}: must be at least 1")));
@@ -612,6 +626,7 @@ mod tests {
                 memory: 256 << 20,
                 published_ports: 0,
                 restart_floor: Duration::from_secs(1),
+                ..Quotas::default()
             }
         );
         assert!(default_allocatable() > 0);

@@ -15,7 +15,8 @@
 //! Errors are JSON, `{"error": message, "problems": [...]}` (problems for an invalid spec), with
 //! 400 (bad request), 404 (no such pod or container), 408 (the body did not arrive in time),
 //! 409 (conflict: e.g. the pod belongs to a file), 413 (body too large), 422 (invalid spec, or
-//! a pod that does not fit the board's allocatable memory or the caller's quotas) or 500.
+//! a pod that does not fit the board's allocatable memory or the caller's quotas), 429 (a user's
+//! `follow=true` streams are at `quotas.follow_streams`) or 500.
 //!
 //! The module files an apply names are read with the client's rights (its `SO_PEERCRED`, see
 //! [`super::server`]); logs are streamed from disk in chunks, never loaded whole.
@@ -49,7 +50,11 @@ pub(super) type Shared = Arc<Mutex<Pods>>;
 
 /// The API. `ready` turns true once start-up (recovery, the pods directory) is done: until
 /// then `/v1/healthz` answers 503 `{"status":"starting"}` and other requests wait for it.
-pub(super) fn router(pods: Shared, ready: Arc<std::sync::atomic::AtomicBool>) -> Router {
+pub(super) fn router(
+    pods: Shared,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    follows_per_user: usize,
+) -> Router {
     Router::new()
         .route(
             "/v1/healthz",
@@ -84,7 +89,54 @@ pub(super) fn router(pods: Shared, ready: Arc<std::sync::atomic::AtomicBool>) ->
                 format!("{} is not allowed on {}", req.method(), req.uri().path()),
             )
         })
+        .layer(axum::middleware::from_fn(super::server::mark_started))
+        .layer(Extension(Arc::new(Follows::new(follows_per_user))))
         .with_state(pods)
+}
+
+/// The `logs?follow=true` streams open per user: a caller other than root holds at most
+/// `quotas.follow_streams` (each is a connection held for as long as the client likes).
+struct Follows {
+    per_user: usize,
+    open: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+}
+
+/// One open follow stream, counted until dropped (with its stream).
+struct Following {
+    follows: Arc<Follows>,
+    uid: u32,
+}
+
+impl Follows {
+    fn new(per_user: usize) -> Self {
+        Follows {
+            per_user,
+            open: Default::default(),
+        }
+    }
+
+    /// Counts a new stream of `caller`, or `None` when they hold their share already.
+    fn take(self: &Arc<Self>, caller: Caller) -> Option<Following> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(caller.uid).or_default();
+        if !caller.is_root() && *n >= self.per_user {
+            return None;
+        }
+        *n += 1;
+        Some(Following {
+            follows: self.clone(),
+            uid: caller.uid,
+        })
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut open = self.follows.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -266,6 +318,8 @@ struct LogQuery {
 
 async fn logs(
     State(pods): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Extension(follows): Extension<Arc<Follows>>,
     Path(pod): Path<String>,
     q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -332,6 +386,22 @@ async fn logs(
             (p, previous_dir)
         }
     };
+    let following = match q.follow {
+        false => None,
+        true => match follows.take(caller) {
+            Some(f) => Some(f),
+            None => {
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "user {} follows {} log streams already, the most allowed \
+                         (quotas.follow_streams): end one first",
+                        caller.uid, follows.per_user
+                    ),
+                );
+            }
+        },
+    };
     // The follower starts at the end now, so nothing between the tail and it is lost or doubled.
     let follower = q.follow.then(|| cri::Follower::from_end(&path));
     let spans = match cri::tail_spans(&path, q.tail) {
@@ -352,7 +422,9 @@ async fn logs(
             // rename (the follower reads what the old file got last, then the new sandbox's
             // file); a delete removes both directories, and ends the stream.
             let dirs = [path.parent().unwrap_or(&path).to_path_buf(), previous_dir];
-            let rest = futures::stream::unfold((f, dirs), |(mut f, dirs)| async move {
+            // The stream holds its count (`following`) until it is dropped.
+            let state = (f, dirs, following);
+            let rest = futures::stream::unfold(state, |(mut f, dirs, following)| async move {
                 loop {
                     if !dirs.iter().any(|d| d.exists()) {
                         return None;
@@ -361,10 +433,11 @@ async fn logs(
                         Ok(lines) if !lines.is_empty() => {
                             let mut chunk = lines.join("\n");
                             chunk.push('\n');
-                            return Some((Ok(axum::body::Bytes::from(chunk)), (f, dirs)));
+                            let next = (f, dirs, following);
+                            return Some((Ok(axum::body::Bytes::from(chunk)), next));
                         }
                         Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                        Err(e) => return Some((Err(e), (f, dirs))),
+                        Err(e) => return Some((Err(e), (f, dirs, following))),
                     }
                 }
             });
@@ -414,7 +487,7 @@ mod tests {
         cfg.logs.dir = dir.join("logs");
         let pods = Pods::new(cfg, Executor::new().unwrap());
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        router(Arc::new(Mutex::new(pods)), ready).layer(Extension(Caller::myself()))
+        router(Arc::new(Mutex::new(pods)), ready, 4).layer(Extension(Caller::myself()))
     }
 
     /// (status, JSON body) of one request.

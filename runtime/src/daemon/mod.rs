@@ -112,8 +112,11 @@ pub async fn serve(
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = tokio::spawn(server::serve(
         listener,
-        api::router(pods.clone(), ready.clone()),
-        cfg.limits.api_connections,
+        api::router(pods.clone(), ready.clone(), cfg.quotas.follow_streams),
+        server::ConnBounds {
+            max: cfg.limits.api_connections,
+            per_user: cfg.quotas.api_connections,
+        },
         shutdown.clone(),
     ));
     starting.start_all().await;
