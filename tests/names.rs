@@ -87,3 +87,38 @@ fn pods_find_each_other_and_the_host_by_name() {
     assert_eq!(code, Some(0), "{out}");
     assert!(a2.terminate().success());
 }
+
+/// Round 2, finding 4: a pod named like a name of the host's `/etc/hosts` (`vm`) hid it from
+/// every other pod. The host's names win for bare names; `NAME.pod` is always the pod.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_pod_cannot_hide_the_hosts_names() {
+    let env = Env::new();
+    let vm_host = Ipv4Addr::new(192, 0, 2, 50);
+    let dns = FakeDns::with_hosts(&[], &[("vm", vm_host)]);
+    let server = job(
+        &env,
+        "vm",
+        &[&["listen", "0.0.0.0:9000", "hello from pod vm"]],
+    );
+    let mut vm = env.start(&server);
+    vm.wait_for("listening on", Duration::from_secs(60));
+    let pod_ip = lease(&env, "vm");
+    let looker = job(
+        &env,
+        "b",
+        &[
+            &["resolve", "vm", "vm.pod"],
+            &["connect", "vm.pod:9000", "50"],
+        ],
+    );
+    let (code, out) = run_looking_up(&env, &dns, &looker);
+    assert!(out.contains(&format!("b/c0: vm: {vm_host}\n")), "{out}");
+    assert!(out.contains(&format!("b/c0: vm.pod: {pod_ip}\n")), "{out}");
+    assert!(
+        out.contains("b/c1: connected to vm.pod:9000: hello from pod vm\n"),
+        "{out}"
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(vm.terminate().success());
+}

@@ -151,6 +151,8 @@ pub struct RunSpec {
     pub usage: Arc<crate::cpu::Usage>,
     /// The leases of the pod's bridge: the pods whose names the guest can look up.
     pub pod_names: Option<Ipam>,
+    /// The pod's share of the host's resolver (one for all its containers).
+    pub lookups: crate::names::Lookups,
 }
 
 /// A host directory preopened for the guest at `guest` (a volume mount).
@@ -536,6 +538,8 @@ impl Executor {
                     names: Names {
                         pods: spec.pod_names.clone(),
                         host: self.resolver.clone(),
+                        share: spec.lookups.clone(),
+                        hosts_file: crate::names::HOSTS_FILE.into(),
                     },
                 };
                 let mut store = self.store(state, |s| &mut s.limits);
@@ -672,6 +676,7 @@ mod tests {
             log: ContainerLog::new("p", "c", None),
             usage: Default::default(),
             pod_names: None,
+            lookups: Default::default(),
         };
         let e = wasmtime::Error::from(LimitReached::Memory(16 << 20)).context("backtrace");
         let o = classify(&e, &spec);

@@ -38,7 +38,7 @@ pub mod loader;
 pub mod logs;
 pub mod module_file;
 mod name_lookup;
-mod names;
+pub mod names;
 pub mod net;
 pub mod netns;
 pub mod pod;

@@ -165,6 +165,7 @@ impl RunningPod {
             }
         };
         let pod_names = crate::ipam::Ipam::new(sandbox.config());
+        let lookups = crate::names::Lookups::default();
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
         let mut controls = Vec::new();
@@ -221,6 +222,7 @@ impl RunningPod {
                 log,
                 usage: control.usage(),
                 pod_names: Some(pod_names.clone()),
+                lookups: lookups.clone(),
             };
             controls.push(control.clone());
             let container = Container {

@@ -567,6 +567,7 @@ mod tests {
             log: crate::logs::ContainerLog::new("p", "c", Some(Arc::new(|_, _, _| {}))),
             usage: control.usage(),
             pod_names: None,
+            lookups: Default::default(),
         };
         let c = Container {
             runner: Box::new(Script(Mutex::new(script.into()))),

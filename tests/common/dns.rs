@@ -22,6 +22,11 @@ pub(crate) struct FakeDns {
 impl FakeDns {
     /// Answers `A` queries for `names` (name -> address); every other name is NXDOMAIN.
     pub(crate) fn start(names: &[(&str, Ipv4Addr)]) -> FakeDns {
+        Self::with_hosts(names, &[])
+    }
+
+    /// [`FakeDns::start`], with `hosts` (name -> address) in its `/etc/hosts` too.
+    pub(crate) fn with_hosts(names: &[(&str, Ipv4Addr)], hosts: &[(&str, Ipv4Addr)]) -> FakeDns {
         // A loopback address of the test's own (port 53 of 127.0.0.1 may be the host's).
         let h = super::unique("dns");
         let b = h.as_bytes();
@@ -50,7 +55,11 @@ impl FakeDns {
             format!("nameserver {addr}\noptions timeout:2 attempts:2\n"),
         )
         .unwrap();
-        std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let mut hosts_file = String::from("127.0.0.1 localhost\n");
+        for (name, ip) in hosts {
+            hosts_file += &format!("{ip} {name}\n");
+        }
+        std::fs::write(dir.path().join("hosts"), hosts_file).unwrap();
         std::fs::write(dir.path().join("nsswitch.conf"), "hosts: files dns\n").unwrap();
         FakeDns {
             addr,
