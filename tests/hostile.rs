@@ -810,6 +810,14 @@ fn a_user_flooding_the_api_does_not_lock_root_out() {
             c.read_exact(&mut head).unwrap();
             follows.push((String::from_utf8_lossy(&head).into_owned(), c));
         }
+        // Root's pod is not theirs to delete.
+        let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        c.write_all(b"DELETE /v1/pods/good HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        assert!(answer.contains("belongs to root"), "{answer}");
         (stalled, follows)
     })
     .join()

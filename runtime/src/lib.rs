@@ -28,6 +28,8 @@ pub mod client;
 pub mod config;
 mod cpu;
 pub mod daemon;
+#[cfg(test)]
+mod docs_examples;
 mod durable;
 pub mod executor;
 mod firewall;

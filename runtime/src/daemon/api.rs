@@ -13,7 +13,8 @@
 //! | `POST /v1/reload`                             | re-read the pods directory (as SIGHUP)    |
 //!
 //! Errors are JSON, `{"error": message, "problems": [...]}` (problems for an invalid spec), with
-//! 400 (bad request), 404 (no such pod or container), 408 (the body did not arrive in time),
+//! 400 (bad request), 403 (a pod of another user), 404 (no such pod or container), 408 (the
+//! body did not arrive in time),
 //! 409 (conflict: e.g. the pod belongs to a file), 413 (body too large), 422 (invalid spec, or
 //! a pod that does not fit the board's allocatable memory or the caller's quotas), 429 (a user's
 //! `follow=true` streams are at `quotas.follow_streams`) or 500.
@@ -148,6 +149,7 @@ impl IntoResponse for OpError {
         let status = match &self {
             OpError::NotFound(_) | OpError::NoContainer { .. } => StatusCode::NOT_FOUND,
             OpError::Conflict(_) => StatusCode::CONFLICT,
+            OpError::Forbidden(_) => StatusCode::FORBIDDEN,
             OpError::Invalid(_) | OpError::Unfit(_) => StatusCode::UNPROCESSABLE_ENTITY,
             OpError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -268,8 +270,18 @@ async fn apply(
 
 /// Answers once the pod is gone: its stop (pre_stop hooks, grace period) is waited for without
 /// the lock.
-async fn delete(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
-    let stop = pods.lock().await.delete(&pod);
+async fn delete(
+    State(pods): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(pod): Path<String>,
+) -> Response {
+    let stop = {
+        let mut pods = pods.lock().await;
+        match pods.owned_by(&pod, caller) {
+            Ok(()) => pods.delete(&pod),
+            Err(e) => Err(e),
+        }
+    };
     match stop {
         Ok(stop) => {
             stop.wait().await;
@@ -279,9 +291,20 @@ async fn delete(State(pods): State<Shared>, Path(pod): Path<String>) -> Response
     }
 }
 
-async fn restart(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
-    if let Err(e) = pods.lock().await.restart(&pod).await {
-        return e.into_response();
+async fn restart(
+    State(pods): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(pod): Path<String>,
+) -> Response {
+    {
+        let mut pods = pods.lock().await;
+        let r = match pods.owned_by(&pod, caller) {
+            Ok(()) => pods.restart(&pod).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            return e.into_response();
+        }
     }
     super::pods::settle(&pods, Some(&pod)).await;
     match pods.lock().await.outcome(&pod) {
@@ -292,9 +315,14 @@ async fn restart(State(pods): State<Shared>, Path(pod): Path<String>) -> Respons
 
 async fn restart_container(
     State(pods): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path((pod, container)): Path<(String, String)>,
 ) -> Response {
-    match pods.lock().await.restart_container(&pod, &container) {
+    let pods = pods.lock().await;
+    let r = pods
+        .owned_by(&pod, caller)
+        .and_then(|()| pods.restart_container(&pod, &container));
+    match r {
         Ok(()) => Json(json!({"restarted": format!("{pod}/{container}")})).into_response(),
         Err(e) => e.into_response(),
     }

@@ -132,6 +132,9 @@ pub(super) enum OpError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// A caller other than root acting on a pod that is not theirs.
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Invalid(#[from] SpecError),
     /// Does not fit beside the pods admitted already (the board's memory, the caller's quotas).
@@ -550,6 +553,7 @@ impl Pods {
                 f.display()
             )));
         }
+        self.owned_by(&name, caller)?;
         if current.is_some_and(|e| e.digest == l.digest && e.running.is_some()) {
             return Ok(Action::Unchanged);
         }
@@ -602,6 +606,26 @@ impl Pods {
                 (Err(e), self.remove(name, Logs::Drop))
             }
             r => (r.map(|view| (action, view)), None),
+        }
+    }
+
+    /// Whether `caller` may change pod `name` (delete, restart, re-apply): root may change any
+    /// pod; another user the pods they applied. A pod that does not exist passes (the verb says
+    /// it is not found).
+    pub(super) fn owned_by(&self, name: &str, caller: Caller) -> Result<(), OpError> {
+        match self.entries.get(name) {
+            Some(e) if !caller.is_root() && e.owner != caller.uid => {
+                Err(OpError::Forbidden(format!(
+                    "pod {name:?} belongs to {}; user {} may change only the pods they applied",
+                    if e.owner == 0 {
+                        "root".to_string()
+                    } else {
+                        format!("user {}", e.owner)
+                    },
+                    caller.uid
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
