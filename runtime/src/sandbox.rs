@@ -131,13 +131,18 @@ fn lock_pod(cfg: &Config, pod: &str) -> Result<PodLock, SandboxError> {
 }
 
 /// Test hook for crash recovery: with `PEAPOD_CRASH_AT=<point>` in its environment the process
-/// kills itself with SIGKILL at that point, as a power cut or the OOM killer would.
+/// kills itself with SIGKILL at that point, as a power cut or the OOM killer would. Only in
+/// builds with the `test-hooks` feature (the tests'); a release build has no such hook.
+#[cfg(feature = "test-hooks")]
 fn crash_point(point: &str) {
     if std::env::var("PEAPOD_CRASH_AT").is_ok_and(|v| v == point) {
         tracing::warn!("PEAPOD_CRASH_AT={point}: killing myself");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_: &str) {}
 
 /// Runs `work` on a fresh thread inside the namespace `fd`, with its own current-thread runtime
 /// (so netlink sockets it opens act in that namespace). The thread ends with `work`.
