@@ -16,7 +16,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// How long a pod must run, with the daemon alive, before its start counts as safe.
 pub(super) const STABLE_AFTER: Duration = Duration::from_secs(30);

@@ -9,6 +9,7 @@
 
 mod api;
 mod crashguard;
+mod host;
 mod load;
 mod pods;
 mod server;

@@ -15,15 +15,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 
+#[cfg(test)]
+mod tests;
 mod view;
 
 pub(super) use view::PodView;
 
 use super::crashguard::CrashGuard;
+use super::host::{Host, Kernel, Running};
 pub(super) use super::load::{Loaded, Origin, ReloadPlan, plan, plan_reload};
 use super::load::{compile, parse, pod_files};
 use super::store::{Record, Store};
@@ -31,8 +36,7 @@ use crate::admission::Admitted;
 use crate::config::Config;
 use crate::executor::{Executor, Prepared};
 use crate::module_file::Caller;
-use crate::pod::{Options, RunningPod};
-use crate::sandbox::{self, Sandbox};
+use crate::pod::Options;
 use crate::spec::{PodSpec, SpecError};
 
 /// A reload of the shared pods that reads and compiles without holding their lock (the API
@@ -105,7 +109,7 @@ struct Entry {
     modules: Vec<Prepared>,
     digest: String,
     created: SystemTime,
-    running: Option<RunningPod>,
+    running: Option<Box<dyn Running>>,
     error: Option<String>,
     /// Held back by the crash guard until then.
     delayed: Option<Instant>,
@@ -147,6 +151,8 @@ pub(super) enum OpError {
 pub(super) struct Pods {
     cfg: Config,
     exec: Executor,
+    /// The machine: sandboxes and modules ([`Kernel`], or a test's fake).
+    host: std::sync::Arc<dyn Host>,
     store: Store,
     entries: BTreeMap<String, Entry>,
     /// Problems of the last reload of the pods directory (file -> message).
@@ -158,7 +164,17 @@ pub(super) struct Pods {
 
 impl Pods {
     pub(super) fn new(cfg: Config, exec: Executor) -> Self {
+        let host = Kernel {
+            cfg: cfg.clone(),
+            exec: exec.clone(),
+        };
+        Self::with_host(cfg, exec, std::sync::Arc::new(host))
+    }
+
+    /// Pods on `host` (a test's fake).
+    pub(super) fn with_host(cfg: Config, exec: Executor, host: std::sync::Arc<dyn Host>) -> Self {
         Pods {
+            host,
             store: Store::new(&cfg.state_dir),
             guard: CrashGuard::load(&cfg.state_dir),
             cfg,
@@ -194,7 +210,7 @@ impl Pods {
         if !stale_logs.is_empty() {
             tracing::info!("removed orphaned logs: {}", stale_logs.join(", "));
         }
-        match sandbox::collect_orphans(&self.cfg, &keep).await {
+        match self.host.collect_orphans(&keep).await {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!("removed orphaned sandbox parts of {}", removed.join(", "))
             }
@@ -223,8 +239,12 @@ impl Pods {
     /// pod it described keeps running as it was.
     /// Returns the problems (one message per bad file).
     pub(super) async fn reload(&mut self) -> Vec<String> {
-        let plan = tokio::task::block_in_place(|| plan_reload(&self.cfg, &self.exec));
-        self.commit_reload(plan).await
+        // Reading and compiling blocks: on a blocking thread, not the runtime's workers.
+        let (cfg, exec) = self.planner();
+        match tokio::task::spawn_blocking(move || plan_reload(&cfg, &exec)).await {
+            Ok(plan) => self.commit_reload(plan).await,
+            Err(e) => vec![format!("reload: {e}")],
+        }
     }
 
     /// [`Pods::reload`]'s second half, with what [`plan_reload`] found.
@@ -383,20 +403,17 @@ impl Pods {
             },
         };
         self.guard.starting(name);
-        let t0 = Instant::now();
-        let result = match Sandbox::recover(&self.cfg, name, &spec.published_ports()).await {
-            Ok((sandbox, recovered)) => {
-                if recovered {
-                    tracing::info!("pod {name}: recovered its sandbox (ip {})", sandbox.ip);
-                }
-                RunningPod::launch(sandbox, t0.elapsed(), &self.exec, &spec, modules, &opts)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(format!("pod {name}: {e}")),
-        };
+        let result = self.host.start(&spec, modules, &opts).await;
         let (running, error) = match result {
-            Ok(p) => (Some(p), None),
+            Ok(started) => {
+                if started.recovered {
+                    tracing::info!(
+                        "pod {name}: recovered its sandbox (ip {})",
+                        started.pod.ip()
+                    );
+                }
+                (Some(started.pod), None)
+            }
             Err(e) => {
                 tracing::error!("{e}");
                 self.guard.forget(name);
@@ -480,27 +497,22 @@ impl Pods {
             done: Stopped(rx),
             origin: e.origin,
             created: e.created,
-            ip: e.running.as_ref().map(|p| p.ip),
-            netns: e.running.as_ref().map(|p| p.netns_path.clone()),
+            ip: e.running.as_ref().map(|p| p.ip()),
+            netns: e.running.as_ref().map(|p| p.netns_path().to_path_buf()),
         };
         let done = stopping.done.clone();
         self.stopping.insert(name.into(), stopping);
-        let (cfg, name) = (self.cfg.clone(), name.to_string());
+        let (cfg, name, host) = (self.cfg.clone(), name.to_string(), self.host.clone());
         tokio::spawn(async move {
             if let Some(before) = before {
                 before.wait().await;
             }
-            match e.running {
-                Some(p) => {
-                    if let Err(err) = p.stop().await {
-                        tracing::error!("{err}");
-                    }
-                }
-                None => {
-                    if let Err(err) = Sandbox::remove(&cfg, &name).await {
-                        tracing::error!("pod {name}: {err}");
-                    }
-                }
+            let stopped = match e.running {
+                Some(p) => p.stop(false).await,
+                None => host.remove(&name).await,
+            };
+            if let Err(err) = stopped {
+                tracing::error!("pod {name}: {err}");
             }
             let done = match logs {
                 Logs::Drop => cfg.logs.remove_pod(&name),
@@ -739,7 +751,7 @@ impl Pods {
     /// grace period) is left, its sandbox kept, as a kill would leave it.
     pub(super) async fn stop_all(&mut self) {
         let within = self.cfg.limits.stop_timeout;
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = Instant::now() + within;
         // Stops under way end first (a pod being deleted is deleted whole), if they can in time.
         let under_way = futures::future::join_all(self.stops(None).into_iter().map(Stopped::wait));
         let _ = tokio::time::timeout_at(deadline, under_way).await;
@@ -748,7 +760,7 @@ impl Pods {
             .into_iter()
             .filter_map(|(name, e)| e.running.map(|p| (name, p)))
             .map(|(name, p)| async move {
-                if let Err(err) = p.stop_keep_sandbox().await {
+                if let Err(err) = p.stop(true).await {
                     tracing::error!("pod {name}: {err}");
                 }
             });

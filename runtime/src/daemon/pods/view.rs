@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 
@@ -100,8 +102,8 @@ impl Pods {
         Some(PodView {
             name: name.into(),
             status: status.into(),
-            ip: e.running.as_ref().map(|p| p.ip),
-            netns: e.running.as_ref().map(|p| p.netns_path.clone()),
+            ip: e.running.as_ref().map(|p| p.ip()),
+            netns: e.running.as_ref().map(|p| p.netns_path().to_path_buf()),
             source: source(&e.origin),
             created: humantime::format_rfc3339_seconds(e.created).to_string(),
             age_seconds: age.as_secs(),
