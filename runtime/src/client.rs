@@ -1,4 +1,4 @@
-//! A client of the daemon's API (see [`crate::daemon::api`]), over its unix socket.
+//! A client of the daemon's API (the routes are listed in `daemon/api.rs`), over its unix socket.
 
 use std::path::{Path, PathBuf};
 

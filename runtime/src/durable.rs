@@ -1,6 +1,6 @@
 //! Files that must be whole after a crash, and the lock files that serialize their writers.
 //!
-//! Two strengths: [`write`] survives a power loss (temp file beside the target, fsynced, renamed
+//! Two strengths: [`write()`] survives a power loss (temp file beside the target, fsynced, renamed
 //! over it, the directory fsynced): for what must outlive the machine's state, such as an
 //! applied pod. [`replace`] survives the process' crash only (temp file renamed over the target,
 //! no flush): for what describes kernel objects that a power loss takes with it — the leases of
@@ -97,7 +97,7 @@ fn boot_time() -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
-/// Removes the temp files in `dir` that a process killed in the middle of a [`write`] or a
+/// Removes the temp files in `dir` that a process killed in the middle of a [`write()`] or a
 /// [`replace`] left: those of processes that no longer run.
 pub(crate) fn sweep(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -134,7 +134,7 @@ impl std::fmt::Display for Outcome {
 /// What one run of a container gets.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
-    /// argv[0]
+    /// `argv[0]`
     pub name: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,

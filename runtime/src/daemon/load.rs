@@ -107,7 +107,7 @@ pub(super) fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
 }
 
 /// The first half of an apply, done without the daemon's pods at hand (no lock): read and
-/// compile what `text` names. [`Pods::commit`] does the rest.
+/// compile what `text` names. [`super::pods::Pods::commit`] does the rest.
 pub(super) fn plan(
     cfg: &Config,
     exec: &Executor,
@@ -151,7 +151,7 @@ pub(super) struct ReloadPlan(pub(super) Vec<(PathBuf, Result<Loaded, String>)>);
 
 /// The first half of a reload, done without the daemon's pods at hand (no lock): read and
 /// compile every pod file. Modules that running pods use are already loaded and cost a lookup.
-/// [`Pods::commit_reload`] does the rest.
+/// [`super::pods::Pods::commit_reload`] does the rest.
 pub(super) fn plan_reload(cfg: &Config, exec: &Executor) -> ReloadPlan {
     let me = Caller::myself();
     ReloadPlan(

@@ -139,7 +139,7 @@ pub struct ContainerSpec {
     pub module: PathBuf,
     /// Line of the `module` field, so module problems found later point at it.
     pub module_line: Option<usize>,
-    /// argv[1..]; argv[0] is the container name.
+    /// `argv[1..]`; `argv[0]` is the container name.
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub restart_policy: RestartPolicy,
