@@ -414,7 +414,7 @@ fn recovery_after_kill_keeps_ips_and_namespaces() {
     // its name alone.
     std::fs::remove_file(env.pods_dir().join("f2.toml")).unwrap();
     // (A pod's host veth has a name of its form, `pp` and 11 hex digits: other ports stay.)
-    let stray = &peapod::sandbox::host_veth_name(&env.bridge, &unique("gone"));
+    let stray = &peapod::host::sandbox::host_veth_name(&env.bridge, &unique("gone"));
     cmd(
         "ip",
         &[

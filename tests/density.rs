@@ -88,7 +88,7 @@ fn a_full_bridge_is_a_clear_error() {
     let env = Env::new();
     let host = TestNetns::new();
     let mut batch = format!("link add {} type bridge\n", env.bridge);
-    for i in 0..peapod::net::BRIDGE_MAX_PORTS {
+    for i in 0..peapod::host::net::BRIDGE_MAX_PORTS {
         // (veths: the dummy driver is not in every kernel or container)
         batch += &format!(
             "link add v{i} type veth peer name w{i}\nlink set v{i} master {}\n",
@@ -122,7 +122,7 @@ fn a_full_bridge_is_a_clear_error() {
     );
     assert_eq!(
         ports.lines().count(),
-        peapod::net::BRIDGE_MAX_PORTS,
+        peapod::host::net::BRIDGE_MAX_PORTS,
         "a veth was left"
     );
 }

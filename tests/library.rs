@@ -8,9 +8,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::*;
-use peapod::executor::{Executor, Prepared};
-use peapod::pod::RunningPod;
+use peapod::run::pod::RunningPod;
 use peapod::spec::PodSpec;
+use peapod::wasm::executor::{Executor, Prepared};
 
 fn netns_inode(path: impl AsRef<Path>) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.ino())
@@ -50,7 +50,7 @@ fn listener_pod(env: &Env, listen: &str, text: &str) -> (String, PodSpec, Execut
         &exec,
         &spec,
         &env.config(),
-        peapod::module_file::Caller::myself(),
+        peapod::caller::Caller::myself(),
     )
     .unwrap();
     (name, spec, exec, modules)

@@ -281,7 +281,7 @@ fn a_trapping_or_spinning_module_leaves_its_sibling_serving() {
 fn recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing() {
     let env = Env::new();
     let spec = env.spec("p.toml", &pod("again", "Always", &[kv("0.0.0.0:8080")]));
-    let veth = peapod::sandbox::host_veth_name(&env.bridge, "again");
+    let veth = peapod::host::sandbox::host_veth_name(&env.bridge, "again");
     let mut ips = Vec::new();
     for _ in 0..2 {
         let mut p = env.start(&spec);

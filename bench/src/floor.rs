@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use peapod::config::Config;
-use peapod::net::{Links, Netlink};
-use peapod::netns;
-use peapod::sandbox::{SandboxError, in_netns, plumb};
+use peapod::host::net::{Links, Netlink};
+use peapod::host::netns;
+use peapod::host::sandbox::{SandboxError, in_netns, plumb};
 
 use crate::stats::ms;
 
@@ -60,7 +60,7 @@ pub(crate) fn ip_commands(cfg: &Config, prefix: &str, iterations: usize) -> Resu
 }
 
 /// The same work over netlink from this process: pin a namespace, one veth message, four
-/// messages inside. This is `peapod::sandbox::plumb`, the code the sandbox itself runs.
+/// messages inside. This is `peapod::host::sandbox::plumb`, the code the sandbox itself runs.
 pub(crate) async fn raw_netlink(
     cfg: &Config,
     dir: &Path,

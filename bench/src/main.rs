@@ -251,7 +251,8 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            std::env::var("PEAPOD_LOG").unwrap_or_else(|_| "warn,peapod::supervisor=error".into()),
+            std::env::var("PEAPOD_LOG")
+                .unwrap_or_else(|_| "warn,peapod::run::supervisor=error".into()),
         )
         .init();
     let place = Place::new()?;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use peapod::config::Config;
-use peapod::executor::{Executor, Prepared};
 use peapod::logs::{LogSink, Stream};
-use peapod::pod::RunningPod;
+use peapod::run::pod::RunningPod;
 use peapod::spec::PodSpec;
+use peapod::wasm::executor::{Executor, Prepared};
 
 use crate::stats::{Figure, ms, rss_kib};
 
@@ -97,7 +97,7 @@ impl Ctx {
             &self.exec,
             spec,
             &self.cfg,
-            peapod::module_file::Caller::myself(),
+            peapod::caller::Caller::myself(),
         )?)
     }
 
@@ -468,7 +468,7 @@ impl Ctx {
                 anyhow::ensure!(w.get(2) == Some(&"ok:"), "guest write failed: {}", lines[0]);
                 guest.push(w[3].parse::<f64>()? / w[6].parse::<f64>()?);
                 // The host, into the same directory, the same way.
-                let dir = peapod::volumes::pod_dir(&self.cfg, &name).join("data");
+                let dir = peapod::host::volumes::pod_dir(&self.cfg, &name).join("data");
                 let chunk = vec![0x42u8; 64 * 1024];
                 let t0 = Instant::now();
                 let mut f = std::fs::File::create(dir.join("host"))?;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use peapod::config::Config;
-use peapod::executor::Executor;
-use peapod::pod::RunningPod;
+use peapod::run::pod::RunningPod;
 use peapod::spec::PodSpec;
+use peapod::wasm::executor::Executor;
 
 use crate::floor::ip;
 use crate::stats::{Figure, ms};
@@ -84,7 +84,7 @@ fn in_host_namespace(
          ports = [{{ container_port = 9001, host_port = 19001 }}]\n"
     );
     let spec = PodSpec::parse(&dir.join("bpub.toml"), &text)?;
-    let modules = peapod::loader::load(&exec, &spec, cfg, peapod::module_file::Caller::myself())?;
+    let modules = peapod::loader::load(&exec, &spec, cfg, peapod::caller::Caller::myself())?;
     let pod = rt.block_on(RunningPod::start_with_logs(
         cfg,
         &exec,

@@ -9,8 +9,8 @@
 //!   `limits.allocatable_memory`, for everyone; and a caller other than root stays within the
 //!   per-user [`Quotas`] (pods, memory, published host ports).
 
+use crate::caller::Caller;
 use crate::config::{Config, Quotas};
-use crate::module_file::Caller;
 use crate::spec::{Kind, PodSpec, Problem, VolumeKind};
 
 /// The problems of `spec` against the settings' per-pod bounds.

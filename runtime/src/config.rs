@@ -46,9 +46,12 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::limits::DEFAULT_OPEN_FILES;
 use crate::logs::cri::LogSettings;
-use crate::module_file::DEFAULT_MAX_MODULE_SIZE;
+
+/// The largest module file read (`limits.max_module_size`).
+pub const DEFAULT_MAX_MODULE_SIZE: u64 = 64 << 20;
+/// Open WASI handles of a container whose spec sets none (`limits.open_files`).
+pub const DEFAULT_OPEN_FILES: usize = 1024;
 
 pub const DEFAULT_CONFIG: &str = "/etc/peapod/peapod.toml";
 pub const DEFAULT_RUN_DIR: &str = "/run/peapod";
@@ -82,7 +85,7 @@ pub struct Config {
     pub quotas: Quotas,
 }
 
-/// Bounds on what pods and API clients may take (see [`crate::limits`]).
+/// Bounds on what pods and API clients may take (see [`crate::wasm::limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest module file read.
@@ -141,6 +144,8 @@ impl Default for Quotas {
 pub const DEFAULT_MAX_GRACE: Duration = Duration::from_secs(300);
 /// The default of `limits.stop_timeout`: under the systemd unit's `TimeoutStopSec=30s`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(25);
+/// The longest `limits.max_grace_period`: a day, the longest duration a spec may say.
+pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(24 * 3600);
 /// The default of `limits.max_containers`.
 pub const DEFAULT_MAX_CONTAINERS: usize = 64;
 
@@ -408,10 +413,10 @@ impl Config {
             api_connections: raw.quotas.api_connections.unwrap_or(dq.api_connections),
             follow_streams: raw.quotas.follow_streams.unwrap_or(dq.follow_streams),
         };
-        if limits.max_grace_period > crate::spec::MAX_GRACE_PERIOD {
+        if limits.max_grace_period > MAX_GRACE_PERIOD {
             return Err(invalid(format!(
                 "limits.max_grace_period: at most {}",
-                humantime::format_duration(crate::spec::MAX_GRACE_PERIOD)
+                humantime::format_duration(MAX_GRACE_PERIOD)
             )));
         }
         for (field, v) in [

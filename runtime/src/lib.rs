@@ -1,22 +1,23 @@
 //! peapod: Kubernetes-style pods of WebAssembly containers for small ARM boards.
 //!
-//! # Layout
-//! - [`spec`]: the pod TOML, parsed and validated before anything touches the kernel.
-//! - [`config`]: where pins and leases live, which bridge and subnet pods use.
-//! - [`sandbox`] (the pause role): pinned namespace ([`netns`]), veth, lease ([`ipam`]),
-//!   routes, all through [`net`] (rtnetlink).
-//! - [`executor`]: the wasmtime engine, compiled modules, one store per run; [`artifact`]:
-//!   precompiled `.cwasm` files and the compile cache; [`limits`]: what a run may grow;
-//!   [`module_file`]: reading untrusted files (regular, capped, with the caller's rights);
-//!   [`loader`]: a pod's modules read and compiled.
-//! - [`supervisor`]: restart policy and backoff of one container, with its probes ([`probe`])
-//!   and its CPU metered and capped ([`cpu`]).
-//! - [`volumes`]: a pod's volumes on the host ([`host_files`]: host paths opened without
-//!   following a symlink, held for the sandbox's life); [`tree`]: removing what a guest wrote, safely.
-//! - [`pod`]: a sandbox plus the pod thread that runs every container inside its namespace.
-//! - [`logs`]: container output into the log, and [`logs::cri`]: CRI-format log files with rotation.
-//! - `admission`: what a pod may ask of the board (allocatable memory, per-user quotas).
-//! - [`daemon`]: `peapod daemon`, its pods, its API; [`client`]: the API's client (the CLI).
+//! # Layers
+//! Each folder is a layer; a module uses its own layer and those below it, never one above
+//! (`layers` checks it, with the whole module graph acyclic):
+//!
+//! 1. The ground, used by all: [`spec`] (the pod TOML, parsed and validated before anything
+//!    touches the kernel), [`config`] (where pins and leases live, the bridge, the limits),
+//!    [`logs`] (container output and CRI log files), [`caller`] (who asks) and [`module_file`] (reading its untrusted files), `durable` (atomic
+//!    file writes), `hash`, [`table`].
+//! 2. [`host`], the kernel: the sandbox (the pause role: pinned namespace, veth, lease, routes,
+//!    all through rtnetlink), IPAM, the firewall, published ports, volumes on the host.
+//!    [`wasm`], the engine: wasmtime, compiled modules and the compile cache, what a run may
+//!    grow, its CPU meter, name lookups, reading untrusted module files. Neither uses the other.
+//! 3. [`run`]: a pod's containers supervised (restart policy, backoff, probes) on the pod thread
+//!    inside its sandbox: where `host` and `wasm` meet.
+//! 4. `admission` (what a pod may ask of the board), [`loader`] (a pod's modules checked
+//!    against the board, read and compiled: the one loader of `peapod run` and the daemon) and
+//!    [`daemon`] (`peapod daemon`: its pods,
+//!    its API, its seam in front of `host` and `run`); [`client`], the API's client.
 //!
 //! Public are the modules the `peapod` binary, the integration tests and the bench use; the rest
 //! (and every item not used outside its module's crate) is `pub(crate)`, which the workspace's
@@ -26,32 +27,21 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 mod admission;
-mod artifact;
+pub mod caller;
 pub mod client;
 pub mod config;
-mod cpu;
 pub mod daemon;
 #[cfg(test)]
 mod docs_examples;
 mod durable;
-pub mod executor;
-mod firewall;
-pub mod host_files;
-mod ipam;
-mod limits;
+mod hash;
+pub mod host;
+#[cfg(test)]
+mod layers;
 pub mod loader;
 pub mod logs;
 pub mod module_file;
-mod name_lookup;
-pub mod names;
-pub mod net;
-pub mod netns;
-pub mod pod;
-mod ports;
-mod probe;
-pub mod sandbox;
+pub mod run;
 pub mod spec;
-pub mod supervisor;
 pub mod table;
-pub mod tree;
-pub mod volumes;
+pub mod wasm;

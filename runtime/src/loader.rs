@@ -1,12 +1,13 @@
-//! A pod's modules, read ([`crate::module_file`]) and compiled ([`crate::executor`]): the one
+//! A pod's modules, read ([`crate::module_file`]) and compiled ([`crate::wasm::executor`]): the one
 //! loader of `peapod run` and the daemon. Every problem is reported as a problem of the spec's
 //! `module` field, all at once.
 
+use crate::caller::Caller;
 use crate::config::Config;
-use crate::executor::{Executor, Prepared};
-use crate::module_file::{self, Caller, Read};
+use crate::host::{ports, volumes};
+use crate::module_file::{self, Read};
 use crate::spec::{ContainerSpec, PodSpec, SpecError};
-use crate::{ports, volumes};
+use crate::wasm::executor::{Executor, Prepared};
 
 /// Reads every module of `spec` (at most `limits.max_module_size` bytes each) with the rights
 /// of `caller`, and checks it against the settings' per-pod bounds (`admission::check`) and what

@@ -14,49 +14,16 @@
 //!   trust (an API client that is root, `peapod run` by root). A `.cwasm` is native code that
 //!   the daemon runs as root.
 
+use crate::caller::Caller;
 use std::fs::File;
 use std::io::{self, Read as _};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Default cap on a module file: generous for a Pi (a big Rust component is a few MiB).
-pub const DEFAULT_MAX_MODULE_SIZE: u64 = 64 << 20;
+pub use crate::config::DEFAULT_MAX_MODULE_SIZE;
 /// Cap on a pod spec file.
 pub const MAX_SPEC_SIZE: u64 = 1 << 20;
-
-/// Who asks for a file: the daemon's own user, or the peer of an API connection
-/// (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    /// The peer's process, to read its supplementary groups (0: none known).
-    pub pid: i32,
-}
-
-impl Caller {
-    /// This process.
-    pub fn myself() -> Caller {
-        Caller {
-            uid: nix::unistd::geteuid().as_raw(),
-            gid: nix::unistd::getegid().as_raw(),
-            pid: std::process::id() as i32,
-        }
-    }
-
-    /// Root, as the owner of the pods directory's files.
-    pub fn root() -> Caller {
-        Caller {
-            uid: 0,
-            gid: 0,
-            pid: 0,
-        }
-    }
-
-    pub fn is_root(&self) -> bool {
-        self.uid == 0
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

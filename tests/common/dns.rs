@@ -27,11 +27,15 @@ impl FakeDns {
 
     /// [`FakeDns::start`], with `hosts` (name -> address) in its `/etc/hosts` too.
     pub(crate) fn with_hosts(names: &[(&str, Ipv4Addr)], hosts: &[(&str, Ipv4Addr)]) -> FakeDns {
-        // A loopback address of the test's own (port 53 of 127.0.0.1 may be the host's).
-        let h = super::unique("dns");
-        let b = h.as_bytes();
-        let addr = Ipv4Addr::new(127, 53, b[b.len() - 2], b[b.len() - 1]);
-        let sock = UdpSocket::bind((addr, 53)).expect("bind the test's DNS server");
+        // A loopback address of the test's own (port 53 of 127.0.0.1 may be the host's); another
+        // one when a test running beside it took that one.
+        let (addr, sock) = (0..50)
+            .find_map(|_| {
+                let h = u32::from_str_radix(&super::unique(""), 16).unwrap();
+                let addr = Ipv4Addr::new(127, 53, (h >> 8) as u8, h as u8);
+                UdpSocket::bind((addr, 53)).ok().map(|s| (addr, s))
+            })
+            .expect("bind the test's DNS server");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let names: BTreeMap<String, Ipv4Addr> =

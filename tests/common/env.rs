@@ -329,6 +329,6 @@ impl Drop for Env {
         }
         // A guest's tree left behind may be deeper than the recursive removal of the temp dir
         // can go (tests/hostile.rs builds one).
-        let _ = peapod::tree::remove(self.dir.path(), Default::default());
+        let _ = peapod::host::tree::remove(self.dir.path(), Default::default());
     }
 }

@@ -27,7 +27,7 @@ impl Compile {
     pub(super) fn exec(self) -> anyhow::Result<ExitCode> {
         let bytes = std::fs::read(&self.module)
             .with_context(|| format!("cannot read {}", self.module.display()))?;
-        let sealed = match peapod::executor::precompile(&bytes, self.target.as_deref()) {
+        let sealed = match peapod::wasm::executor::precompile(&bytes, self.target.as_deref()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{}: {e:#}", self.module.display());

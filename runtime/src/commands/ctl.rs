@@ -124,7 +124,7 @@ fn done_for<T>(
 /// If `peapod run` runs a pod named `pod`, says so: it is not the daemon's, and the commands
 /// that talk to the daemon cannot reach it.
 fn hint_run(config: &Config, pod: &str) {
-    if peapod::sandbox::held(config, pod) {
+    if peapod::host::sandbox::held(config, pod) {
         eprintln!(
             "peapod: pod {pod:?} runs under `peapod run`, not the daemon: ps, inspect, logs, \
              restart and delete act on the daemon's pods only (stop it where it runs: Ctrl-C or SIGTERM)"

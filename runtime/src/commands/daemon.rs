@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use peapod::config::Config;
-use peapod::executor::Executor;
+use peapod::wasm::executor::Executor;
 
 use super::EXIT_OK;
 

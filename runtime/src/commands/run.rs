@@ -5,13 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use peapod::caller::Caller;
 use peapod::config::Config;
-use peapod::executor::Executor;
 use peapod::loader;
 use peapod::logs::{LogSink, Stream};
-use peapod::module_file::Caller;
-use peapod::pod::RunningPod;
+use peapod::run::pod::RunningPod;
 use peapod::spec::PodSpec;
+use peapod::wasm::executor::Executor;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};

@@ -38,8 +38,8 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::pods::{OpError, Pods};
+use crate::caller::Caller;
 use crate::logs::cri;
-use crate::module_file::Caller;
 use crate::spec::SpecError;
 
 /// The body of an apply (spec text and paths) must arrive within this...
@@ -500,7 +500,7 @@ fn span(s: cri::Span) -> impl futures::Stream<Item = std::io::Result<axum::body:
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::executor::Executor;
+    use crate::wasm::executor::Executor;
     use proptest::prelude::*;
     use tower::ServiceExt;
 

@@ -1,7 +1,7 @@
 //! The last line of defence against a daemon crash loop caused by one pod.
 //!
 //! The daemon must not die for a guest: every bound a guest can push is enforced per container
-//! ([`crate::limits`]). If it dies anyway (a bug, the kernel's OOM killer), the pod that did it
+//! ([`crate::wasm::limits`]). If it dies anyway (a bug, the kernel's OOM killer), the pod that did it
 //! comes back at the next start — a stored pod, a file of the pods directory — and could take
 //! the daemon down again before anyone can delete it. So each pod start is *marked* in
 //! `<state_dir>/starts.json`, and the mark is cleared once the daemon has lived

@@ -13,11 +13,11 @@ use std::time::{Instant, SystemTime};
 use futures::future::BoxFuture;
 
 use crate::config::Config;
-use crate::executor::{Executor, Prepared};
-use crate::pod::{Options, RunningPod};
-use crate::sandbox::{self, Sandbox};
+use crate::host::sandbox::{self, Sandbox};
+use crate::run::pod::{Options, RunningPod};
+use crate::run::supervisor::Status;
 use crate::spec::PodSpec;
-use crate::supervisor::Status;
+use crate::wasm::executor::{Executor, Prepared};
 
 /// A pod the host runs.
 pub(crate) trait Running: Send + Sync {
@@ -150,7 +150,7 @@ pub(crate) mod fake {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::supervisor::{Control, State};
+    use crate::run::supervisor::{Control, State};
 
     /// What the fake host was asked, in order: `start web`, `stop web`, `keep web` (stopped,
     /// sandbox kept), `remove web`, `orphans a,b` (the names kept).

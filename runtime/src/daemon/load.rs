@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::caller::Caller;
 use crate::config::Config;
-use crate::executor::{Executor, Prepared};
 use crate::loader;
-use crate::module_file::{self, Caller, Read};
+use crate::module_file::{self, Read};
 use crate::spec::{PodSpec, Problem, SpecError};
+use crate::wasm::executor::{Executor, Prepared};
 
 /// Where a pod's spec comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub(super) struct Loaded {
 fn digest(text: &str, modules: &[&[u8]]) -> String {
     let mut parts = vec![Sha256::digest(canonical(text).as_bytes())];
     parts.extend(modules.iter().map(Sha256::digest));
-    crate::artifact::sha256_hex(&parts.concat())
+    crate::hash::sha256_hex(&parts.concat())
 }
 
 /// The spec text as its TOML value, written back out: comments, whitespace, quoting and key

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
 use crate::config::Config;
-use crate::executor::Executor;
+use crate::wasm::executor::Executor;
 use pods::Pods;
 
 /// The group that may use the API socket besides root (if it exists).
@@ -124,7 +124,7 @@ pub async fn serve(
     // The firewall is derived state (a reboot, a `nft flush ruleset` or a stop between a
     // lease's change and its chain's loses it): made again from the leases of the recovered
     // pods.
-    if let Err(e) = crate::ipam::Ipam::new(&cfg).sync_firewall() {
+    if let Err(e) = crate::host::ipam::Ipam::new(&cfg).sync_firewall() {
         tracing::warn!("firewall: {e}");
     }
     let count = starting.views().len();

@@ -38,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::module_file::Caller;
+use crate::caller::Caller;
 
 /// A client must send its request header within this.
 pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -79,7 +79,7 @@ impl Store {
     /// Copies module bytes into the store (once per content) and returns the stored path.
     pub(super) fn put_module(&self, bytes: &[u8]) -> io::Result<PathBuf> {
         std::fs::create_dir_all(&self.modules)?;
-        let sha = crate::artifact::sha256_hex(bytes);
+        let sha = crate::hash::sha256_hex(bytes);
         let path = self.modules.join(format!("{sha}.wasm"));
         if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
             durable::write(&path, bytes)?;

@@ -66,10 +66,6 @@ pub enum RestartPolicy {
 /// with a warning). A run that lasted longer than this is restarted at once.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
 
-/// The longest `termination_grace_period` any board may allow (`limits.max_grace_period` is at
-/// most this).
-pub const MAX_GRACE_PERIOD: Duration = supervision::MAX_DURATION;
-
 /// The largest `memory_limit_mib`: 64 GiB (a 32-bit wasm memory holds at most 4 GiB).
 pub const MAX_MEMORY_LIMIT_MIB: u64 = 64 << 10;
 
@@ -296,7 +292,8 @@ const NAME_RULE: &str = "must be a DNS-1123 label: 1-63 characters of a-z, 0-9 a
 impl PodSpec {
     /// Reads and validates a spec file. Module files are not read here.
     pub fn load(path: &Path) -> Result<PodSpec, SpecError> {
-        use crate::module_file::{Caller, ReadError, read_text};
+        use crate::caller::Caller;
+        use crate::module_file::{ReadError, read_text};
         let text = read_text(path, Caller::myself()).map_err(|e| SpecError::Read {
             path: path.to_path_buf(),
             source: match e {

@@ -1,5 +1,5 @@
 //! A container's `ports`, Kubernetes-shaped. A port with a `host_port` is *published*: it
-//! answers on the host's addresses (see [`crate::firewall`]); one without is documentation.
+//! answers on the host's addresses (see [`crate::host::firewall`]); one without is documentation.
 //!
 //! ```toml
 //! [[containers]]
@@ -9,7 +9,7 @@
 //!
 //! Checked here: ranges, the protocol, the address, and a host port published twice in the pod.
 //! A host port that another pod publishes or a host process holds is checked against the host
-//! ([`crate::ports`]).
+//! ([`crate::host::ports`]).
 
 use std::net::Ipv4Addr;
 

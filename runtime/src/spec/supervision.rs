@@ -1,6 +1,6 @@
 //! Supervision in the pod spec: probes, `cpu_limit`, `lifecycle.pre_stop` and the pod's
 //! `termination_grace_period` (Kubernetes' names and defaults). Validation here is pure; what
-//! peapod does with them is in [`crate::probe`], [`crate::cpu`] and [`crate::supervisor`].
+//! peapod does with them is in [`crate::run::probe`], [`crate::wasm::cpu`] and [`crate::run::supervisor`].
 //!
 //! ```toml
 //! [pod]

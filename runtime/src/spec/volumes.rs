@@ -1,7 +1,7 @@
 //! Volumes in the pod spec: the `[[volumes]]` list, and each container's `volume_mounts` and
 //! `env_from_files`. Validation here is pure (names, kinds, paths as text); what needs the host
-//! (does a `host_path` exist?) is checked by [`crate::volumes::check`], and what the host does
-//! with a volume is in [`crate::volumes`].
+//! (does a `host_path` exist?) is checked by [`crate::host::volumes::check`], and what the host does
+//! with a volume is in [`crate::host::volumes`].
 //!
 //! ```toml
 //! [[volumes]]
@@ -25,7 +25,7 @@
 //!
 //! A `host_path` or `secret` path has no symlink on it, and no directory on it that a user other
 //! than root may write (that user could swap what the pod is given) unless the volume says
-//! `allow_user_writable = true` (see [`crate::host_files`]).
+//! `allow_user_writable = true` (see [`crate::host::host_files`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

@@ -33,11 +33,11 @@ pub(super) use super::load::{Loaded, Origin, ReloadPlan, plan, plan_reload};
 use super::load::{compile, parse, pod_files};
 use super::store::{Record, Store};
 use crate::admission::Admitted;
+use crate::caller::Caller;
 use crate::config::Config;
-use crate::executor::{Executor, Prepared};
-use crate::module_file::Caller;
-use crate::pod::Options;
+use crate::run::pod::Options;
 use crate::spec::{PodSpec, SpecError};
+use crate::wasm::executor::{Executor, Prepared};
 
 /// A reload of the shared pods that reads and compiles without holding their lock (the API
 /// answers meanwhile), then commits under it. Returns the problems, as [`Pods::reload`] does.
@@ -205,7 +205,7 @@ impl Pods {
         }
         // Temp files of writers killed half-way (the crash guard's marks, the leases).
         crate::durable::sweep(&self.cfg.state_dir);
-        crate::ipam::Ipam::new(&self.cfg).sweep();
+        crate::host::ipam::Ipam::new(&self.cfg).sweep();
         let stale_logs = self.cfg.logs.collect_orphans(&keep);
         if !stale_logs.is_empty() {
             tracing::info!("removed orphaned logs: {}", stale_logs.join(", "));

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use serde::Serialize;
 
 use super::{Origin, Pods};
+use crate::run::supervisor::{State, Status};
 use crate::spec::Kind;
-use crate::supervisor::{State, Status};
 
 /// A pod as `ps` and `inspect` show it.
 #[derive(Debug, Clone, Serialize)]
@@ -35,7 +35,7 @@ pub(crate) struct PodView {
     pub containers: Vec<Status>,
     /// Its volumes and where they are on the host.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<crate::volumes::VolumeView>,
+    pub volumes: Vec<crate::host::volumes::VolumeView>,
     /// Its published ports, `[HOST_IP:]HOST_PORT->CONTAINER_PORT/PROTOCOL`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
@@ -110,7 +110,7 @@ impl Pods {
             ready: pod_ready(&containers),
             restarts: containers.iter().map(|c| c.restarts).sum(),
             containers,
-            volumes: crate::volumes::views(&self.cfg, &e.spec),
+            volumes: crate::host::volumes::views(&self.cfg, &e.spec),
             ports: e
                 .spec
                 .published_ports()

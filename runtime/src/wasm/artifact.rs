@@ -18,6 +18,7 @@
 //! modified, or written by anyone without the key, fails the check and is compiled again from
 //! the wasm; it is never loaded.
 
+use crate::hash::sha256_hex;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -63,15 +64,6 @@ pub(crate) fn unseal(bytes: &[u8]) -> Result<&[u8], ArtifactError> {
         return Err(ArtifactError::Tampered);
     }
     Ok(artifact)
-}
-
-/// Lowercase hex of a SHA-256 digest of `bytes`: the content address of modules and cache
-/// entries.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn mac(key: &[u8], artifact: &[u8]) -> Hmac<Sha256> {

@@ -6,6 +6,7 @@
 //! every socket a module opens therefore belongs to the pod, and all modules of a pod share one
 //! loopback. The daemon's own threads never enter a pod namespace.
 
+use crate::wasm::names::PodAddresses;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -16,14 +17,16 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::executor::{EnvFile, Executor, Mount, Prepared, RunSpec};
-use crate::limits::DEFAULT_OPEN_FILES;
+use crate::config::DEFAULT_OPEN_FILES;
+use crate::host::netns;
+use crate::host::sandbox::{Sandbox, SandboxError};
 use crate::logs::cri::LogSettings;
 use crate::logs::{ContainerLog, LogSink};
-use crate::netns;
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::run::supervisor::{
+    Container, Control, Final, ModuleRunner, RestartFloor, Status, supervise,
+};
 use crate::spec::{Kind, PodSpec, mount_of};
-use crate::supervisor::{Container, Control, Final, ModuleRunner, RestartFloor, Status, supervise};
+use crate::wasm::executor::{EnvFile, Executor, Mount, Prepared, RunSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -39,7 +42,7 @@ pub enum PodError {
     Volume {
         pod: String,
         #[source]
-        source: crate::volumes::VolumeError,
+        source: crate::host::volumes::VolumeError,
     },
 }
 
@@ -154,7 +157,7 @@ impl RunningPod {
         modules: Vec<Prepared>,
         opts: &Options,
     ) -> Result<RunningPod, PodError> {
-        let dirs = match crate::volumes::prepare(sandbox.config(), spec) {
+        let dirs = match crate::host::volumes::prepare(sandbox.config(), spec) {
             Ok(dirs) => dirs,
             Err(source) => {
                 let pod = spec.name.clone();
@@ -164,8 +167,9 @@ impl RunningPod {
                 return Err(PodError::Volume { pod, source });
             }
         };
-        let pod_names = crate::ipam::Ipam::new(sandbox.config());
-        let lookups = crate::names::Lookups::default();
+        let pod_names: Arc<dyn PodAddresses> =
+            Arc::new(crate::host::ipam::Ipam::new(sandbox.config()));
+        let lookups = crate::wasm::names::Lookups::default();
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
         let mut controls = Vec::new();
@@ -201,7 +205,8 @@ impl RunningPod {
                     .volume_mounts
                     .iter()
                     .map(|m| Mount {
-                        host: dirs[&m.volume].clone(),
+                        host: dirs[&m.volume].path(),
+                        hold: Some(dirs[&m.volume].fd()),
                         guest: m.mount_path.clone(),
                         read_only: m.read_only,
                     })
@@ -214,7 +219,8 @@ impl RunningPod {
                         Some(EnvFile {
                             var: e.var.clone(),
                             path: e.path.clone(),
-                            dir: dirs[&m.volume].clone(),
+                            dir: dirs[&m.volume].path(),
+                            hold: Some(dirs[&m.volume].fd()),
                             rel,
                         })
                     })
@@ -494,4 +500,13 @@ where
     let r = rt.block_on(work());
     rt.shutdown_timeout(Duration::from_secs(2));
     r
+}
+
+/// The pods a guest can find by name are its bridge's leases, read at each lookup (a re-created
+/// pod is found at its new address). An unreadable lease file is no pod: the name goes to the
+/// host.
+impl PodAddresses for crate::host::ipam::Ipam {
+    fn address(&self, name: &str) -> Option<Ipv4Addr> {
+        self.leases().ok()?.get(name).copied()
+    }
 }

@@ -22,22 +22,18 @@
 //!
 //! Who may mount host files: a `host_path` or `secret` is opened by the daemon, as root, so only
 //! a root caller may name one (the pods directory is root's; an API client must be root), and it
-//! is opened by [`crate::host_files`]: no symlink on the path, no directory on it that another
+//! is opened by [`crate::host::host_files`]: no symlink on the path, no directory on it that another
 //! user may write unless the volume allows it, held open for the sandbox's life.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::caller::Caller;
 use crate::config::Config;
-use crate::host_files::{self, Held, OpenError};
-use crate::module_file::Caller;
+use crate::host::host_files::{self, Held, OpenError};
 use crate::spec::{PodSpec, Problem, VolumeKind};
-
-/// The largest value `env_from_files` reads from a file.
-pub const MAX_ENV_FILE: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 #[error("volume {volume}: {message}")]
@@ -310,7 +306,7 @@ pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, Held>, V
                 let same = std::fs::read_dir(&own).is_ok_and(|d| d.count() == files.len())
                     && files.iter().all(|(n, t)| written(n, t));
                 if !same {
-                    crate::tree::remove(&own, Default::default())
+                    crate::host::tree::remove(&own, Default::default())
                         .map_err(|e| io("cannot clear", &own, e))?;
                     make_dir(&own).map_err(|e| io("cannot create", &own, e))?;
                     for (name, text) in files {
@@ -330,7 +326,7 @@ pub fn prepare(cfg: &Config, spec: &PodSpec) -> Result<BTreeMap<String, Held>, V
 /// Removes pod `pod`'s volumes: for each of its two directories, first every mount under it
 /// (tmpfs, secret binds), then the files. Nothing is deleted while a mount is left: a secret's
 /// bind mount must never lead a recursive delete into the host file it shows. The files are a
-/// guest's making: they go by [`crate::tree::remove`] (iterative, no symlink followed, bounded).
+/// guest's making: they go by [`crate::host::tree::remove`] (iterative, no symlink followed, bounded).
 /// Blocking: call it on a blocking thread.
 pub fn remove(cfg: &Config, pod: &str) -> std::io::Result<()> {
     remove_dir(&secrets_dir(cfg, pod))?;
@@ -354,7 +350,7 @@ fn remove_dir(root: &Path) -> std::io::Result<()> {
             root.display()
         )));
     }
-    crate::tree::remove(root, Default::default())
+    crate::host::tree::remove(root, Default::default())
 }
 
 /// Pods that have volumes here (to collect those of pods that are gone).
@@ -367,36 +363,6 @@ pub fn pods(cfg: &Config) -> Vec<String> {
                 .map(|e| e.file_name().to_string_lossy().into_owned())
         })
         .collect()
-}
-
-/// The value of an `env_from_files` variable: file `rel` beneath `dir`, read without leaving it
-/// (cap-std), at most [`MAX_ENV_FILE`] bytes of UTF-8. Only a regular file is opened, and
-/// without blocking: a FIFO or a device put in a shared host directory must not hang the pod's
-/// thread (every container of the pod runs on it).
-pub fn read_env_file(dir: &Path, rel: &str) -> Result<String, String> {
-    use cap_std::fs::OpenOptionsExt;
-    let d = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
-        .map_err(|e| e.to_string())?;
-    if !d.metadata(rel).map_err(|e| e.to_string())?.is_file() {
-        return Err("not a regular file".into());
-    }
-    let mut options = cap_std::fs::OpenOptions::new();
-    options
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
-    let f = d.open_with(rel, &options).map_err(|e| e.to_string())?;
-    // Checked again on what was opened: the name may have been swapped in between.
-    if !f.metadata().map_err(|e| e.to_string())?.is_file() {
-        return Err("not a regular file".into());
-    }
-    let mut bytes = Vec::new();
-    f.take(MAX_ENV_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_ENV_FILE {
-        return Err(format!("larger than {} KiB", MAX_ENV_FILE >> 10));
-    }
-    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
 }
 
 fn make_dir(p: &Path) -> std::io::Result<()> {

@@ -1,5 +1,5 @@
 //! What a name means to a guest (the WASI `ip-name-lookup` interface, wired in
-//! [`crate::name_lookup`]): no DNS server, no file in the pod.
+//! [`crate::wasm::name_lookup`]): no DNS server, no file in the pod.
 //!
 //! 1. An address literal is that address; `localhost` is the pod's own loopback.
 //! 2. `NAME.pod` is pod `NAME` of the guest's bridge, always (pods have a domain of their own,
@@ -28,8 +28,6 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-
-use crate::ipam::Ipam;
 
 /// Why a lookup found nothing (the WIT `error-code`s a lookup may give).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,11 +217,18 @@ fn host_lookup(name: &str) -> Answer {
     }
 }
 
+/// Where the pods of a guest's bridge are: the bridge's leases, read at each lookup (the
+/// runtime gives its lease file; tests a map).
+pub trait PodAddresses: Send + Sync + std::fmt::Debug {
+    /// Pod `name`'s current address, if there is such a pod.
+    fn address(&self, name: &str) -> Option<Ipv4Addr>;
+}
+
 /// The names a guest of one pod can look up.
 #[derive(Clone)]
 pub(crate) struct Names {
-    /// The leases of the pod's bridge.
-    pub pods: Option<Ipam>,
+    /// The pods of the pod's bridge.
+    pub pods: Option<Arc<dyn PodAddresses>>,
     pub host: HostResolver,
     /// The pod's share of the host's resolver.
     pub share: Lookups,
@@ -289,8 +294,7 @@ impl Names {
         if name.contains('.') {
             return None;
         }
-        // An unreadable lease file is no pod: the name goes to the host.
-        self.pods.as_ref()?.leases().ok()?.get(name).copied()
+        self.pods.as_ref()?.address(name)
     }
 }
 
@@ -298,20 +302,41 @@ impl Names {
 mod tests {
     use super::*;
 
-    fn names(dir: &std::path::Path) -> Names {
+    /// The bridge's pods: a map the test fills, handing out addresses as IPAM would (never the
+    /// one just released).
+    #[derive(Default, Debug)]
+    struct Pods(Mutex<(std::collections::BTreeMap<String, Ipv4Addr>, u8)>);
+
+    impl Pods {
+        fn allocate(&self, name: &str) -> Ipv4Addr {
+            let mut m = self.0.lock().unwrap();
+            m.1 += 1;
+            let ip = Ipv4Addr::new(10, 66, 0, m.1 + 1);
+            m.0.insert(name.into(), ip);
+            ip
+        }
+
+        fn release(&self, name: &str) {
+            self.0.lock().unwrap().0.remove(name);
+        }
+    }
+
+    impl PodAddresses for Pods {
+        fn address(&self, name: &str) -> Option<Ipv4Addr> {
+            self.0.lock().unwrap().0.get(name).copied()
+        }
+    }
+
+    fn names(dir: &std::path::Path) -> (Names, Arc<Pods>) {
         let hosts_file = dir.join("hosts");
         std::fs::write(
             &hosts_file,
             "127.0.0.1 localhost\n192.0.2.9 vm vm.lan # the board's\n",
         )
         .unwrap();
-        let cfg = crate::config::Config {
-            state_dir: dir.into(),
-            egress: false,
-            ..crate::config::Config::default()
-        };
-        Names {
-            pods: Some(crate::ipam::tests::no_firewall(Ipam::new(&cfg))),
+        let pods = Arc::new(Pods::default());
+        let n = Names {
+            pods: Some(pods.clone()),
             // No traffic to the host's resolver from a test: it knows one name.
             host: HostResolver::with(|name| match name {
                 "host.example" => Ok(vec!["192.0.2.1".parse().unwrap()]),
@@ -325,7 +350,8 @@ mod tests {
             .unwrap(),
             share: Lookups::default(),
             hosts_file,
-        }
+        };
+        (n, pods)
     }
 
     fn answer(l: Lookup) -> Answer {
@@ -338,9 +364,8 @@ mod tests {
     #[test]
     fn pods_then_literals_then_the_host() {
         let dir = tempfile::tempdir().unwrap();
-        let n = names(dir.path());
-        let ipam = n.pods.clone().unwrap();
-        let ip = ipam.allocate("web").unwrap();
+        let (n, ipam) = names(dir.path());
+        let ip = ipam.allocate("web");
 
         assert_eq!(answer(n.lookup("web")), Ok(vec![ip.into()]));
         assert_eq!(answer(n.lookup("WEB.")), Ok(vec![ip.into()]));
@@ -366,10 +391,10 @@ mod tests {
             Ok(vec!["192.0.2.1".parse().unwrap()])
         );
         // A released pod is gone at once (asked of the host, which does not know it).
-        ipam.release("web").unwrap();
+        ipam.release("web");
         assert_eq!(answer(n.lookup("web")), Err(Failure::Unresolvable));
         // A re-created pod is found at its new address.
-        let ip2 = ipam.allocate("web").unwrap();
+        let ip2 = ipam.allocate("web");
         assert_ne!(ip, ip2);
         assert_eq!(answer(n.lookup("web")), Ok(vec![ip2.into()]));
     }
@@ -377,7 +402,7 @@ mod tests {
     #[test]
     fn host_lookups_at_once_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let n = names(dir.path());
+        let (n, _) = names(dir.path());
         // Hold every slot: lookups that wait on nothing finish at once, so count by hand.
         n.host.in_flight.store(MAX_HOST_LOOKUPS, Ordering::Release);
         assert_eq!(answer(n.lookup("host.example")), Err(Failure::Temporary));
@@ -392,7 +417,7 @@ mod tests {
     #[test]
     fn a_pod_looking_up_slow_names_holds_only_its_share() {
         let dir = tempfile::tempdir().unwrap();
-        let greedy = names(dir.path());
+        let (greedy, _) = names(dir.path());
         let pending: Vec<Lookup> = (0..24)
             .map(|i| greedy.lookup(&format!("slow{i}.slow.example")))
             .collect();
@@ -417,7 +442,7 @@ mod tests {
     #[test]
     fn failures_and_answers_are_cached_per_pod() {
         let dir = tempfile::tempdir().unwrap();
-        let n = names(dir.path());
+        let (n, _) = names(dir.path());
         let t0 = Instant::now();
         assert_eq!(answer(n.lookup("slow.example")), Err(Failure::Unresolvable));
         assert!(t0.elapsed() >= Duration::from_millis(300));
@@ -441,10 +466,9 @@ mod tests {
     #[test]
     fn the_hosts_names_win_and_pods_have_a_domain() {
         let dir = tempfile::tempdir().unwrap();
-        let n = names(dir.path());
-        let ipam = n.pods.clone().unwrap();
-        let vm = ipam.allocate("vm").unwrap();
-        let web = ipam.allocate("web").unwrap();
+        let (n, ipam) = names(dir.path());
+        let vm = ipam.allocate("vm");
+        let web = ipam.allocate("web");
         assert_eq!(
             answer(n.lookup("vm")),
             Ok(vec!["192.0.2.9".parse().unwrap()])

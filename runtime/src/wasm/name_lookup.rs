@@ -1,4 +1,4 @@
-//! peapod's `wasi:sockets/ip-name-lookup` for components, answered by [`crate::names`]: the
+//! peapod's `wasi:sockets/ip-name-lookup` for components, answered by [`crate::wasm::names`]: the
 //! other pods by name, the host's resolver asked from the host's network namespace.
 //!
 //! It replaces wasmtime-wasi's, which asks the host's resolver from the guest's thread — inside
@@ -15,8 +15,8 @@ use wasmtime::component::{Linker, Resource, ResourceType};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress};
 use wasmtime_wasi::p2::{DynPollable, Network, Pollable, subscribe};
 
-use crate::executor::P2State;
-use crate::names::{Answer, Failure, Lookup};
+use crate::wasm::names::{Answer, Failure, Lookup, Names};
+use wasmtime::component::ResourceTable;
 
 /// The interface as wasmtime-wasi names it (its WIT package's version): the definitions below
 /// replace its own there, and components built against any 0.2 version link to them.
@@ -73,8 +73,13 @@ fn code(f: Failure) -> ErrorCode {
     }
 }
 
+/// What the interface needs of a store's data: the pod's names and the store's resource table.
+pub(crate) trait LookupView: Send + 'static {
+    fn parts(&mut self) -> (&Names, &mut ResourceTable);
+}
+
 /// Replaces wasmtime-wasi's `ip-name-lookup` in `linker` (which has it already).
-pub(crate) fn add_to_linker(linker: &mut Linker<P2State>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: LookupView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut i = linker.instance(INTERFACE)?;
     i.resource(
@@ -83,7 +88,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<P2State>) -> wasmtime::Result<()
         |mut store, rep| {
             store
                 .data_mut()
-                .table
+                .parts()
+                .1
                 .delete(Resource::<Resolving>::new_own(rep))?;
             Ok(())
         },
@@ -91,21 +97,21 @@ pub(crate) fn add_to_linker(linker: &mut Linker<P2State>) -> wasmtime::Result<()
     i.func_wrap(
         "resolve-addresses",
         |mut store, (network, name): (Resource<Network>, String)| {
-            let s: &mut P2State = store.data_mut();
+            let (names, table) = store.data_mut().parts();
             // The network handle is the capability to look up names: it must be a real one.
-            s.table.get(&network)?;
-            let mut stream = Resolving::new(s.names.lookup(&name));
+            table.get(&network)?;
+            let mut stream = Resolving::new(names.lookup(&name));
             // Fail at once where the answer is there already (as wasmtime-wasi does).
             if let Poll::Ready(Err(f)) = stream.poll() {
                 return Ok((Err(code(*f)),));
             }
-            Ok((Ok(s.table.push(stream)?),))
+            Ok((Ok(table.push(stream)?),))
         },
     )?;
     i.func_wrap(
         "[method]resolve-address-stream.resolve-next-address",
         |mut store, (stream,): (Resource<Resolving>,)| {
-            let stream = store.data_mut().table.get_mut(&stream)?;
+            let stream = store.data_mut().parts().1.get_mut(&stream)?;
             Ok((match stream.poll() {
                 Poll::Pending => Err(ErrorCode::WouldBlock),
                 Poll::Ready(Ok(ips)) => Ok(ips.next().map(IpAddress::from)),
@@ -118,7 +124,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<P2State>) -> wasmtime::Result<()
         |mut store,
          (stream,): (Resource<Resolving>,)|
          -> wasmtime::Result<(Resource<DynPollable>,)> {
-            Ok((subscribe(&mut store.data_mut().table, stream)?,))
+            Ok((subscribe(store.data_mut().parts().1, stream)?,))
         },
     )?;
     linker.allow_shadowing(false);

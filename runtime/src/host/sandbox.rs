@@ -16,11 +16,11 @@ use std::sync::Arc;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Config;
-use crate::ipam::{Ipam, IpamError};
-use crate::net::{self, Links, NetError, Netlink};
-use crate::netns::{self, NetnsError};
+use crate::host::ipam::{Ipam, IpamError};
+use crate::host::net::{self, Links, NetError, Netlink};
+use crate::host::netns::{self, NetnsError};
+use crate::host::volumes;
 use crate::spec::Published;
-use crate::volumes;
 
 /// Name of the pod's end of its veth, inside the namespace.
 pub const POD_IFACE: &str = "eth0";
@@ -53,7 +53,7 @@ pub struct Sandbox {
     pub host_veth: String,
     cfg: Config,
     lock: PodLock,
-    /// The published host ports, held ([`crate::ports::hold`]).
+    /// The published host ports, held ([`crate::host::ports::hold`]).
     _ports: Vec<socket2::Socket>,
 }
 
@@ -63,7 +63,7 @@ const VETH_PREFIX: &str = "pp";
 /// The host end of a pod's veth: derived from bridge and pod name so it can be found after a crash,
 /// and short enough for IFNAMSIZ.
 pub fn host_veth_name(bridge: &str, pod: &str) -> String {
-    let hex = crate::artifact::sha256_hex(format!("{bridge}/{pod}").as_bytes());
+    let hex = crate::hash::sha256_hex(format!("{bridge}/{pod}").as_bytes());
     format!("{VETH_PREFIX}{}", &hex[..VETH_HEX])
 }
 
@@ -184,7 +184,7 @@ impl Sandbox {
         lock.mark_created();
         let netns_path = cfg.netns_path(pod);
         let ipam = Ipam::new(cfg);
-        let held = crate::ports::hold(ports).map_err(SandboxError::Other)?;
+        let held = crate::host::ports::hold(ports).map_err(SandboxError::Other)?;
         // We hold the lock, so any pin, lease or volume of this pod is a dead process' leftover.
         if netns_path.exists() || ipam.leases()?.contains_key(pod) || volumes::exist(cfg, pod) {
             tracing::warn!(pod, "removing leftovers of an earlier run of this pod");
@@ -246,7 +246,7 @@ impl Sandbox {
             drop(lock);
             return Ok((Sandbox::create(cfg, pod, ports).await?, false));
         };
-        let held = crate::ports::hold(ports).map_err(SandboxError::Other)?;
+        let held = crate::host::ports::hold(ports).map_err(SandboxError::Other)?;
         ipam.set_ports(pod, ports)?;
         let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
         let bridge = host

@@ -15,7 +15,7 @@
 //! living pods.
 //!
 //! The file also keeps each pod's published host ports and what the bridge's firewall chains were
-//! made to hold: the chains ([`crate::firewall`]) are made from this file, under its lock, when
+//! made to hold: the chains ([`crate::host::firewall`]) are made from this file, under its lock, when
 //! what they should hold changes.
 
 use std::collections::BTreeMap;
@@ -27,7 +27,7 @@ use ipnet::Ipv4Net;
 use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
-use crate::firewall::Applied;
+use crate::host::firewall::Applied;
 use crate::spec::Published;
 
 use crate::config::Config;
@@ -307,7 +307,7 @@ impl Ipam {
             return;
         }
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let rules = crate::firewall::Rules {
+        let rules = crate::host::firewall::Rules {
             bridge: &self.bridge,
             subnet: self.subnet,
             egress: self.egress && !f.leases.is_empty(),
@@ -321,7 +321,7 @@ impl Ipam {
         if !force && applied == f.firewall {
             return;
         }
-        let r = crate::firewall::sync(&rules);
+        let r = crate::host::firewall::sync(&rules);
         match r {
             Ok(()) => f.firewall = applied,
             // Nothing asked of the firewall: chains of an earlier setting are removed if the

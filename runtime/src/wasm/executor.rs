@@ -8,9 +8,9 @@
 //!
 //! What a container is granted (see [`RunSpec`]): its declared args and env, TCP and UDP on any
 //! address and name lookup (the pod's network namespace is its boundary), stdout and stderr into
-//! the log, and the directories of its volume mounts (see [`crate::volumes`]). Nothing else: no
+//! the log, and the directories of its volume mounts (see [`crate::host::volumes`]). Nothing else: no
 //! other files, no host environment, no stdin. What it may grow (memory,
-//! tables, instances, open handles) is bounded per run: see [`crate::limits`].
+//! tables, instances, open handles) is bounded per run: see [`crate::wasm::limits`].
 //!
 //! Precompiled code is native code: [`Executor::prepare`] loads a `.cwasm` only when the caller
 //! says root vouches for the file (`trusted`), and the compile cache only entries that carry its
@@ -33,11 +33,10 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::artifact::{self, Cache};
-use crate::ipam::Ipam;
-use crate::limits::{LimitReached, Limiter};
 use crate::logs::{ContainerLog, Stream};
-use crate::names::{HostResolver, Names};
+use crate::wasm::artifact::{self, Cache};
+use crate::wasm::limits::{LimitReached, Limiter};
+use crate::wasm::names::{HostResolver, Names};
 
 /// Address space reserved for a linear memory, and again each time it outgrows that.
 pub const MEMORY_RESERVATION: u64 = 16 << 20;
@@ -148,30 +147,35 @@ pub struct RunSpec {
     pub env_files: Vec<EnvFile>,
     pub log: ContainerLog,
     /// Where the run's memory figure is kept for `inspect`.
-    pub usage: Arc<crate::cpu::Usage>,
+    pub usage: Arc<crate::wasm::cpu::Usage>,
     /// The leases of the pod's bridge: the pods whose names the guest can look up.
-    pub pod_names: Option<Ipam>,
+    pub pod_names: Option<Arc<dyn crate::wasm::names::PodAddresses>>,
     /// The pod's share of the host's resolver (one for all its containers).
-    pub lookups: crate::names::Lookups,
+    pub lookups: crate::wasm::names::Lookups,
 }
 
 /// A host directory preopened for the guest at `guest` (a volume mount).
 #[derive(Debug, Clone)]
 pub struct Mount {
-    /// Held open for as long as the container may start (see [`crate::host_files`]).
-    pub host: crate::host_files::Held,
+    /// The directory (a `/proc/self/fd/N` path of `hold`, when held).
+    pub host: PathBuf,
+    /// Keeps `host` open for as long as the container may start (see
+    /// [`crate::host::host_files`]).
+    pub hold: Option<Arc<std::os::fd::OwnedFd>>,
     pub guest: String,
     pub read_only: bool,
 }
 
 /// Variable `var` takes the content of file `rel` beneath host directory `dir` (read with
-/// [`crate::volumes::read_env_file`], never leaving `dir`). Its value is never logged.
+/// [`read_env_file`], never leaving `dir`). Its value is never logged.
 #[derive(Debug, Clone)]
 pub struct EnvFile {
     pub var: String,
     /// The guest path, for messages.
     pub path: String,
-    pub dir: crate::host_files::Held,
+    pub dir: PathBuf,
+    /// Keeps `dir` open (as [`Mount::hold`]).
+    pub hold: Option<Arc<std::os::fd::OwnedFd>>,
     pub rel: String,
 }
 
@@ -201,7 +205,7 @@ pub struct P2State {
     ctx: WasiCtx,
     pub(crate) table: ResourceTable,
     limits: Limiter,
-    /// What the guest's name lookups mean ([`crate::name_lookup`]).
+    /// What the guest's name lookups mean ([`crate::wasm::name_lookup`]).
     pub(crate) names: Names,
 }
 
@@ -297,7 +301,7 @@ impl Executor {
         // Includes `exit-with-code` (WASI 0.2.12) for components that report an exact code;
         // plain `exit` only says ok (0) or err (reported as 1).
         wasmtime_wasi::p2::add_to_linker_async(&mut p2)?;
-        crate::name_lookup::add_to_linker(&mut p2)?;
+        crate::wasm::name_lookup::add_to_linker(&mut p2)?;
         let mut p1 = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |s: &mut P1State| &mut s.ctx)?;
 
@@ -509,12 +513,12 @@ impl Executor {
             } else {
                 FsPerms::ReadWrite
             };
-            if let Err(e) = wasi.preopened_dir(m.host.path(), &m.guest, perms) {
+            if let Err(e) = wasi.preopened_dir(&m.host, &m.guest, perms) {
                 return Outcome::NotStarted(format!("volume mount {}: {e:#}", m.guest));
             }
         }
         for e in &spec.env_files {
-            match crate::volumes::read_env_file(&e.dir.path(), &e.rel) {
+            match read_env_file(&e.dir, &e.rel) {
                 Ok(value) => {
                     wasi.env(&e.var, value);
                 }
@@ -539,7 +543,7 @@ impl Executor {
                         pods: spec.pod_names.clone(),
                         host: self.resolver.clone(),
                         share: spec.lookups.clone(),
-                        hosts_file: crate::names::HOSTS_FILE.into(),
+                        hosts_file: crate::wasm::names::HOSTS_FILE.into(),
                     },
                 };
                 let mut store = self.store(state, |s| &mut s.limits);
@@ -619,6 +623,44 @@ fn first_line(e: &wasmtime::Error) -> String {
     } else {
         parts.join(": ")
     }
+}
+
+impl crate::wasm::name_lookup::LookupView for P2State {
+    fn parts(&mut self) -> (&Names, &mut ResourceTable) {
+        (&self.names, &mut self.table)
+    }
+}
+
+/// The largest value `env_from_files` reads from a file.
+pub const MAX_ENV_FILE: u64 = 64 << 10;
+
+/// The value of an `env_from_files` variable: file `rel` beneath `dir`, read without leaving it
+/// (cap-std), at most [`MAX_ENV_FILE`] bytes of UTF-8. Only a regular file is opened, and
+/// without blocking: a FIFO or a device put in a shared host directory must not hang the pod's
+/// thread (every container of the pod runs on it).
+fn read_env_file(dir: &Path, rel: &str) -> Result<String, String> {
+    use cap_std::fs::OpenOptionsExt;
+    let d = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| e.to_string())?;
+    if !d.metadata(rel).map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut options = cap_std::fs::OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    let f = d.open_with(rel, &options).map_err(|e| e.to_string())?;
+    // Checked again on what was opened: the name may have been swapped in between.
+    if !f.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_ENV_FILE + 1), &mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_ENV_FILE {
+        return Err(format!("larger than {} KiB", MAX_ENV_FILE >> 10));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@
 //! of a user other than root): fifty containers that exit at once restart no more often than one
 //! would.
 //!
-//! Beside each run go its probes ([`crate::probe::watch`]): a failed liveness or startup probe
+//! Beside each run go its probes ([`crate::run::probe::watch`]): a failed liveness or startup probe
 //! ends the run as `Unhealthy`, which the policy treats as a failure. Each run is metered for CPU
-//! and held to its `cpu_limit` ([`crate::cpu`]). On stop, a container with a `pre_stop` hook gets
+//! and held to its `cpu_limit` ([`crate::wasm::cpu`]). On stop, a container with a `pre_stop` hook gets
 //! the call and up to the pod's grace period to exit on its own; WASI has no signals, so one
 //! without a hook is ended at once.
 
@@ -25,10 +25,10 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::cpu::{Metered, Usage};
-use crate::executor::{Executor, Outcome, Prepared, RunSpec};
-use crate::probe::Observer;
+use crate::run::probe::Observer;
 use crate::spec::{Backoff, Kind, MIN_BACKOFF, ProbeAction, Probes, RestartPolicy};
+use crate::wasm::cpu::{Metered, Usage};
+use crate::wasm::executor::{Executor, Outcome, Prepared, RunSpec};
 
 /// Whether a container that ended with `outcome` is started again.
 pub fn should_restart(policy: RestartPolicy, outcome: &Outcome) -> bool {
@@ -370,7 +370,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
         };
         let outcome = tokio::select! {
             o = &mut run => Some(o),
-            why = crate::probe::watch(&probes, &observer) => Some(Outcome::Unhealthy(why)),
+            why = crate::run::probe::watch(&probes, &observer) => Some(Outcome::Unhealthy(why)),
             _ = control.restart.notified() => None,
             _ = stop.cancelled() => {
                 let outcome = match &pre_stop {
@@ -508,7 +508,7 @@ where
             tracing::info!("{id}: {o} during its pre_stop hook");
             return Some(o);
         }
-        r = crate::probe::check(hook, grace) => {
+        r = crate::run::probe::check(hook, grace) => {
             if let Err(why) = r {
                 tracing::warn!("{id}: pre_stop hook failed: {why}");
             }

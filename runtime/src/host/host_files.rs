@@ -32,6 +32,11 @@ impl Held {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
+    /// The descriptor: whoever holds a clone keeps [`Held::path`] valid.
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.clone()
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == SFlag::S_IFDIR
     }

@@ -1,7 +1,7 @@
 //! A pod's published ports against the host, before anything is made: a host port that another
 //! pod publishes (on any bridge of this state dir) or that a host process holds is a problem of
 //! the spec's `host_port` field, naming the holder where it is known. Publishing itself is
-//! [`crate::firewall`]'s.
+//! [`crate::host::firewall`]'s.
 //!
 //! A published port is the pod's for the sandbox's life: the daemon holds it on the host
 //! ([`hold`]: a socket bound to the host address and port, never listening), so a host service
@@ -10,9 +10,9 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
+use crate::caller::Caller;
 use crate::config::Config;
-use crate::ipam::Ipam;
-use crate::module_file::Caller;
+use crate::host::ipam::Ipam;
 use crate::spec::{PodSpec, Problem, Protocol, Published};
 
 /// Every published port of `spec` that cannot be had, as a problem. A host port below the

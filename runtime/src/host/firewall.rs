@@ -9,7 +9,7 @@
 //!   port, for packets from outside and from the host itself, to a host address (`fib daddr
 //!   type local`, or the port's `host_ip`).
 //!
-//! The chains are derived state: [`crate::ipam::Ipam`] replaces them whole (flush + add, in one
+//! The chains are derived state: [`crate::host::ipam::Ipam`] replaces them whole (flush + add, in one
 //! atomic batch) when the bridge's leases change, under the lease file's lock, from the lease
 //! file (which keeps each pod's published ports beside its address), so `peapod run`s and the
 //! daemon on one bridge agree; a chain with no rule is deleted.
@@ -395,7 +395,7 @@ fn table_exists() -> io::Result<bool> {
 
 /// Sends `bytes` and waits for `acks` acknowledgements (or the first error).
 fn exchange(bytes: &[u8], acks: usize) -> io::Result<()> {
-    crate::net::exchange::<NetfilterMessage>(NETLINK_NETFILTER, bytes, acks).map(drop)
+    crate::host::net::exchange::<NetfilterMessage>(NETLINK_NETFILTER, bytes, acks).map(drop)
 }
 
 /// Messages sent as one nf_tables transaction: all of them take effect, or none.

@@ -24,8 +24,6 @@ pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 pub(crate) const MAX_INSTANCES: usize = 256;
 pub(crate) const MAX_TABLES: usize = 256;
 pub(crate) const MAX_MEMORIES: usize = 64;
-/// Default cap on a container's open WASI handles (spec: `open_files_limit`).
-pub(crate) const DEFAULT_OPEN_FILES: usize = 1024;
 
 /// A bound a run hit: the run ends with this error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +56,7 @@ pub(crate) struct Limiter {
     /// The last growth allowed, undone if wasmtime then fails to grow.
     pending: u64,
     /// Where `used` is shown to others (`inspect`).
-    gauge: Option<std::sync::Arc<crate::cpu::Usage>>,
+    gauge: Option<std::sync::Arc<crate::wasm::cpu::Usage>>,
 }
 
 impl Limiter {
@@ -73,7 +71,7 @@ impl Limiter {
     }
 
     /// Keeps `usage.memory` equal to what the run holds.
-    pub(crate) fn with_gauge(mut self, usage: std::sync::Arc<crate::cpu::Usage>) -> Self {
+    pub(crate) fn with_gauge(mut self, usage: std::sync::Arc<crate::wasm::cpu::Usage>) -> Self {
         self.gauge = Some(usage);
         self
     }

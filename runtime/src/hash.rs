@@ -1,0 +1,12 @@
+//! SHA-256 as hex: module digests, pod digests, veth names.
+
+use sha2::{Digest, Sha256};
+
+/// Lowercase hex of a SHA-256 digest of `bytes`: the content address of modules and cache
+/// entries.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

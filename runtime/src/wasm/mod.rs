@@ -1,0 +1,13 @@
+//! The engine side of a pod: wasmtime and WASI.
+//!
+//! - [`executor`]: the engine, compiled and linked modules shared by every pod that uses the same
+//!   bytes, one store per run; [`artifact`]: precompiled `.cwasm` files and the compile cache.
+//! - [`limits`]: what one run may grow; [`cpu`]: its CPU metered and capped.
+//! - [`names`] and [`name_lookup`]: what a name means to a guest, answered without a DNS server.
+
+pub(crate) mod artifact;
+pub(crate) mod cpu;
+pub mod executor;
+pub(crate) mod limits;
+pub(crate) mod name_lookup;
+pub mod names;
