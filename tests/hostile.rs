@@ -782,8 +782,9 @@ fn a_user_flooding_the_api_does_not_lock_root_out() {
     let (stalled, follows) = std::thread::spawn(move || {
         // This thread alone becomes user 4242 (the raw system call: glibc's would change every
         // thread of the test), and its connections carry that uid (SO_PEERCRED).
+        let keep: libc::c_long = -1;
         // SAFETY: setresuid changes only this thread's credentials; no memory is involved.
-        let r = unsafe { libc::syscall(libc::SYS_setresuid, -1i64, 4242i64, -1i64) };
+        let r = unsafe { libc::syscall(libc::SYS_setresuid, keep, 4242 as libc::c_long, keep) };
         assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
         let mut stalled = Vec::new();
         for i in 0..2000 {
