@@ -29,6 +29,8 @@
 //! chain DIR N           nest N directories under DIR/c the way a hostile guest does in
 //!                        seconds (mkdir DIR/n; mv DIR/c DIR/n/c; mv DIR/n DIR/c; repeated),
 //!                        print "chain of N levels" and stay alive (the pod is then deleted)
+//! small-writes PATH      write PATH 64 bytes at a time (a host call each), starting over
+//!                        every MiB, forever (a guest whose work is mostly host calls)
 //! fill-loop PATH         write PATH in 64 KiB chunks until a write fails, start over, forever
 //!                        (a guest pressing against its volume's size limit)
 //! http ADDR [FLAG...]    an HTTP/1.1 server for probes and hooks: GET /status/CODE answers
@@ -47,7 +49,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: toolbox listen|connect|resolve|exit|trap|spin|sleep|env|sink|source|hog|fs|chain|fill-loop|http ...");
+            eprintln!("usage: toolbox listen|connect|resolve|exit|trap|spin|sleep|env|sink|source|hog|fs|chain|small-writes|fill-loop|http ...");
             std::process::exit(2)
         })
     };
@@ -196,6 +198,20 @@ fn main() {
             println!("chain of {n} levels");
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        "small-writes" => {
+            let path = arg(2);
+            let line = [b'x'; 64];
+            loop {
+                let Ok(mut f) = std::fs::File::create(path) else {
+                    continue;
+                };
+                for _ in 0..(1 << 14) {
+                    if f.write_all(&line).is_err() {
+                        break;
+                    }
+                }
             }
         }
         "fill-loop" => {

@@ -175,6 +175,7 @@ impl RunningPod {
         let mut controls = Vec::new();
         let mut containers = Vec::new();
         let floor = RestartFloor::new(opts.restart_floor.max(crate::spec::MIN_BACKOFF));
+        let blocking = crate::wasm::cpu::Blocking::default();
         for (c, module) in spec.containers.iter().zip(modules) {
             let mut log = ContainerLog::new(&spec.name, &c.name, opts.sink.clone());
             if let Some(settings) = &opts.logs {
@@ -244,6 +245,7 @@ impl RunningPod {
                 pre_stop: c.pre_stop.clone(),
                 grace: spec.termination_grace_period,
                 floor: floor.clone(),
+                blocking: blocking.clone(),
             };
             containers.push((c.kind, container, control));
         }
@@ -253,7 +255,7 @@ impl RunningPod {
             std::thread::Builder::new()
                 .name(format!("pod-{}", spec.name))
                 .spawn(move || {
-                    let r = pod_thread(fd, move || run_containers(containers, stop));
+                    let r = pod_thread(fd, blocking, move || run_containers(containers, stop));
                     let _ = tx.send(r);
                 })
         };
@@ -475,13 +477,18 @@ async fn run_containers(
 
 /// Runs `work` on the calling thread after moving it into the namespace `fd`, on a current-thread
 /// runtime whose blocking threads also enter the namespace.
-fn pod_thread<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, String>
+fn pod_thread<F, Fut, R>(
+    fd: Arc<OwnedFd>,
+    blocking: crate::wasm::cpu::Blocking,
+    work: F,
+) -> Result<R, String>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<R, String>>,
 {
     netns::enter(&*fd).map_err(|e| format!("setns: {e}"))?;
     let for_blocking = fd.clone();
+    let (started, stopped) = (blocking.clone(), blocking);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // Check for I/O after every task poll, not every 61st: a module that never yields on its
@@ -494,7 +501,10 @@ where
                 tracing::error!("blocking thread cannot enter pod namespace: {e}");
                 std::process::abort();
             }
+            // Its CPU is the pod's containers' (their file I/O), metered with theirs.
+            started.thread_started();
         })
+        .on_thread_stop(move || stopped.thread_stopped())
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let r = rt.block_on(work());

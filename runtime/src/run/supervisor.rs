@@ -321,6 +321,8 @@ pub struct Container {
     pub grace: Duration,
     /// The pod's restarts, together.
     pub floor: RestartFloor,
+    /// The pod's blocking threads' CPU, charged to its containers' runs.
+    pub(crate) blocking: crate::wasm::cpu::Blocking,
 }
 
 /// Runs a container until its policy says it is done (or, lingering, until stopped), or `stop` is
@@ -336,6 +338,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
         pre_stop,
         grace,
         floor,
+        blocking,
     } = c;
     let mut backoff = BackoffState::new(backoff);
     let mut done = Final {
@@ -362,7 +365,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
                 s.ready = true;
             }
         });
-        let mut run = Metered::new(runner.run(&spec), &usage, cpu_limit);
+        let mut run = Metered::new(runner.run(&spec), &usage, &blocking, cpu_limit);
         let observer = Probed {
             control: &control,
             id,
@@ -583,6 +586,7 @@ mod tests {
             pre_stop: None,
             grace: Duration::from_secs(30),
             floor: RestartFloor::default(),
+            blocking: Default::default(),
         };
         (c, control)
     }

@@ -5,6 +5,12 @@
 //! (`CLOCK_THREAD_CPUTIME_ID`) read around each poll is therefore the container's CPU time —
 //! no cgroup needed, and it works the same under `peapod run` and the daemon.
 //!
+//! A guest's file I/O is the exception: wasmtime-wasi runs it on the pod runtime's blocking
+//! threads, outside the poll. Those threads' CPU clocks are read too ([`Blocking`]), and what
+//! they used since the last poll is charged to the container polled next (the one whose I/O
+//! finished is the one woken): approximate when several containers of a pod do file I/O at
+//! once, exact for one.
+//!
 //! The limit is a token bucket refilled at `cpu_limit` (millicores per second of wall time) and
 //! holding at most [`BURST`]. A poll's CPU time is taken from it; while it is in debt the
 //! container is not polled (a timer wakes it when the debt is paid). A module that never yields
@@ -14,7 +20,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -50,6 +57,84 @@ pub(crate) fn thread_cpu() -> Duration {
         return Duration::ZERO;
     }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The CPU clocks of one pod's blocking threads (its runtime's: where wasmtime-wasi runs file
+/// I/O), and how much of their time was charged already. Cheap to clone; one per pod.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Blocking(Arc<BlockingClocks>);
+
+#[derive(Debug, Default)]
+struct BlockingClocks {
+    /// The live threads' CPU clocks.
+    clocks: Mutex<Vec<libc::clockid_t>>,
+    live: AtomicUsize,
+    /// CPU of the threads that ended, in nanoseconds.
+    retired: AtomicU64,
+    /// The total charged so far, in nanoseconds.
+    seen: AtomicU64,
+}
+
+impl Blocking {
+    /// Called on each blocking thread as it starts.
+    pub(crate) fn thread_started(&self) {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self is this thread; `clock` is a valid place to write.
+        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+            self.0
+                .clocks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(clock);
+            self.0.live.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Called on each blocking thread as it ends: its time moves to the retired sum.
+    pub(crate) fn thread_stopped(&self) {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: as in `thread_started`.
+        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } != 0 {
+            return;
+        }
+        let mut clocks = self.0.clocks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = clocks.iter().position(|c| *c == clock) {
+            clocks.swap_remove(i);
+            self.0.live.fetch_sub(1, Ordering::Release);
+            self.0
+                .retired
+                .fetch_add(thread_cpu().as_nanos() as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// CPU the pod's blocking threads used since the last call (of any container of the pod).
+    fn take(&self) -> Duration {
+        let b = &self.0;
+        if b.live.load(Ordering::Acquire) == 0
+            && b.retired.load(Ordering::Acquire) == b.seen.load(Ordering::Acquire)
+        {
+            return Duration::ZERO;
+        }
+        let mut total = b.retired.load(Ordering::Acquire);
+        for clock in b.clocks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            total += clock_ns(*clock);
+        }
+        let before = b.seen.fetch_max(total, Ordering::AcqRel);
+        Duration::from_nanos(total.saturating_sub(before))
+    }
+}
+
+/// CPU time of `clock`, in nanoseconds (0 when it cannot be read).
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The token bucket of a `cpu_limit`, in nanoseconds of CPU.
@@ -92,15 +177,22 @@ impl Bucket {
 pub(crate) struct Metered<'a, F> {
     inner: Pin<Box<F>>,
     usage: &'a Usage,
+    blocking: &'a Blocking,
     bucket: Option<Bucket>,
     pause: Option<Pin<Box<Sleep>>>,
 }
 
 impl<'a, F: Future> Metered<'a, F> {
-    pub(crate) fn new(inner: F, usage: &'a Usage, millicores: Option<u32>) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        usage: &'a Usage,
+        blocking: &'a Blocking,
+        millicores: Option<u32>,
+    ) -> Self {
         Metered {
             inner: Box::pin(inner),
             usage,
+            blocking,
             bucket: millicores.map(Bucket::new),
             pause: None,
         }
@@ -120,7 +212,9 @@ impl<F: Future> Future for Metered<'_, F> {
         }
         let t0 = thread_cpu();
         let r = this.inner.as_mut().poll(cx);
-        let used = thread_cpu().saturating_sub(t0);
+        // This poll's time on the pod thread, and what the pod's blocking threads did since the
+        // last poll (this container's file I/O, most likely: it is the one woken).
+        let used = thread_cpu().saturating_sub(t0) + this.blocking.take();
         this.usage
             .cpu_ns
             .fetch_add(used.as_nanos() as u64, Ordering::Relaxed);
