@@ -359,6 +359,22 @@ fn published_ports_and_egress_come_back_with_the_daemon() {
     assert!(d.terminate().success());
 }
 
+/// Pod `web`: the kv-server app published on host port 18080, and a toolbox container `name`
+/// running `args` with the published `port`.
+fn published_web(env: &Env, name: &str, args: &[&str], port: &str) -> std::path::PathBuf {
+    env.spec(
+        "web.toml",
+        &env.kv_spec(
+            "web",
+            &format!(
+                "ports = [{{ container_port = 8080, host_port = 18080 }}]\n\n\
+                 [[containers]]\nname = {name:?}\nmodule = {TOOLBOX:?}\nargs = {args:?}\n\
+                 ports = [{port}]\n"
+            ),
+        ),
+    )
+}
+
 /// A published port answers from outside, from the host to its own address and on its
 /// 127.0.0.1, also with egress off; another pod cannot publish it; it is gone with the pod.
 #[test]
@@ -367,17 +383,11 @@ fn a_published_port_answers_on_every_host_address_and_goes_with_the_pod() {
     native_only();
     let world = World::new();
     let env = Env::new();
-    let web = env.spec(
-        "web.toml",
-        &env.kv_spec(
-            "web",
-            &format!(
-                "ports = [{{ container_port = 8080, host_port = 18080 }}]\n\n\
-                 [[containers]]\nname = \"echo\"\nmodule = {TOOLBOX:?}\n\
-                 args = [\"listen\", \"0.0.0.0:9000\", \"hello through the host\"]\n\
-                 ports = [{{ container_port = 9000, host_port = 19000 }}]\n"
-            ),
-        ),
+    let web = published_web(
+        &env,
+        "echo",
+        &["listen", "0.0.0.0:9000", "hello through the host"],
+        "{ container_port = 9000, host_port = 19000 }",
     );
     let mut p = world.start(&env, &web, false);
     p.wait_for("kv-server listening", Duration::from_secs(60));
@@ -441,17 +451,11 @@ fn a_host_service_cannot_bind_a_published_port_while_the_pod_has_it() {
     native_only();
     let world = World::new();
     let env = Env::new();
-    let web = env.spec(
-        "web.toml",
-        &env.kv_spec(
-            "web",
-            &format!(
-                "ports = [{{ container_port = 8080, host_port = 18080 }}]\n\n\
-                 [[containers]]\nname = \"dns\"\nmodule = {TOOLBOX:?}\n\
-                 args = [\"sleep\", \"600000\"]\n\
-                 ports = [{{ container_port = 53, host_port = 15353, protocol = \"UDP\" }}]\n"
-            ),
-        ),
+    let web = published_web(
+        &env,
+        "dns",
+        &["sleep", "600000"],
+        "{ container_port = 53, host_port = 15353, protocol = \"UDP\" }",
     );
     let mut p = world.start(&env, &web, false);
     p.wait_for("kv-server listening", Duration::from_secs(60));

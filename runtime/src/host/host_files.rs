@@ -11,12 +11,12 @@
 //! state dir, or a secret file for one to `/etc/shadow`, and restart the pod.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
 
 /// A host file or directory held open (`O_PATH`) for as long as a clone of it lives.
@@ -106,29 +106,37 @@ pub fn open(path: &Path, create_dirs: bool, allow_user_writable: bool) -> Result
         return Err(other(path, "is not absolute".into()));
     }
     let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut cur = nix::fcntl::open("/", dir_flags, Mode::empty())
+    // The first component is opened by its absolute name, the rest relative to the last one:
+    // `/` itself is never opened by name (an emulator with a sysroot, qemu-user's `-L`, maps
+    // `/` to that sysroot, though not `/tmp` where the sysroot has none).
+    let root = fstatat(AT_FDCWD, "/", AtFlags::empty())
         .map_err(|e| other(Path::new("/"), e.to_string()))?;
-    let mut cur_st = fstat(cur.as_fd()).map_err(|e| other(Path::new("/"), e.to_string()))?;
+    let mut cur: Option<OwnedFd> = None;
+    let mut cur_st = root;
     let mut at = PathBuf::from("/");
     let mut mode = SFlag::S_IFDIR;
     for (i, name) in names.iter().enumerate() {
         let last = i + 1 == names.len();
         at.push(name);
-        let st = match fstatat(cur.as_fd(), *name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let (dir, rel): (BorrowedFd<'_>, PathBuf) = match &cur {
+            Some(fd) => (fd.as_fd(), PathBuf::from(name)),
+            None => (AT_FDCWD, Path::new("/").join(name)),
+        };
+        let st = match fstatat(dir, rel.as_path(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) if create_dirs => {
-                match mkdirat(cur.as_fd(), *name, Mode::from_bits_truncate(0o755)) {
+                match mkdirat(dir, rel.as_path(), Mode::from_bits_truncate(0o755)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(other(&at, format!("cannot create: {e}"))),
                 }
-                fstatat(cur.as_fd(), *name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                fstatat(dir, rel.as_path(), AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(|e| other(&at, e.to_string()))?
             }
             Err(Errno::ENOENT) => return Err(OpenError::Missing(at)),
             Err(e) => return Err(other(&at, e.to_string())),
         };
         if kind(&st) == SFlag::S_IFLNK {
-            let to = nix::fcntl::readlinkat(cur.as_fd(), *name)
+            let to = nix::fcntl::readlinkat(dir, rel.as_path())
                 .map(PathBuf::from)
                 .unwrap_or_default();
             return Err(OpenError::Symlink { at, to });
@@ -142,7 +150,7 @@ pub fn open(path: &Path, create_dirs: bool, allow_user_writable: bool) -> Result
         } else {
             OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
         };
-        let fd = match openat(cur.as_fd(), *name, flags, Mode::empty()) {
+        let fd = match openat(dir, rel.as_path(), flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOTDIR) => return Err(other(&at, "is not a directory".into())),
             Err(e) => return Err(other(&at, e.to_string())),
@@ -152,11 +160,17 @@ pub fn open(path: &Path, create_dirs: bool, allow_user_writable: bool) -> Result
             return Err(other(&at, "was replaced while it was being opened".into()));
         }
         mode = kind(&opened);
-        cur = fd;
+        cur = Some(fd);
         cur_st = opened;
     }
+    let fd = match cur {
+        Some(fd) => fd,
+        // The path is `/` itself.
+        None => nix::fcntl::open("/", dir_flags, Mode::empty())
+            .map_err(|e| other(Path::new("/"), e.to_string()))?,
+    };
     Ok(Held {
-        fd: Arc::new(cur),
+        fd: Arc::new(fd),
         kind: mode,
     })
 }

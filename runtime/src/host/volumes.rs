@@ -463,12 +463,20 @@ mod tests {
 
     #[test]
     fn only_root_may_mount_host_files() {
+        // A host directory and file of the test's own (under an emulator with a sysroot, a path
+        // such as /etc would be the sysroot's).
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("key"), "k").unwrap();
         let spec = PodSpec::parse(
             Path::new("/p/pod.toml"),
-            "[pod]\nname = \"p\"\n[[volumes]]\nname = \"etc\"\nhost_path = { path = \"/etc\" }\n\
-             [[volumes]]\nname = \"key\"\nsecret = { path = \"/etc/hostname\" }\n\
-             [[volumes]]\nname = \"tmp\"\nempty_dir = {}\n\
-             [[containers]]\nname = \"c\"\nmodule = \"m.wasm\"\n",
+            &format!(
+                "[pod]\nname = \"p\"\n[[volumes]]\nname = \"etc\"\nhost_path = {{ path = {:?} }}\n\
+                 [[volumes]]\nname = \"key\"\nsecret = {{ path = {:?} }}\n\
+                 [[volumes]]\nname = \"tmp\"\nempty_dir = {{}}\n\
+                 [[containers]]\nname = \"c\"\nmodule = \"m.wasm\"\n",
+                d.path(),
+                d.path().join("key")
+            ),
         )
         .unwrap();
         let user = Caller {
