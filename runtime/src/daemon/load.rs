@@ -122,12 +122,8 @@ pub(super) fn plan(
 /// The `*.toml` files of the pods directory, sorted, each with its text or why it cannot be read.
 pub(super) fn pod_files(cfg: &Config) -> Vec<(PathBuf, Result<String, String>)> {
     let dir = &cfg.pods_dir;
-    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect(),
+    let paths = match crate::spec::toml_files(dir) {
+        Ok(paths) => paths,
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::error!("{}: {e}", dir.display());
@@ -135,7 +131,6 @@ pub(super) fn pod_files(cfg: &Config) -> Vec<(PathBuf, Result<String, String>)> 
             Vec::new()
         }
     };
-    paths.sort();
     paths
         .into_iter()
         .map(|p| {

@@ -674,6 +674,18 @@ impl Lines {
     }
 }
 
+/// The `*.toml` files of directory `dir` (pod specs), sorted by name: the pods directory the
+/// daemon keeps, and `peapod apply -f DIR`.
+pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

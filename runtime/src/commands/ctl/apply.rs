@@ -24,18 +24,13 @@ impl Apply {
                     .join("(stdin)");
                 specs.push((source, r.map(|_| text)));
             } else if f.is_dir() {
-                let mut paths: Vec<PathBuf> = match std::fs::read_dir(f) {
-                    Ok(d) => d
-                        .flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                        .collect(),
+                let paths = match peapod::spec::toml_files(f) {
+                    Ok(paths) => paths,
                     Err(e) => {
                         eprintln!("{}: {e}", f.display());
                         return Ok(ExitCode::from(EXIT_INVALID));
                     }
                 };
-                paths.sort();
                 if paths.is_empty() {
                     eprintln!("{}: no *.toml pod specs in this directory", f.display());
                     return Ok(ExitCode::from(EXIT_INVALID));
