@@ -39,6 +39,12 @@ pub enum SandboxError {
     Other(String),
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Many(Vec<SandboxError>),
+    /// A create failed (`cause`), and so did removing what it had made (`undo`).
+    #[error("{cause}; and cleaning up after it: {undo}")]
+    Undone {
+        cause: Box<SandboxError>,
+        undo: Box<SandboxError>,
+    },
 }
 
 /// A live pod sandbox. Dropping it releases the pod lock but leaves the kernel objects in place
@@ -218,13 +224,16 @@ impl Sandbox {
                 );
                 Ok(Sandbox { ip, ..sandbox })
             }
-            Err(e) => {
-                match remove_parts(cfg, pod).await {
-                    Ok(()) => sandbox.lock.release_removing(),
-                    Err(undo) => tracing::error!(pod, "cleanup after failed create: {undo}"),
+            Err(e) => match remove_parts(cfg, pod).await {
+                Ok(()) => {
+                    sandbox.lock.release_removing();
+                    Err(e)
                 }
-                Err(e)
-            }
+                Err(undo) => Err(SandboxError::Undone {
+                    cause: Box::new(e),
+                    undo: Box::new(undo),
+                }),
+            },
         }
     }
 

@@ -111,7 +111,7 @@ fn empty(top: Dir, dev: u64, t0: Instant, bounds: Bounds) -> io::Result<()> {
                 )));
             }
             let here = fstat(cur.as_fd())?;
-            above.push((here.st_dev, here.st_ino));
+            above.push(id(&here));
             cur = Dir::from_fd(fd)?;
             continue;
         }
@@ -125,13 +125,19 @@ fn empty(top: Dir, dev: u64, t0: Instant, bounds: Bounds) -> io::Result<()> {
         };
         let parent = Dir::openat(cur.as_fd(), "..", dir_flags(), Mode::empty())?;
         let st = fstat(parent.as_fd())?;
-        if (st.st_dev, st.st_ino) != (pdev, pino) {
+        if id(&st) != (pdev, pino) {
             return Err(io::Error::other(
                 "the tree was moved while it was being removed: stopped",
             ));
         }
         cur = parent;
     }
+}
+
+/// (device, inode) of `st`, whatever their widths on the target (an inode is 32 bits on armv7).
+#[allow(clippy::unnecessary_cast)]
+fn id(st: &nix::sys::stat::FileStat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
 }
 
 /// Up to [`BATCH`] names of `dir` (not `.` or `..`), from its start.

@@ -44,6 +44,27 @@ pub enum PodError {
         #[source]
         source: crate::host::volumes::VolumeError,
     },
+    /// A start failed (`cause`), and so did removing what it had made (`undo`): both are said,
+    /// the cause first (what is left is the next start's or the daemon's to collect).
+    #[error("{cause}; and cleaning up after it: {undo}")]
+    Undone {
+        #[source]
+        cause: Box<PodError>,
+        undo: SandboxError,
+    },
+}
+
+impl PodError {
+    /// `self`, with what undoing the start left to say.
+    fn undone(self, undo: Result<(), SandboxError>) -> PodError {
+        match undo {
+            Ok(()) => self,
+            Err(undo) => PodError::Undone {
+                cause: Box::new(self),
+                undo,
+            },
+        }
+    }
 }
 
 /// How a pod's containers are run, beyond their spec.
@@ -161,10 +182,7 @@ impl RunningPod {
             Ok(dirs) => dirs,
             Err(source) => {
                 let pod = spec.name.clone();
-                if let Err(undo) = sandbox.destroy().await {
-                    tracing::error!(pod, "cleanup after failed start: {undo}");
-                }
-                return Err(PodError::Volume { pod, source });
+                return Err(PodError::Volume { pod, source }.undone(sandbox.destroy().await));
             }
         };
         let pod_names: Arc<dyn PodAddresses> =
@@ -262,14 +280,11 @@ impl RunningPod {
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                let pod = spec.name.clone();
-                if let Err(undo) = sandbox.destroy().await {
-                    tracing::error!(pod, "cleanup after failed start: {undo}");
-                }
-                return Err(PodError::Thread {
-                    pod,
+                let cause = PodError::Thread {
+                    pod: spec.name.clone(),
                     message: e.to_string(),
-                });
+                };
+                return Err(cause.undone(sandbox.destroy().await));
             }
         };
         tracing::info!(
