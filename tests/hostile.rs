@@ -230,6 +230,15 @@ fn module_paths_must_be_regular_files() {
     assert!(d.terminate().success());
 }
 
+/// Lets every user reach this env's API socket (the test's own; on a board, the `peapod`
+/// group reaches it).
+fn open_socket_to_everyone(env: &Env) {
+    for dir in [env.dir.path().to_path_buf(), env.run_dir()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
 /// `cmd` run as user and group 65534 (nobody), without supplementary groups.
 fn as_nobody(mut cmd: Command) -> (i32, String) {
     let out = cmd.uid(65534).gid(65534).output().unwrap();
@@ -245,10 +254,7 @@ fn precompiled_code_and_files_need_the_callers_rights() {
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     // Let nobody reach the socket (the test's own) and a directory of files.
-    for dir in [env.dir.path().to_path_buf(), env.run_dir()] {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    }
-    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    open_socket_to_everyone(&env);
     let open = env.dir.path().join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -774,10 +780,7 @@ fn a_user_flooding_the_api_does_not_lock_root_out() {
     let env = Env::new();
     let (mut d, good) = daemon_with_good_pod(&env);
     // Let the attacker reach the socket (as the `peapod` group would).
-    for dir in [env.dir.path().to_path_buf(), env.run_dir()] {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    }
-    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    open_socket_to_everyone(&env);
     let socket = env.socket();
     let (stalled, follows) = std::thread::spawn(move || {
         // This thread alone becomes user 4242 (the raw system call: glibc's would change every

@@ -225,14 +225,12 @@ impl Ipam {
             .collect()
     }
 
-    /// Whether pod `pod` publishes a port that clashes with `port` on this bridge (its sandbox
-    /// holds it).
-    pub(crate) fn publishes(&self, pod: &str, port: &Published) -> bool {
-        self.read().is_ok_and(|f| {
-            f.ports
-                .get(pod)
-                .is_some_and(|l| l.iter().any(|p| p.clashes(port)))
-        })
+    /// The ports pod `pod` publishes on this bridge (its sandbox holds them).
+    pub(crate) fn published_by(&self, pod: &str) -> Vec<Published> {
+        self.read()
+            .ok()
+            .and_then(|mut f| f.ports.remove(pod))
+            .unwrap_or_default()
     }
 
     /// Removes the temp files of writers killed half-way through a write.

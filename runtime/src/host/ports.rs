@@ -23,6 +23,7 @@ pub(crate) fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem
         .ok()
         .and_then(|s| s.trim().parse::<u16>().ok())
         .unwrap_or(1024);
+    let own = ipam.published_by(&spec.name);
     let mut problems = Vec::new();
     for (c, p, published) in spec.published() {
         let message = if !caller.is_root() && published.host_port < unprivileged {
@@ -30,7 +31,7 @@ pub(crate) fn check(spec: &PodSpec, cfg: &Config, caller: Caller) -> Vec<Problem
                 "only root may publish a host port below {unprivileged} \
                  (net.ipv4.ip_unprivileged_port_start), as only root may bind one"
             ))
-        } else if ipam.publishes(&spec.name, &published) {
+        } else if own.iter().any(|o| o.clashes(&published)) {
             // Held by this pod's own sandbox (a re-create): its to hand on.
             None
         } else if let Some((holder, _)) = ipam
