@@ -929,8 +929,12 @@ fn a_host_path_swapped_for_a_symlink_is_never_followed() {
     std::os::unix::fs::symlink(&root_only, home.join("token")).unwrap();
     // A restart in place sees what was checked, not what the names lead to now.
     env.ctl_ok(&["restart", "site/app"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let seen = logs();
+    // The new instance has listed its /www and read its token (a second time in the log).
+    let seen = eventually(MIN, "the restarted instance reads its volumes", || {
+        let seen = logs();
+        (seen.matches("cat /token/token:").count() >= 2).then_some(seen)
+    });
+    assert_eq!(seen.matches("index.html").count(), 2, "{seen}");
     assert!(!seen.contains("ipam") && !seen.contains("pods"), "{seen}");
     assert!(!seen.contains("root's secret"), "{seen}");
     // A new sandbox opens the paths again, and refuses the symlinks.
