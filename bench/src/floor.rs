@@ -67,7 +67,7 @@ pub(crate) async fn raw_netlink(
     tag: &str,
     iterations: usize,
 ) -> Result<Vec<f64>> {
-    let host = Netlink::connect()?;
+    let host = Netlink;
     let bridge = host
         .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
         .await?;
@@ -92,11 +92,11 @@ pub(crate) async fn iperf3(dir: &Path, mib: usize, iterations: usize) -> Result<
     let fd = Arc::new(netns::create_pinned(&pin)?);
     let result = async {
         in_netns(fd.clone(), || async {
-            let nl = Netlink::connect().map_err(|e| SandboxError::Other(e.to_string()))?;
+            let nl = Netlink;
             let lo = nl
                 .link_index("lo")
                 .await?
-                .ok_or(SandboxError::Other("no lo".into()))?;
+                .ok_or(SandboxError::Missing("lo"))?;
             nl.set_up(lo, "lo").await?;
             Ok(())
         })

@@ -1,4 +1,5 @@
-//! A client of the daemon's API (the routes are listed in `daemon/api.rs`), over its unix socket.
+//! A client of the daemon's API (the routes are listed in `daemon/api.rs`), over its unix socket:
+//! one typed method a route, reading the same [`crate::wire`] types the server writes.
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +7,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+
+use crate::wire::{self, ApiError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -53,7 +56,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&impl serde::Serialize>,
     ) -> Result<hyper::Response<Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
@@ -71,7 +74,10 @@ impl Client {
             .await
             .map_err(proto)?;
         tokio::spawn(conn);
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string()))?,
+            None => Vec::new(),
+        };
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -85,31 +91,27 @@ impl Client {
         }
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(proto)?.to_bytes();
-        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Err(ClientError::Api {
-            status,
-            message: v["error"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(&body))),
-            problems: v["problems"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|p| p.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
+        Err(match serde_json::from_slice::<ApiError>(&body) {
+            Ok(ApiError { error, problems }) => ClientError::Api {
+                status,
+                message: error,
+                problems,
+            },
+            Err(_) => ClientError::Api {
+                status,
+                message: format!("{status}: {}", String::from_utf8_lossy(&body)),
+                problems: Vec::new(),
+            },
         })
     }
 
-    /// A request whose answer is JSON.
-    pub async fn json(
+    /// A request whose answer is JSON of type `T`.
+    pub async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, ClientError> {
         let resp = self.send(method, path, body).await?;
         let bytes = resp
             .into_body()
@@ -120,7 +122,50 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.json(Method::GET, path, None).await
+    /// A `GET` whose answer is JSON of type `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(Method::GET, path, None::<&()>).await
+    }
+
+    /// `GET /v1/healthz`.
+    pub async fn health(&self) -> Result<wire::Health, ClientError> {
+        self.get("/v1/healthz").await
+    }
+
+    /// Every pod, and the pods directory's problems.
+    pub async fn pods(&self) -> Result<wire::PodList, ClientError> {
+        self.get("/v1/pods").await
+    }
+
+    /// Pod `name`.
+    pub async fn pod(&self, name: &str) -> Result<wire::PodView, ClientError> {
+        self.get(&format!("/v1/pods/{name}")).await
+    }
+
+    /// Creates or updates the pod of spec `req`.
+    pub async fn apply(&self, req: &wire::ApplyRequest) -> Result<wire::Applied, ClientError> {
+        self.json(Method::POST, "/v1/pods", Some(req)).await
+    }
+
+    /// Deletes pod `name`; answers once it is gone.
+    pub async fn delete(&self, name: &str) -> Result<wire::Deleted, ClientError> {
+        self.json(Method::DELETE, &format!("/v1/pods/{name}"), None::<&()>)
+            .await
+    }
+
+    /// Re-creates pod `name` (a new namespace and IP).
+    pub async fn recreate(&self, name: &str) -> Result<wire::PodView, ClientError> {
+        let path = format!("/v1/pods/{name}/restart");
+        self.json(Method::POST, &path, None::<&()>).await
+    }
+
+    /// Restarts container `container` of pod `pod` in place.
+    pub async fn restart_container(
+        &self,
+        pod: &str,
+        container: &str,
+    ) -> Result<wire::Restarted, ClientError> {
+        let path = format!("/v1/pods/{pod}/containers/{container}/restart");
+        self.json(Method::POST, &path, None::<&()>).await
     }
 }

@@ -22,7 +22,6 @@
 //! The module files an apply names are read with the client's rights (its `SO_PEERCRED`, see
 //! [`super::server`]); logs are streamed from disk in chunks, never loaded whole.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,13 +33,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::json;
+
 use tokio::sync::Mutex;
 
 use super::pods::{OpError, Pods};
 use crate::caller::Caller;
 use crate::logs::cri;
 use crate::spec::SpecError;
+use crate::wire;
 
 /// The body of an apply (spec text and paths) must arrive within this...
 pub(super) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,19 +60,21 @@ pub(super) fn router(
         .route(
             "/v1/healthz",
             get(move || async move {
-                if ready.load(std::sync::atomic::Ordering::Acquire) {
-                    (StatusCode::OK, Json(json!({"status": "ok"})))
+                let (code, status) = if ready.load(std::sync::atomic::Ordering::Acquire) {
+                    (StatusCode::OK, "ok")
                 } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Json(json!({"status": "starting"})),
-                    )
-                }
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                };
+                let status = status.into();
+                (code, Json(wire::Health { status }))
             }),
         )
         .route(
             "/v1/version",
-            get(|| async { Json(json!({"version": env!("CARGO_PKG_VERSION")})) }),
+            get(|| async {
+                let version = env!("CARGO_PKG_VERSION").into();
+                Json(wire::Version { version })
+            }),
         )
         .route("/v1/pods", get(list).post(apply))
         .route("/v1/pods/{pod}", get(inspect).delete(delete))
@@ -141,7 +143,11 @@ impl Drop for Following {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+    let body = wire::ApiError {
+        error: message.into(),
+        problems: Vec::new(),
+    };
+    (status, Json(body)).into_response()
 }
 
 impl IntoResponse for OpError {
@@ -153,24 +159,24 @@ impl IntoResponse for OpError {
             OpError::Invalid(_) | OpError::Unfit(_) => StatusCode::UNPROCESSABLE_ENTITY,
             OpError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let (message, problems): (String, Vec<String>) = match &self {
+        let (error, problems): (String, Vec<String>) = match &self {
             OpError::Invalid(e @ SpecError::Invalid { path, .. }) => (
                 format!("invalid pod spec {}", path.display()),
                 e.to_string().lines().map(str::to_string).collect(),
             ),
             _ => (self.to_string(), Vec::new()),
         };
-        (
-            status,
-            Json(json!({"error": message, "problems": problems})),
-        )
-            .into_response()
+        (status, Json(wire::ApiError { error, problems })).into_response()
     }
 }
 
 async fn list(State(pods): State<Shared>) -> Response {
     let pods = pods.lock().await;
-    Json(json!({"pods": pods.views(), "problems": pods.problems()})).into_response()
+    let list = wire::PodList {
+        pods: pods.views(),
+        problems: pods.problems(),
+    };
+    Json(list).into_response()
 }
 
 async fn inspect(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
@@ -178,14 +184,6 @@ async fn inspect(State(pods): State<Shared>, Path(pod): Path<String>) -> Respons
         Some(v) => Json(v).into_response(),
         None => OpError::NotFound(pod).into_response(),
     }
-}
-
-#[derive(Deserialize)]
-struct ApplyBody {
-    /// The spec file's path on the client's machine: relative module paths are resolved
-    /// against it, and messages name it.
-    source: PathBuf,
-    spec: String,
 }
 
 /// The body is read as JSON whatever its content type says (so `curl -d` works).
@@ -210,7 +208,9 @@ async fn apply(
         }
         Ok(Ok(b)) => b,
     };
-    let body: ApplyBody = match serde_json::from_slice(&body) {
+    // `source` is the spec file's path on the client's machine: relative module paths are
+    // resolved against it, and messages name it.
+    let body: wire::ApplyRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
             return error(
@@ -262,7 +262,7 @@ async fn apply(
             } else {
                 StatusCode::OK
             };
-            (status, Json(json!({"action": action, "pod": view}))).into_response()
+            (status, Json(wire::Applied { action, pod: view })).into_response()
         }
         Err(e) => e.into_response(),
     }
@@ -285,7 +285,7 @@ async fn delete(
     match stop {
         Ok(stop) => {
             stop.wait().await;
-            Json(json!({"deleted": pod})).into_response()
+            Json(wire::Deleted { deleted: pod }).into_response()
         }
         Err(e) => e.into_response(),
     }
@@ -323,14 +323,17 @@ async fn restart_container(
         .owned_by(&pod, caller)
         .and_then(|()| pods.restart_container(&pod, &container));
     match r {
-        Ok(()) => Json(json!({"restarted": format!("{pod}/{container}")})).into_response(),
+        Ok(()) => {
+            let restarted = format!("{pod}/{container}");
+            Json(wire::Restarted { restarted }).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
 
 async fn reload(State(pods): State<Shared>) -> Response {
     let problems = super::pods::reload_beside(&pods).await;
-    Json(json!({"problems": problems})).into_response()
+    Json(wire::Reloaded { problems }).into_response()
 }
 
 #[derive(Deserialize)]

@@ -1,11 +1,13 @@
 //! `peapod daemon`: many pods at once, kept equal to the pods directory and to what was applied
-//! through the API, controlled over a unix socket, under systemd.
+//! through the API, controlled over a unix socket.
 //!
-//! Start-up: take the daemon lock, serve the API (requests wait until the pods are up), remove
-//! orphaned sandbox parts, take over the sandboxes the last run left (same namespace, same IP)
-//! and start the pods, then tell systemd `READY=1`. The main loop reloads on SIGHUP and on changes
-//! in the pods directory, and pings the watchdog. SIGTERM/SIGINT: `STOPPING=1`, the modules stop,
-//! the sandboxes stay (a restarted daemon gives every pod its IP back).
+//! [`serve`] is the daemon on a socket and a control channel its caller owns (as mini-redis'
+//! `server::run`): it starts the pods (taking over the sandboxes the last run left: same
+//! namespace, same IP), serves the API (requests wait until the pods are up), reloads when told,
+//! and on [`Control::Stop`] drains the API's connections and stops the modules; the sandboxes
+//! stay (a restarted daemon gives every pod its IP back). What it has to say ([`Report`]) goes
+//! back on a channel. The process around it (signals, binding the socket, watching the pods
+//! directory, systemd's notifications and watchdog) is the binary's `commands/daemon.rs`.
 
 mod api;
 mod crashguard;
@@ -16,20 +18,15 @@ mod server;
 mod store;
 
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use nix::fcntl::Flock;
-use notify::Watcher;
-use sd_notify::NotifyState;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Mutex;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
 use crate::config::Config;
 use crate::wasm::executor::Executor;
 use pods::Pods;
@@ -37,75 +34,61 @@ use pods::Pods;
 /// The group that may use the API socket besides root (if it exists).
 pub const SOCKET_GROUP: &str = "peapod";
 
-/// What the daemon is told while it runs: by signals under systemd ([`run`]), by a channel of
-/// the caller's in process ([`serve`]).
+/// What the daemon is told while it runs (by signals and the pods directory's watcher, under
+/// systemd; by a test's channel in process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Re-read the pods directory; the reason is logged (`SIGHUP`).
+    /// Re-read the pods directory; the reason is logged (`SIGHUP`, a change in the directory).
     Reload(&'static str),
-    /// Stop the modules and return; the sandboxes stay.
+    /// Drain the API, stop the modules and return; the sandboxes stay.
     Stop,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT (SIGHUP reloads): takes the daemon lock, binds the
-/// API socket, then [`serve`]s.
-pub async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let _lock = lock_daemon(&cfg)?;
-    raise_fd_limit();
-    let control = signals()?;
-    let listener = bind(&cfg.socket)?;
-    serve(cfg, exec, listener, control, t0).await
+/// What the daemon says while it runs (to systemd, through the binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The pods are started (or held by the crash guard) and the API takes requests.
+    Ready { pods: usize },
+    /// The number of pods, or of ready ones, changed.
+    Pods { pods: usize, ready: usize },
+    /// Told to stop: the modules are stopping.
+    Stopping,
 }
 
-/// SIGTERM and SIGINT as [`Control::Stop`], SIGHUP as [`Control::Reload`], handled from now on.
-fn signals() -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Control>> {
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let c = tokio::select! {
-                _ = term.recv() => Control::Stop,
-                _ = int.recv() => Control::Stop,
-                _ = hup.recv() => Control::Reload("SIGHUP"),
-            };
-            if tx.send(c).is_err() {
-                return;
-            }
-        }
-    });
-    Ok(rx)
+/// Takes the daemon lock of `cfg.run_dir` (one daemon per run directory), held while the
+/// returned lock lives.
+pub fn lock(cfg: &Config) -> anyhow::Result<Flock<File>> {
+    std::fs::create_dir_all(&cfg.run_dir)
+        .with_context(|| format!("create {}", cfg.run_dir.display()))?;
+    let path = cfg.run_dir.join("daemon.lock");
+    crate::durable::lock(&path, false)
+        .with_context(|| format!("lock {}", path.display()))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "another peapod daemon is running with run_dir {} (its lock {} is held)",
+                cfg.run_dir.display(),
+                path.display()
+            )
+        })
 }
 
 /// The daemon on `listener` until `control` says [`Control::Stop`] (or is closed): the pods
-/// started (the sandboxes the last run left taken over), the API served, the pods directory
-/// watched, systemd notified. The caller owns the socket and what controls the daemon (as
-/// mini-redis' `server::run`), so a test runs it in process; `t0` is when the start began.
+/// started, the API served, reloads done when asked; what it has to say goes to `reports`.
+/// `t0` is when the start began.
 pub async fn serve(
     cfg: Config,
     exec: Executor,
     listener: tokio::net::UnixListener,
-    mut control: tokio::sync::mpsc::UnboundedReceiver<Control>,
+    mut control: UnboundedReceiver<Control>,
+    reports: UnboundedSender<Report>,
     t0: Instant,
 ) -> anyhow::Result<()> {
+    raise_fd_limit();
     std::fs::create_dir_all(&cfg.pods_dir)
         .with_context(|| format!("create {}", cfg.pods_dir.display()))?;
     for d in [&cfg.state_dir, &cfg.logs.dir] {
         crate::durable::private_dir(d).with_context(|| format!("create {} (0700)", d.display()))?;
     }
-    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = changed_tx.send(());
-        }
-    })
-    .context("watch the pods directory")?;
-    watcher
-        .watch(&cfg.pods_dir, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("watch {}", cfg.pods_dir.display()))?;
-
     let pods = Arc::new(Mutex::new(Pods::new(cfg.clone(), exec)));
     // Hold the pods while starting them: API requests wait for the start-up to finish.
     let mut starting = pods.clone().lock_owned().await;
@@ -118,86 +101,70 @@ pub async fn serve(
             max: cfg.limits.api_connections,
             per_user: cfg.quotas.api_connections,
         },
-        shutdown.clone(),
+        shutdown.clone().cancelled_owned(),
     ));
     starting.start_all().await;
     // The firewall is derived state (a reboot, a `nft flush ruleset` or a stop between a
     // lease's change and its chain's loses it): made again from the leases of the recovered
     // pods.
-    if let Err(e) = crate::host::ipam::Ipam::new(&cfg).sync_firewall() {
-        tracing::warn!("firewall: {e}");
+    let ipam = crate::host::ipam::Ipam::new(&cfg);
+    match tokio::task::spawn_blocking(move || ipam.sync_firewall()).await {
+        Ok(Err(e)) => tracing::warn!("firewall: {e}"),
+        Err(e) => tracing::warn!("firewall: {e}"),
+        Ok(Ok(())) => {}
     }
     let count = starting.views().len();
     ready.store(true, std::sync::atomic::Ordering::Release);
     drop(starting);
-    Client::new(&cfg.socket)
-        .get("/v1/healthz")
-        .await
-        .context("the API does not answer on its own socket")?;
-    let status = format!("{count} pods; api on {}", cfg.socket.display());
-    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-    tracing::info!("ready in {:.1?}: {status}", t0.elapsed());
+    tracing::info!(
+        "ready in {:.1?}: {count} pods; api on {}",
+        t0.elapsed(),
+        cfg.socket.display()
+    );
+    let _ = reports.send(Report::Ready { pods: count });
 
-    let mut watchdog = watchdog_interval().map(tokio::time::interval);
-    // Reloads, crash-guard launches and STATUS= lines run in a worker of their own: a reload
-    // may compile modules or wait out a pre_stop grace period, and the main loop must keep
-    // pinging the watchdog meanwhile.
+    // Reloads, crash-guard launches and reports run in a worker of their own: a reload may
+    // compile modules or wait out a pre_stop grace period, and control must keep being read.
     let reload = Arc::new(tokio::sync::Notify::new());
     let worker_stop = CancellationToken::new();
     let worker = tokio::spawn(worker(
         pods.clone(),
         reload.clone(),
         worker_stop.clone(),
-        cfg.socket.clone(),
+        reports.clone(),
     ));
-    loop {
-        tokio::select! {
-            c = control.recv() => match c {
-                Some(Control::Reload(why)) => {
-                    tracing::info!("{why}: reloading {}", cfg.pods_dir.display());
-                    reload.notify_one();
-                }
-                Some(Control::Stop) | None => break,
-            },
-            Some(()) = changed.recv() => {
-                // Editors write in several steps: wait for the directory to settle.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while changed.try_recv().is_ok() {}
-                tracing::info!("{} changed: reloading", cfg.pods_dir.display());
-                reload.notify_one();
-            }
-            _ = async { watchdog.as_mut().expect("some").tick().await }, if watchdog.is_some() => {
-                notify(&[NotifyState::Watchdog]);
-            }
-        }
+    // Until Stop, or the control channel closes.
+    while let Some(Control::Reload(why)) = control.recv().await {
+        tracing::info!("{why}: reloading {}", cfg.pods_dir.display());
+        reload.notify_one();
     }
     tracing::info!("stopping: modules stop, sandboxes and leases stay");
-    notify(&[NotifyState::Stopping]);
-    drop(watcher);
+    let _ = reports.send(Report::Stopping);
+    // The API drains (requests in flight finish, streams are given `server::DRAIN_LIMIT`)
+    // while the modules stop.
     shutdown.cancel();
     // A reload under way is finished, not cut in half.
     worker_stop.cancel();
     let _ = worker.await;
     pods.lock().await.stop_all().await;
-    // Streams (logs -f) may keep the server busy: give it a moment, then go.
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = server.await;
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("stopped");
     Ok(())
 }
 
 /// The daemon's background work: reloads on request (coalesced: requests that arrive during
-/// one make one more), and every second the crash guard's due launches and a `STATUS=` line to
-/// systemd when the number of pods or of ready pods changed. Returns on `stop`, between two
-/// pieces of work.
+/// one make one more), and every second the crash guard's due launches and a
+/// [`Report::Pods`] when the number of pods or of ready pods changed. Returns on `stop`,
+/// between two pieces of work.
 async fn worker(
     pods: api::Shared,
     reload: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
-    socket: std::path::PathBuf,
+    reports: UnboundedSender<Report>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // What the last STATUS= line said: pods, and pods ready (none yet: READY=1 said pods only).
+    // What the last report said: pods, and pods ready (none yet: Ready said pods only).
     let mut readiness = None;
     loop {
         tokio::select! {
@@ -213,9 +180,7 @@ async fn worker(
                 let now = p.readiness();
                 if readiness != Some(now) {
                     readiness = Some(now);
-                    let status =
-                        format!("{} pods, {} ready; api on {}", now.0, now.1, socket.display());
-                    notify(&[NotifyState::Status(&status)]);
+                    let _ = reports.send(Report::Pods { pods: now.0, ready: now.1 });
                 }
             }
         }
@@ -236,67 +201,12 @@ fn raise_fd_limit() {
     }
 }
 
-fn notify(state: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(false, state) {
-        tracing::warn!("sd_notify: {e}");
-    }
-}
-
-/// Half the watchdog period systemd asked for, if it asked: `WATCHDOG_USEC`, for this process
-/// when `WATCHDOG_PID` names it or is absent (as sd_watchdog_enabled(3) reads them).
-fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.parse() != Ok(std::process::id())
-    {
-        return None;
-    }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
-}
-
-fn lock_daemon(cfg: &Config) -> anyhow::Result<Flock<File>> {
-    std::fs::create_dir_all(&cfg.run_dir)
-        .with_context(|| format!("create {}", cfg.run_dir.display()))?;
-    let path = cfg.run_dir.join("daemon.lock");
-    crate::durable::lock(&path, false)
-        .with_context(|| format!("lock {}", path.display()))?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "another peapod daemon is running with run_dir {} (its lock {} is held)",
-                cfg.run_dir.display(),
-                path.display()
-            )
-        })
-}
-
-/// Binds the API socket: mode 0660, group `peapod` when that group exists. A socket file left by
-/// a dead daemon is replaced; one a live daemon answers on is not.
-fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{}: another daemon answers on this socket", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
-    }
-    let listener =
-        tokio::net::UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    if let Ok(Some(group)) = nix::unistd::Group::from_name(SOCKET_GROUP) {
-        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), Some(group.gid))
-            .with_context(|| format!("chown {} to root:{SOCKET_GROUP}", path.display()))?;
-    }
-    Ok(listener)
-}
-
 /// The daemon in process, on a socket and a control channel of the test's own (no root: its pods
 /// directory holds no pod that would start).
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Client;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serves_in_process_reloads_and_stops_when_told() {
@@ -326,18 +236,21 @@ mod tests {
         .unwrap();
         let listener = tokio::net::UnixListener::bind(&cfg.socket).unwrap();
         let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
         let daemon = tokio::spawn(serve(
             cfg.clone(),
             Executor::new().unwrap(),
             listener,
             rx,
+            reports_tx,
             Instant::now(),
         ));
+        assert_eq!(reports.recv().await, Some(Report::Ready { pods: 0 }));
         let client = Client::new(&cfg.socket);
         let problems = || async {
-            let v = client.get("/v1/pods").await.unwrap();
-            assert_eq!(v["pods"], serde_json::json!([]), "{v}");
-            v["problems"].to_string()
+            let v = client.pods().await.unwrap();
+            assert!(v.pods.is_empty(), "{v:?}");
+            v.problems.join("\n")
         };
         let first = problems().await;
         assert!(
@@ -364,6 +277,12 @@ mod tests {
         );
 
         control.send(Control::Stop).unwrap();
+        while let Some(r) = reports.recv().await {
+            if r == Report::Stopping {
+                break;
+            }
+            assert!(matches!(r, Report::Pods { pods: 0, .. }), "{r:?}");
+        }
         let ended = tokio::time::timeout(Duration::from_secs(30), daemon).await;
         assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
         assert!(!cfg.socket.exists(), "the socket is removed on stop");

@@ -128,19 +128,29 @@ impl Conns {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown`, within `bounds`.
+/// How long connections in flight may take to finish once the server is told to stop (a
+/// `logs -f` stream, a slow client): then they are closed.
+pub(super) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Serves `router` on `listener`, within `bounds`, until `shutdown` resolves; then drains (as
+/// mini-redis' server does): no new connection is taken, each open one finishes the request it
+/// is serving (one that has sent no whole request is closed at once), and what is still open
+/// after [`DRAIN_LIMIT`] is closed. Returns when every connection has ended.
 pub(super) async fn serve(
     listener: UnixListener,
     router: axum::Router,
     bounds: ConnBounds,
-    shutdown: CancellationToken,
+    shutdown: impl Future<Output = ()>,
 ) {
     let conns = Arc::new(Mutex::new(Conns::default()));
+    let (drain, hard) = (CancellationToken::new(), CancellationToken::new());
+    let tracker = tokio_util::task::TaskTracker::new();
     let mut last_warning: Option<Instant> = None;
+    tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.cancelled() => break,
+            () = &mut shutdown => break,
         };
         let stream = match stream {
             Ok((s, _)) => s,
@@ -169,7 +179,7 @@ pub(super) async fn serve(
             c.next += 1;
             let id = c.next;
             let started = Started::default();
-            let cancel = shutdown.child_token();
+            let cancel = hard.child_token();
             c.open.insert(
                 id,
                 Conn {
@@ -186,20 +196,38 @@ pub(super) async fn serve(
                 .layer(axum::Extension(caller))
                 .layer(axum::Extension(started)),
         );
-        let conns = conns.clone();
-        tokio::spawn(async move {
+        let (conns, drain) = (conns.clone(), drain.clone());
+        tracker.spawn(async move {
             let io = TokioIo::new(Watched { inner: stream });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(io, service);
+            tokio::pin!(conn);
             tokio::select! {
-                _ = conn => {}
+                _ = conn.as_mut() => {}
                 _ = cancel.cancelled() => {}
+                _ = drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }
             }
             conns.lock().expect("conns lock").open.remove(&id);
         });
+    }
+    drop(listener);
+    drain.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_LIMIT, tracker.wait())
+        .await
+        .is_err()
+    {
+        hard.cancel();
+        tracker.wait().await;
     }
 }
 

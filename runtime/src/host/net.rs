@@ -1,16 +1,25 @@
-//! Typed verbs over rtnetlink: links, addresses, routes. The only place that speaks netlink.
+//! Typed verbs over netlink: links, addresses, routes, neighbours. The only place that speaks
+//! rtnetlink; [`exchange`] is the one socket routine, which the firewall's nf_tables batches use
+//! too.
 //!
-//! A netlink socket acts in the network namespace of the thread that opened it, so a [`Netlink`]
-//! opened on a host thread changes the host, and one opened on a pod thread changes the pod.
+//! One stack, in netavark's style: each request is a typed message (built with rtnetlink's
+//! builders, `netlink-packet-route`'s types) sent on a netlink socket of its own and answered
+//! before the socket closes, on a blocking thread (`spawn_blocking`), never on an async worker.
+//! Why not rtnetlink's async connection throughout: nf_tables is not in it, and QEMU's user-mode
+//! emulator (before 10.0) fails the send of a neighbour message with EOPNOTSUPP, which on a
+//! shared connection closes it for every later request instead of failing that one.
+//!
+//! A netlink socket acts in the network namespace of the thread that opens it: the blocking
+//! threads of the daemon's runtime are the host's, and those of a runtime made by
+//! [`crate::host::netns::runtime`] enter the pod's namespace before they run anything.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use futures::TryStreamExt;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkDeserializable,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkMessage, NetlinkPayload,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use rtnetlink::packet_route::link::{
@@ -22,7 +31,8 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    AddressMessageBuilder, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,14 +44,6 @@ pub struct NetError {
 }
 
 impl NetError {
-    fn new(op: impl Into<String>, e: rtnetlink::Error) -> Self {
-        let source = match e {
-            rtnetlink::Error::NetlinkError(m) => m.to_io(),
-            other => io::Error::other(other.to_string()),
-        };
-        NetError::other(op, source)
-    }
-
     /// An error of `op`, caused by `source`.
     pub(crate) fn other(op: impl Into<String>, source: io::Error) -> Self {
         NetError {
@@ -62,10 +64,6 @@ impl NetError {
     }
 }
 
-fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
-}
-
 /// The most ports a Linux bridge takes (`BR_MAX_PORTS` is 1024, and port 0 is never used).
 pub const BRIDGE_MAX_PORTS: usize = 1023;
 
@@ -75,32 +73,70 @@ pub struct Port {
     pub name: String,
 }
 
-/// A netlink connection in the namespace of the thread that opened it.
-pub struct Netlink {
-    handle: Handle,
-}
+/// The kernel's netlink, in the namespace of the blocking threads of the runtime it is used on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Netlink;
 
 impl Netlink {
-    /// Opens a connection; must be called inside a tokio runtime, which drives it.
-    pub fn connect() -> io::Result<Self> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+    /// Sends `msg` with `flags` (besides `NLM_F_REQUEST`) and waits for its answer on a blocking
+    /// thread; `op` names it in an error.
+    async fn request(
+        &self,
+        op: impl FnOnce() -> String,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        let answer = tokio::task::spawn_blocking(move || route_request(msg, flags))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("netlink thread: {e}"))));
+        answer.map_err(|e| NetError::other(op(), e))
     }
 
     /// Link `name`, if it exists.
     async fn link(&self, name: &str) -> Result<Option<LinkMessage>, NetError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(m) => Ok(m),
-            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
-            Err(e) => Err(NetError::new(format!("look up link {name}"), e)),
+        let mut query = LinkMessage::default();
+        query.attributes.push(LinkAttribute::IfName(name.into()));
+        let answer = self
+            .request(
+                || format!("look up link {name}"),
+                RouteNetlinkMessage::GetLink(query),
+                NLM_F_ACK,
+            )
+            .await;
+        match answer {
+            Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Creates link `msg` (`NLM_F_CREATE | NLM_F_EXCL`).
+    async fn add_link(
+        &self,
+        op: impl FnOnce() -> String,
+        msg: LinkMessage,
+    ) -> Result<(), NetError> {
+        self.request(
+            op,
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Changes link `msg.header.index` as `msg` says.
+    async fn set_link(
+        &self,
+        op: impl FnOnce() -> String,
+        msg: LinkMessage,
+    ) -> Result<(), NetError> {
+        self.request(op, RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+            .await
+            .map(drop)
     }
 }
 
@@ -190,7 +226,6 @@ pub trait Links {
 }
 
 impl Links for Netlink {
-    /// The index of link `name`, if it exists.
     async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
         Ok(self.link(name).await?.map(|m| m.header.index))
     }
@@ -203,11 +238,14 @@ impl Links for Netlink {
             Some(l) => l,
             None => {
                 let bridge = LinkBridge::new(name).address(mac.to_vec()).up().build();
-                match self.handle.link().add(bridge).execute().await {
+                match self
+                    .add_link(|| format!("create bridge {name}"), bridge)
+                    .await
+                {
                     Ok(()) => {}
                     // Another peapod made it meanwhile.
-                    Err(e) if is_errno(&e, libc::EEXIST) => {}
-                    Err(e) => return Err(NetError::new(format!("create bridge {name}"), e)),
+                    Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(e),
                 }
                 self.link(name).await?.ok_or_else(|| {
                     NetError::other(
@@ -224,16 +262,11 @@ impl Links for Netlink {
             .any(|a| matches!(a, LinkAttribute::Address(m) if m[..] == mac[..]));
         if !has_mac {
             // A bridge made by an older peapod (or by hand): given the fixed address once.
-            self.handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .address(mac.to_vec())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| NetError::new(format!("set the hardware address of {name}"), e))?;
+            let msg = LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build();
+            self.set_link(|| format!("set the hardware address of {name}"), msg)
+                .await?;
         }
         self.set_up(index, name).await?;
         self.add_addr(index, addr, prefix, name).await?;
@@ -262,44 +295,52 @@ impl Links for Netlink {
             .controller(controller)
             .up()
             .build();
-        match self.handle.link().add(msg).execute().await {
-            Ok(()) => Ok(()),
+        // The namespace's fd is read by the kernel while the request is handled, on the
+        // blocking thread: `netns` outlives this call, which waits for that thread.
+        let op = || format!("create veth {host}");
+        match self.add_link(op, msg).await {
             // The kernel's bridge numbers its ports in 10 bits, port 0 unused.
-            Err(e) if is_errno(&e, libc::EXFULL) => Err(NetError::other(
-                format!("create veth {host}"),
+            Err(e) if e.errno() == Some(libc::EXFULL) => Err(NetError::other(
+                op(),
                 io::Error::other(format!(
                     "the bridge has {BRIDGE_MAX_PORTS} ports already, the most a Linux bridge \
                      takes: give further pods another bridge (--bridge / network.bridge) and subnet"
                 )),
             )),
-            Err(e) => Err(NetError::new(format!("create veth {host}"), e)),
+            r => r,
         }
     }
 
-    /// Deletes link `name`; `false` if there was none.
+    /// Deletes link `name` (the kernel finds it by name); `false` if there was none.
     async fn delete_link(&self, name: &str) -> Result<bool, NetError> {
-        let Some(index) = self.link_index(name).await? else {
-            return Ok(false);
-        };
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
-            Err(e) => Err(NetError::new(format!("delete link {name}"), e)),
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        let op = || format!("delete link {name}");
+        match self
+            .request(op, RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
     /// Names of the links attached to bridge `controller`.
     async fn ports_of(&self, controller: u32) -> Result<Vec<Port>, NetError> {
-        let links: Vec<_> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetError::new("list links", e))?;
+        let links = self
+            .request(
+                || "list links".into(),
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .await?;
         Ok(links
             .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
             .filter(|l| {
                 l.attributes
                     .iter()
@@ -338,12 +379,8 @@ impl Links for Netlink {
     }
 
     async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| NetError::new(format!("set {name} up"), e))
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set_link(|| format!("set {name} up"), msg).await
     }
 
     /// Adds `addr/prefix` to a link; an address already there is fine.
@@ -354,38 +391,37 @@ impl Links for Netlink {
         prefix: u8,
         name: &str,
     ) -> Result<(), NetError> {
+        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(addr, prefix)
+            .build();
+        let op = || format!("add address {addr}/{prefix} to {name}");
         match self
-            .handle
-            .address()
-            .add(index, addr.into(), prefix)
-            .execute()
+            .request(
+                op,
+                RouteNetlinkMessage::NewAddress(msg),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            )
             .await
         {
-            Err(e) if !is_errno(&e, libc::EEXIST) => Err(NetError::new(
-                format!("add address {addr}/{prefix} to {name}"),
-                e,
-            )),
+            Err(e) if e.errno() != Some(libc::EEXIST) => Err(e),
             _ => Ok(()),
         }
     }
 
     async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetError> {
-        self.handle
-            .route()
-            .add(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(gateway)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| NetError::new(format!("add default route via {gateway}"), e))
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.request(
+            || format!("add default route via {gateway}"),
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+        .map(drop)
     }
 
-    // The neighbour verbs go over a socket of their own per request (`route_request`), not the
-    // connection: QEMU's user-mode emulator (before 10.0) translates no neighbour message and
-    // fails the send with EOPNOTSUPP, which on the connection would close it for every later
-    // request instead of failing this one.
     async fn set_neighbour(
         &self,
         index: u32,
@@ -397,22 +433,25 @@ impl Links for Netlink {
         msg.header.state = NeighbourState::Permanent;
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        route_request(
+        self.request(
+            || format!("add neighbour {ip} on {name}"),
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
         )
+        .await
         .map(drop)
-        .map_err(|e| NetError::other(format!("add neighbour {ip} on {name}"), e))
     }
 
     async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
-        match route_request(
-            RouteNetlinkMessage::DelNeighbour(neighbour(index, ip)),
-            NLM_F_ACK,
-        ) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
-                Err(NetError::other(format!("delete neighbour {ip}"), e))
-            }
+        match self
+            .request(
+                || format!("delete neighbour {ip}"),
+                RouteNetlinkMessage::DelNeighbour(neighbour(index, ip)),
+                NLM_F_ACK,
+            )
+            .await
+        {
+            Err(e) if e.errno() != Some(libc::ENOENT) => Err(e),
             _ => Ok(()),
         }
     }
@@ -420,8 +459,13 @@ impl Links for Netlink {
     async fn permanent_neighbours(&self, index: u32) -> Result<Vec<(Ipv4Addr, Vec<u8>)>, NetError> {
         let mut query = NeighbourMessage::default();
         query.header.family = AddressFamily::Inet;
-        let all = route_request(RouteNetlinkMessage::GetNeighbour(query), NLM_F_DUMP)
-            .map_err(|e| NetError::other("list neighbours", e))?;
+        let all = self
+            .request(
+                || "list neighbours".into(),
+                RouteNetlinkMessage::GetNeighbour(query),
+                NLM_F_DUMP,
+            )
+            .await?;
         Ok(all
             .into_iter()
             .filter_map(|m| match m {

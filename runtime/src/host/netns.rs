@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -108,6 +109,65 @@ pub fn remove_pinned(path: &Path) -> Result<(), NetnsError> {
 }
 
 /// Moves the calling thread into the namespace. Only threads dedicated to one pod do this.
-pub fn enter(fd: &impl AsFd) -> nix::Result<()> {
-    setns(fd, CloneFlags::CLONE_NEWNET)
+pub fn enter(fd: &impl AsFd) -> io::Result<()> {
+    Ok(setns(fd, CloneFlags::CLONE_NEWNET)?)
+}
+
+/// What a namespace thread's runtime runs on each blocking thread it starts (after the thread
+/// has entered the namespace) and stops.
+#[derive(Clone, Default)]
+pub struct ThreadHooks {
+    pub started: Option<Arc<dyn Fn() + Send + Sync>>,
+    pub stopped: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+/// Runs `work` on a new thread named `name` inside the namespace `fd`, on a current-thread tokio
+/// runtime whose blocking threads enter the namespace too before they run anything (a thread
+/// left outside would open sockets on the host: the process aborts instead). `done` gets what
+/// `work` returned, or why it could not run. The one way peapod runs code in a pod's namespace:
+/// the pod thread of [`crate::run::pod`] and the sandbox's inside configuration both use it.
+///
+/// The runtime checks for I/O after every task poll, not every 61st: a module that never yields
+/// on its own is still preempted at each epoch tick (10 ms), and with the default interval its
+/// siblings' sockets would wait 61 such slices (~600 ms) to be polled.
+pub fn spawn<F, Fut, R>(
+    name: String,
+    fd: Arc<OwnedFd>,
+    hooks: ThreadHooks,
+    work: F,
+    done: impl FnOnce(io::Result<R>) + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R>,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        let r = (|| {
+            enter(&*fd)?;
+            let for_blocking = fd.clone();
+            let ThreadHooks { started, stopped } = hooks;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .event_interval(1)
+                .on_thread_start(move || {
+                    if let Err(e) = enter(&*for_blocking) {
+                        tracing::error!("a blocking thread cannot enter the pod's namespace: {e}");
+                        std::process::abort();
+                    }
+                    if let Some(f) = &started {
+                        f();
+                    }
+                })
+                .on_thread_stop(move || {
+                    if let Some(f) = &stopped {
+                        f();
+                    }
+                })
+                .build()?;
+            let r = rt.block_on(work());
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            Ok(r)
+        })();
+        done(r);
+    })
 }

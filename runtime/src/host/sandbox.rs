@@ -35,8 +35,33 @@ pub enum SandboxError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A file or directory of the sandbox (its lock, the namespace pins' directory).
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A published port cannot be held on the host (taken, or no socket for it).
     #[error("{0}")]
-    Other(String),
+    Port(String),
+    /// A link the kernel should have made is not in the pod's namespace.
+    #[error("no {0} in the pod's namespace")]
+    Missing(&'static str),
+    /// A thread of the sandbox's work could not run (the namespace thread, a blocking task).
+    #[error("{what}: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pod's volumes (their removal).
+    #[error("volumes of pod {pod}: {source}")]
+    Volumes {
+        pod: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Many(Vec<SandboxError>),
     /// A create failed (`cause`), and so did removing what it had made (`undo`).
@@ -119,7 +144,10 @@ fn lock_pod(cfg: &Config, pod: &str) -> Result<PodLock, SandboxError> {
     use std::os::unix::fs::MetadataExt;
     let dir = cfg.run_dir.join("pods");
     let path = dir.join(format!("{pod}.lock"));
-    let io = |e: std::io::Error| SandboxError::Other(format!("{}: {e}", path.display()));
+    let io = |source| SandboxError::File {
+        path: path.clone(),
+        source,
+    };
     std::fs::create_dir_all(&dir).map_err(io)?;
     loop {
         let flock = crate::durable::lock(&path, false)
@@ -150,8 +178,8 @@ fn crash_point(point: &str) {
 #[cfg(not(feature = "test-hooks"))]
 fn crash_point(_: &str) {}
 
-/// Runs `work` on a fresh thread inside the namespace `fd`, with its own current-thread runtime
-/// (so netlink sockets it opens act in that namespace). The thread ends with `work`.
+/// Runs `work` on a thread inside the namespace `fd` ([`netns::spawn`]), so netlink requests it
+/// makes act in that namespace.
 pub async fn in_netns<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, SandboxError>
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -159,22 +187,36 @@ where
     R: Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("peapod-netns".into())
-        .spawn(move || {
-            let r = (|| {
-                netns::enter(&*fd).map_err(|e| SandboxError::Other(format!("setns: {e}")))?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| SandboxError::Other(format!("runtime: {e}")))?;
-                rt.block_on(work())
-            })();
+    let thread = |source| SandboxError::Thread {
+        what: "the namespace thread",
+        source,
+    };
+    netns::spawn(
+        "peapod-netns".into(),
+        fd,
+        netns::ThreadHooks::default(),
+        work,
+        move |r| {
             let _ = tx.send(r);
-        })
-        .map_err(|e| SandboxError::Other(format!("spawn thread: {e}")))?;
+        },
+    )
+    .map_err(thread)?;
     rx.await
-        .map_err(|_| SandboxError::Other("namespace thread died".into()))?
+        .map_err(|_| thread(std::io::Error::other("it died")))?
+        .map_err(thread)?
+}
+
+/// Runs `work` (file locks another process may hold, the lease file, the firewall's netlink)
+/// on a blocking thread of the runtime, not on an async worker.
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R, SandboxError> + Send + 'static,
+) -> Result<R, SandboxError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| SandboxError::Thread {
+            what: "a blocking task",
+            source: std::io::Error::other(e),
+        })?
 }
 
 impl Sandbox {
@@ -190,19 +232,25 @@ impl Sandbox {
         lock.mark_created();
         let netns_path = cfg.netns_path(pod);
         let ipam = Ipam::new(cfg);
-        let held = crate::host::ports::hold(ports).map_err(SandboxError::Other)?;
+        let held = crate::host::ports::hold(ports).map_err(SandboxError::Port)?;
         // We hold the lock, so any pin, lease or volume of this pod is a dead process' leftover.
-        if netns_path.exists() || ipam.leases()?.contains_key(pod) || volumes::exist(cfg, pod) {
+        let leased = {
+            let (ipam, pod) = (ipam.clone(), pod.to_string());
+            blocking(move || Ok(ipam.leases()?.contains_key(&pod))).await?
+        };
+        if netns_path.exists() || leased || volumes::exist(cfg, pod) {
             tracing::warn!(pod, "removing leftovers of an earlier run of this pod");
             remove_parts(cfg, pod).await?;
         }
 
-        let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+        let host = Netlink;
         let bridge = host
             .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
             .await?;
         let t_bridge = t0.elapsed();
-        let fd = Arc::new(netns::create_pinned(&netns_path)?);
+        // Made by a short-lived thread of its own, waited for on a blocking one.
+        let pin = netns_path.clone();
+        let fd = Arc::new(blocking(move || Ok(netns::create_pinned(&pin)?)).await?);
         let t_pin = t0.elapsed();
         let sandbox = Sandbox {
             pod: pod.into(),
@@ -250,14 +298,20 @@ impl Sandbox {
         let lock = lock_pod(cfg, pod)?;
         let netns_path = cfg.netns_path(pod);
         let ipam = Ipam::new(cfg);
-        let lease = ipam.leases()?.get(pod).copied();
+        let lease = {
+            let (ipam, pod) = (ipam.clone(), pod.to_string());
+            blocking(move || Ok(ipam.leases()?.get(&pod).copied())).await?
+        };
         let (Some(ip), true) = (lease, netns::is_pinned(&netns_path)) else {
             drop(lock);
             return Ok((Sandbox::create(cfg, pod, ports).await?, false));
         };
-        let held = crate::host::ports::hold(ports).map_err(SandboxError::Other)?;
-        ipam.set_ports(pod, ports)?;
-        let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+        let held = crate::host::ports::hold(ports).map_err(SandboxError::Port)?;
+        {
+            let (ipam, pod, ports) = (ipam.clone(), pod.to_string(), ports.to_vec());
+            blocking(move || Ok(ipam.set_ports(&pod, &ports)?)).await?;
+        }
+        let host = Netlink;
         let bridge = host
             .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
             .await?;
@@ -294,17 +348,26 @@ impl Sandbox {
         ports: &[Published],
     ) -> Result<Ipv4Addr, SandboxError> {
         let t0 = std::time::Instant::now();
-        let ip = match ipam.allocate_publishing(&self.pod, ports) {
-            // Leases whose pin is gone belong to no pod (a process killed before it cleaned
-            // up): dropped when they stand in the way, not looked for at every start (that is
-            // a lookup per pod on the bridge; a daemon start drops them all).
-            Err(IpamError::Exhausted { .. } | IpamError::PortTaken { .. })
-                if drop_stale_leases(&self.cfg, ipam)? > 0 =>
-            {
-                ipam.allocate_publishing(&self.pod, ports)?
-            }
-            r => r?,
-        };
+        let (cfg, ipam, pod, ports_) = (
+            self.cfg.clone(),
+            ipam.clone(),
+            self.pod.clone(),
+            ports.to_vec(),
+        );
+        let ip = blocking(move || {
+            Ok(match ipam.allocate_publishing(&pod, &ports_) {
+                // Leases whose pin is gone belong to no pod (a process killed before it cleaned
+                // up): dropped when they stand in the way, not looked for at every start (that
+                // is a lookup per pod on the bridge; a daemon start drops them all).
+                Err(IpamError::Exhausted { .. } | IpamError::PortTaken { .. })
+                    if drop_stale_leases(&cfg, &ipam)? > 0 =>
+                {
+                    ipam.allocate_publishing(&pod, &ports_)?
+                }
+                r => r?,
+            })
+        })
+        .await?;
         crash_point("sandbox-after-lease");
         tracing::debug!(
             pod = self.pod,
@@ -373,8 +436,7 @@ pub async fn plumb(
             .await,
     )?;
     in_netns(netns.clone(), move || async move {
-        let nl = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
-        configure_inside(&nl, ip, prefix, gateway).await
+        configure_inside(&Netlink, ip, prefix, gateway).await
     })
     .await?;
     let t_inside = t0.elapsed();
@@ -412,12 +474,12 @@ async fn configure_inside(
     let lo = nl
         .link_index("lo")
         .await?
-        .ok_or_else(|| SandboxError::Other("no lo in pod namespace".into()))?;
+        .ok_or(SandboxError::Missing("lo"))?;
     nl.set_up(lo, "lo").await?;
     let eth = nl
         .link_index(POD_IFACE)
         .await?
-        .ok_or_else(|| SandboxError::Other("veth peer missing in pod namespace".into()))?;
+        .ok_or(SandboxError::Missing("veth peer (eth0)"))?;
     nl.add_addr(eth, ip, prefix, POD_IFACE).await?;
     nl.set_up(eth, POD_IFACE).await?;
     unless_unsupported(
@@ -448,14 +510,19 @@ pub async fn collect_orphans(
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(SandboxError::Other(format!(
-                "{}: {e}",
-                cfg.netns_dir().display()
-            )));
+        Err(source) => {
+            return Err(SandboxError::File {
+                path: cfg.netns_dir(),
+                source,
+            });
         }
     }
-    names.extend(Ipam::new(cfg).leases()?.into_keys());
+    let ipam = Ipam::new(cfg);
+    let leases = {
+        let ipam = ipam.clone();
+        move || -> Result<_, SandboxError> { Ok(ipam.leases()?) }
+    };
+    names.extend(blocking(leases.clone()).await?.into_keys());
     names.extend(volumes::pods(cfg));
     let mut removed = Vec::new();
     for pod in names.into_iter().filter(|p| !keep.contains(p)) {
@@ -470,11 +537,11 @@ pub async fn collect_orphans(
     // Host veths on the bridge that belong to no pod (a pod removed half-way, whose pin and
     // lease were gone): a veth's name is derived from its pod's, so every `pp*` port that is
     // not the veth of a kept pod, or of a pod another process runs, is a leftover.
-    let host = Netlink::connect().map_err(|e| SandboxError::Other(format!("netlink: {e}")))?;
+    let host = Netlink;
     let mut in_use: std::collections::BTreeSet<String> = keep.clone();
     in_use.extend(locked_elsewhere(cfg));
     removed.extend(remove_leftover_veths(&host, &cfg.bridge, &in_use).await?);
-    let leased = Ipam::new(cfg).leases()?.into_values().collect();
+    let leased = blocking(leases).await?.into_values().collect();
     for ip in remove_stale_neighbours(&host, &cfg.bridge, &leased).await? {
         removed.push(format!("neighbour {ip}"));
     }
@@ -598,38 +665,41 @@ async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
     let ipam = Ipam::new(cfg);
     // The host's neighbour entry goes before the lease: once the IP is free, the entry is the
     // next pod's to set.
-    let ip = match ipam.leases() {
-        Ok(l) => l.get(pod).copied(),
-        Err(e) => {
-            errors.push(e.into());
-            None
+    let ip = {
+        let (ipam, pod) = (ipam.clone(), pod.to_string());
+        match blocking(move || Ok(ipam.leases()?.get(&pod).copied())).await {
+            Ok(ip) => ip,
+            Err(e) => {
+                errors.push(e);
+                None
+            }
         }
     };
-    match Netlink::connect() {
-        Ok(nl) => {
-            if let Err(e) = nl.delete_link(&host_veth_name(&cfg.bridge, pod)).await {
-                errors.push(e.into());
-            }
-            if let Some(ip) = ip
-                && let Err(e) = forget_neighbour(&nl, &cfg.bridge, ip).await
-            {
-                errors.push(e);
-            }
-        }
-        Err(e) => errors.push(SandboxError::Other(format!("netlink: {e}"))),
+    if let Err(e) = Netlink.delete_link(&host_veth_name(&cfg.bridge, pod)).await {
+        errors.push(e.into());
+    }
+    if let Some(ip) = ip
+        && let Err(e) = forget_neighbour(&Netlink, &cfg.bridge, ip).await
+    {
+        errors.push(e);
     }
     if let Err(e) = netns::remove_pinned(&cfg.netns_path(pod)) {
         errors.push(e.into());
     }
-    if let Err(e) = ipam.release(pod) {
-        errors.push(e.into());
-    }
-    // A guest's tree may be large: removed on a blocking thread, not an async worker.
+    // The lease (and the firewall's rules for it), then the guest's tree, which may be large:
+    // both on a blocking thread.
     let (c, p) = (cfg.clone(), pod.to_string());
-    match tokio::task::spawn_blocking(move || volumes::remove(&c, &p)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => errors.push(SandboxError::Other(format!("volumes of pod {pod}: {e}"))),
-        Err(e) => errors.push(SandboxError::Other(format!("volumes of pod {pod}: {e}"))),
+    if let Err(e) = blocking(move || Ok(ipam.release(&p).map(drop)?)).await {
+        errors.push(e);
+    }
+    let p = pod.to_string();
+    match blocking(move || {
+        volumes::remove(&c, &p).map_err(|source| SandboxError::Volumes { pod: p, source })
+    })
+    .await
+    {
+        Ok(()) => {}
+        Err(e) => errors.push(e),
     }
     match errors.len() {
         0 => Ok(()),
@@ -814,7 +884,7 @@ mod tests {
     async fn a_missing_peer_or_a_refused_verb_stops_the_inside_and_is_named() {
         let nl = FakeLinks::with(&[("lo", None)]);
         let e = configure_inside(&nl, IP, 22, GW).await.unwrap_err();
-        assert_eq!(e.to_string(), "veth peer missing in pod namespace");
+        assert_eq!(e.to_string(), "no veth peer (eth0) in the pod's namespace");
         assert!(!nl.calls().iter().any(|c| c.starts_with("add_addr")));
 
         let nl = FakeLinks {

@@ -57,16 +57,7 @@ pub fn exist(cfg: &Config, pod: &str) -> bool {
     pod_dir(cfg, pod).exists() || secrets_dir(cfg, pod).exists()
 }
 
-/// A volume as `inspect` and `ps -o json` show it: where it is on the host (for a secret, the
-/// path it was given; never its content).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct VolumeView {
-    pub name: String,
-    pub kind: &'static str,
-    pub host_path: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size_limit: Option<u64>,
-}
+pub use crate::wire::VolumeView;
 
 /// The views of pod `spec`'s volumes.
 pub fn views(cfg: &Config, spec: &PodSpec) -> Vec<VolumeView> {
@@ -74,7 +65,7 @@ pub fn views(cfg: &Config, spec: &PodSpec) -> Vec<VolumeView> {
         .iter()
         .map(|v| VolumeView {
             name: v.name.clone(),
-            kind: v.kind.word(),
+            kind: v.kind.word().into(),
             host_path: match &v.kind {
                 VolumeKind::HostPath { path, .. } | VolumeKind::Secret { path, .. } => path.clone(),
                 VolumeKind::EmptyDir { .. } | VolumeKind::Files(_) => {

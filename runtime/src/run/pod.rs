@@ -8,7 +8,6 @@
 
 use crate::wasm::names::PodAddresses;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -268,14 +267,24 @@ impl RunningPod {
             containers.push((c.kind, container, control));
         }
         let thread = {
-            let fd = sandbox.netns.clone();
+            let (started, stopped) = (blocking.clone(), blocking);
+            // The blocking threads' CPU is the pod's containers' (their file I/O), metered with
+            // theirs.
+            let hooks = netns::ThreadHooks {
+                started: Some(Arc::new(move || started.thread_started())),
+                stopped: Some(Arc::new(move || stopped.thread_stopped())),
+            };
             let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("pod-{}", spec.name))
-                .spawn(move || {
-                    let r = pod_thread(fd, blocking, move || run_containers(containers, stop));
+            netns::spawn(
+                format!("pod-{}", spec.name),
+                sandbox.netns.clone(),
+                hooks,
+                move || run_containers(containers, stop),
+                move |r| {
+                    let r = r.map_err(|e| format!("pod thread: {e}")).and_then(|r| r);
                     let _ = tx.send(r);
-                })
+                },
+            )
         };
         let thread = match thread {
             Ok(t) => t,
@@ -488,43 +497,6 @@ async fn run_containers(
             })
         })
         .collect())
-}
-
-/// Runs `work` on the calling thread after moving it into the namespace `fd`, on a current-thread
-/// runtime whose blocking threads also enter the namespace.
-fn pod_thread<F, Fut, R>(
-    fd: Arc<OwnedFd>,
-    blocking: crate::wasm::cpu::Blocking,
-    work: F,
-) -> Result<R, String>
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<R, String>>,
-{
-    netns::enter(&*fd).map_err(|e| format!("setns: {e}"))?;
-    let for_blocking = fd.clone();
-    let (started, stopped) = (blocking.clone(), blocking);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        // Check for I/O after every task poll, not every 61st: a module that never yields on its
-        // own is still preempted at each epoch tick (10 ms), and with the default interval its
-        // siblings' sockets would wait 61 such slices (~600 ms) to be polled.
-        .event_interval(1)
-        .on_thread_start(move || {
-            // A blocking thread outside the pod would open sockets on the host: refuse to go on.
-            if let Err(e) = netns::enter(&*for_blocking) {
-                tracing::error!("blocking thread cannot enter pod namespace: {e}");
-                std::process::abort();
-            }
-            // Its CPU is the pod's containers' (their file I/O), metered with theirs.
-            started.thread_started();
-        })
-        .on_thread_stop(move || stopped.thread_stopped())
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let r = rt.block_on(work());
-    rt.shutdown_timeout(Duration::from_secs(2));
-    r
 }
 
 /// The pods a guest can find by name are its bridge's leases, read at each lookup (a re-created

@@ -21,7 +21,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -78,73 +77,14 @@ pub struct Final {
     pub ended_on_stop: Option<Outcome>,
 }
 
-/// Where a container is in its life, as `ps` and `inspect` show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Not started yet, or waiting out its backoff before a restart.
-    Waiting,
-    Running,
-    /// Ended for good by its restart policy (a restart request starts it again).
-    Exited,
-}
-
-/// How a run ended, with when (Kubernetes' `lastState.terminated`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Terminated {
-    pub exit_code: Option<i32>,
-    pub reason: &'static str,
-    pub message: String,
-    #[serde(serialize_with = "rfc3339_opt")]
-    pub started_at: Option<SystemTime>,
-    #[serde(serialize_with = "rfc3339_opt")]
-    pub finished_at: Option<SystemTime>,
-}
-
-/// A container's live status, shared between its supervisor and whoever asks.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub name: String,
-    /// init, sidecar or app.
-    pub kind: Kind,
-    pub state: State,
-    /// Running, past its startup probe, and passing its readiness probe (if it has one).
-    pub ready: bool,
-    /// Running and past its startup probe (if it has one).
-    pub started: bool,
-    pub restarts: u32,
-    /// When the current (or last) run started.
-    #[serde(serialize_with = "rfc3339_opt")]
-    pub started_at: Option<SystemTime>,
-    /// How the last run ended, e.g. "exited with code 0", "trapped: ..." or "memory limit
-    /// 16 MiB reached".
-    pub last: Option<String>,
-    /// The last run's exit code (absent for a trap or a limit).
-    pub exit_code: Option<i32>,
-    /// Why the last run ended, in Kubernetes' words: Completed, Error, Trapped, OOMKilled,
-    /// LimitReached, Unhealthy (or Restarted, on request).
-    pub reason: Option<&'static str>,
-    /// How the previous run ended, apart from the state of the current one.
-    pub last_state: Option<Terminated>,
-    /// CPU time of all its runs so far.
-    pub cpu_seconds: f64,
-    /// Linear memory and tables of the current run.
-    pub memory_bytes: u64,
-}
+pub use crate::wire::{ContainerStatus as Status, State, Terminated};
 
 impl Status {
     /// How the last run ended, in the flat fields.
     fn record(&mut self, o: &Outcome) {
         self.last = Some(o.to_string());
         self.exit_code = o.exit_code();
-        self.reason = Some(o.reason());
-    }
-}
-
-fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
-        None => s.serialize_none(),
+        self.reason = Some(o.reason().into());
     }
 }
 
@@ -401,7 +341,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
             s.started = false;
             s.last_state = Some(Terminated {
                 exit_code: code,
-                reason,
+                reason: reason.into(),
                 message,
                 started_at: Some(started_at),
                 finished_at: Some(SystemTime::now()),
@@ -480,7 +420,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
             tracing::info!("{id}: restarting in place on request");
             control.update(|s| {
                 s.last = Some("restarted on request".into());
-                s.reason = Some("Restarted");
+                s.reason = Some("Restarted".into());
             });
         }
         done.restarts += 1;

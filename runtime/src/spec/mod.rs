@@ -114,7 +114,7 @@ pub struct PodSpec {
 }
 
 /// What part a container plays in its pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// An `[[init_containers]]` entry: runs to completion before the next entry starts.

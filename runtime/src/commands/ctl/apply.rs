@@ -55,13 +55,11 @@ impl Apply {
                 }
                 Ok(text) => {
                     let source = std::path::absolute(&path).context("absolute path")?;
-                    let body = json!({"source": source, "spec": text});
-                    match rt.block_on(client.json(Method::POST, "/v1/pods", Some(&body))) {
-                        Ok(v) => {
-                            let ip = v["pod"]["ip"].as_str().unwrap_or("-");
-                            let name = v["pod"]["name"].as_str().unwrap_or("?");
-                            let action = v["action"].as_str().unwrap_or("applied");
-                            println!("pod/{name} {action} (ip {ip})");
+                    let req = peapod::wire::ApplyRequest { source, spec: text };
+                    match rt.block_on(client.apply(&req)) {
+                        Ok(a) => {
+                            let ip = ip_or_dash(a.pod.ip);
+                            println!("pod/{} {} (ip {ip})", a.pod.name, a.action);
                             EXIT_OK
                         }
                         Err(e) => match report(e) {

@@ -14,11 +14,7 @@ impl Delete {
             Ok(p) => p,
             Err(code) => return Ok(code),
         };
-        let r = runtime()?.block_on(Client::new(&config.socket).json(
-            Method::DELETE,
-            &format!("/v1/pods/{pod}"),
-            None,
-        ));
+        let r = runtime()?.block_on(Client::new(&config.socket).delete(pod));
         Ok(done_for(&config, pod, r, |_| println!("pod/{pod} deleted")))
     }
 }

@@ -14,7 +14,7 @@ impl Inspect {
             Ok(p) => p,
             Err(code) => return Ok(code),
         };
-        let r = runtime()?.block_on(Client::new(&config.socket).get(&format!("/v1/pods/{pod}")));
+        let r = runtime()?.block_on(Client::new(&config.socket).pod(pod));
         Ok(done_for(&config, pod, r, |v| {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
         }))

@@ -67,7 +67,7 @@ impl Logs {
         let client = Client::new(&config.socket);
         let timestamps = self.timestamps;
         runtime()?.block_on(async move {
-            let resp = match client.send(Method::GET, &path, None).await {
+            let resp = match client.send(Method::GET, &path, None::<&()>).await {
                 Ok(r) => r,
                 Err(e) => return Ok(fail(e)),
             };

@@ -15,7 +15,6 @@ use hyper::{Method, StatusCode};
 use peapod::client::{Client, ClientError};
 use peapod::config::Config;
 use peapod::logs::cri;
-use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
 
@@ -140,6 +139,11 @@ fn pod_name(name: &str) -> Result<&str, ExitCode> {
             Err(ExitCode::from(EXIT_INVALID))
         }
     }
+}
+
+/// A pod's address, or `-` while it has none.
+fn ip_or_dash(ip: Option<std::net::Ipv4Addr>) -> String {
+    ip.map_or_else(|| "-".into(), |ip| ip.to_string())
 }
 
 /// `5s`, `3m`, `2h`, `4d`, as kubectl prints ages.

@@ -19,39 +19,31 @@ impl Ps {
                 return Ok(code);
             }
         }
-        let r = runtime()?.block_on(Client::new(&config.socket).get("/v1/pods"));
+        let r = runtime()?.block_on(Client::new(&config.socket).pods());
         let mut missing = Vec::new();
-        let code = done(r, |mut v| {
+        let code = done(r, |mut list| {
             if !self.pods.is_empty() {
-                let all = v["pods"].as_array().cloned().unwrap_or_default();
-                missing = self
-                    .pods
-                    .iter()
-                    .filter(|n| !all.iter().any(|p| p["name"] == n.as_str()))
+                missing = (self.pods.iter())
+                    .filter(|n| !list.pods.iter().any(|p| &p.name == *n))
                     .cloned()
                     .collect();
-                v["pods"] = all
-                    .into_iter()
-                    .filter(|p| self.pods.iter().any(|n| p["name"] == n.as_str()))
-                    .collect();
+                list.pods.retain(|p| self.pods.contains(&p.name));
             }
-            let empty = Vec::new();
             // The pods directory's problems go to stderr in both formats: stdout stays the
             // table, or the array of pods.
             let warn = || {
-                for problem in v["problems"].as_array().unwrap_or(&empty) {
-                    eprintln!("warning: {}", problem.as_str().unwrap_or_default());
+                for problem in &list.problems {
+                    eprintln!("warning: {problem}");
                 }
             };
             if self.output == "json" {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&v["pods"]).unwrap_or_default()
+                    serde_json::to_string_pretty(&list.pods).unwrap_or_default()
                 );
                 warn();
                 return;
             }
-            let pods = v["pods"].as_array().unwrap_or(&empty);
             let mut rows = vec![vec![
                 "NAME".to_string(),
                 "STATUS".into(),
@@ -61,24 +53,16 @@ impl Ps {
                 "AGE".into(),
                 "SOURCE".into(),
             ]];
-            for p in pods {
-                // Kubernetes' READY: ready containers of those that stay (apps and
-                // sidecars; plain init containers end by design).
-                let containers: Vec<&serde_json::Value> = p["containers"]
-                    .as_array()
-                    .unwrap_or(&empty)
-                    .iter()
-                    .filter(|c| c["kind"] != "init")
-                    .collect();
-                let ready = containers.iter().filter(|c| c["ready"] == true).count();
+            for p in &list.pods {
+                let (ready, live) = p.ready_count();
                 rows.push(vec![
-                    p["name"].as_str().unwrap_or("?").into(),
-                    p["status"].as_str().unwrap_or("?").into(),
-                    p["ip"].as_str().unwrap_or("-").into(),
-                    format!("{ready}/{}", containers.len()),
-                    p["restarts"].to_string(),
-                    age(p["age_seconds"].as_u64().unwrap_or(0)),
-                    p["source"].as_str().unwrap_or("?").into(),
+                    p.name.clone(),
+                    p.status.clone(),
+                    ip_or_dash(p.ip),
+                    format!("{ready}/{live}"),
+                    p.restarts.to_string(),
+                    age(p.age_seconds),
+                    p.source.clone(),
                 ]);
             }
             print_table(&rows);

@@ -18,25 +18,12 @@ impl Restart {
             Err(code) => return Ok(code),
         };
         Ok(match target {
-            (pod, Some(c)) => done(
-                rt.block_on(client.json(
-                    Method::POST,
-                    &format!("/v1/pods/{pod}/containers/{c}/restart"),
-                    None,
-                )),
-                |_| println!("{pod}/{c} restarted in place"),
-            ),
-            (pod, None) => done_for(
-                &config,
-                pod,
-                rt.block_on(client.json(Method::POST, &format!("/v1/pods/{pod}/restart"), None)),
-                |v| {
-                    println!(
-                        "pod/{pod} re-created (ip {})",
-                        v["ip"].as_str().unwrap_or("-")
-                    )
-                },
-            ),
+            (pod, Some(c)) => done(rt.block_on(client.restart_container(pod, c)), |_| {
+                println!("{pod}/{c} restarted in place")
+            }),
+            (pod, None) => done_for(&config, pod, rt.block_on(client.recreate(pod)), |v| {
+                println!("pod/{pod} re-created (ip {})", ip_or_dash(v.ip))
+            }),
         })
     }
 }

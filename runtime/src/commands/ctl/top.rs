@@ -23,13 +23,12 @@ impl Top {
         let client = Client::new(&config.socket);
         let rt = runtime()?;
         let sample = || {
-            let v = rt.block_on(client.get("/v1/pods"))?;
+            let v = rt.block_on(client.pods())?;
             let t = std::time::Instant::now();
             let mut cpu = std::collections::BTreeMap::new();
-            for p in v["pods"].as_array().into_iter().flatten() {
-                for c in p["containers"].as_array().into_iter().flatten() {
-                    let key = (p["name"].to_string(), c["name"].to_string());
-                    cpu.insert(key, c["cpu_seconds"].as_f64().unwrap_or(0.0));
+            for p in &v.pods {
+                for c in &p.containers {
+                    cpu.insert((p.name.clone(), c.name.clone()), c.cpu_seconds);
                 }
             }
             Ok::<_, ClientError>((v, t, cpu))
@@ -52,21 +51,21 @@ impl Top {
             "MEMORY(bytes)".into(),
             "CPU-TIME".into(),
         ]];
-        for p in v["pods"].as_array().into_iter().flatten() {
-            if !self.pods.is_empty() && !self.pods.iter().any(|n| p["name"] == n.as_str()) {
+        for p in &v.pods {
+            if !self.pods.is_empty() && !self.pods.contains(&p.name) {
                 continue;
             }
-            for c in p["containers"].as_array().into_iter().flatten() {
-                let key = (p["name"].to_string(), c["name"].to_string());
+            for c in &p.containers {
+                let key = (p.name.clone(), c.name.clone());
                 let used = after.get(&key).copied().unwrap_or(0.0)
                     - before.get(&key).copied().unwrap_or(0.0);
                 rows.push(vec![
-                    p["name"].as_str().unwrap_or("?").into(),
-                    c["name"].as_str().unwrap_or("?").into(),
-                    c["state"].as_str().unwrap_or("?").into(),
+                    p.name.clone(),
+                    c.name.clone(),
+                    c.state.word().into(),
                     format!("{}m", (used.max(0.0) / wall * 1000.0).round() as u64),
-                    binary_size(c["memory_bytes"].as_u64().unwrap_or(0)),
-                    format!("{:.2}s", c["cpu_seconds"].as_f64().unwrap_or(0.0)),
+                    binary_size(c.memory_bytes),
+                    format!("{:.2}s", c.cpu_seconds),
                 ]);
             }
         }

@@ -19,8 +19,6 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use serde::Serialize;
-
 #[cfg(test)]
 mod tests;
 mod view;
@@ -115,14 +113,7 @@ struct Entry {
     delayed: Option<Instant>,
 }
 
-/// What `apply` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum Action {
-    Created,
-    Recreated,
-    Unchanged,
-}
+pub(super) use crate::wire::Action;
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum OpError {

@@ -2,45 +2,15 @@
 //! its containers' (init containers end by design), its age, readiness and restarts.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-
-use serde::Serialize;
 
 use super::{Origin, Pods};
 use crate::run::supervisor::{State, Status};
 use crate::spec::Kind;
 
-/// A pod as `ps` and `inspect` show it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct PodView {
-    pub name: String,
-    /// starting (before its containers' first run; a re-created pod also while its old sandbox
-    /// stops), running, restarting (a container waits out its backoff), succeeded, failed,
-    /// waiting (held back by the crash guard), terminating (being stopped: its pre_stop hooks
-    /// and grace period)
-    pub status: String,
-    pub ip: Option<Ipv4Addr>,
-    pub netns: Option<PathBuf>,
-    /// `file:<path>` or `api`
-    pub source: String,
-    pub created: String,
-    pub age_seconds: u64,
-    /// Every container (plain init containers aside) is ready.
-    pub ready: bool,
-    pub restarts: u32,
-    pub containers: Vec<Status>,
-    /// Its volumes and where they are on the host.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<crate::host::volumes::VolumeView>,
-    /// Its published ports, `[HOST_IP:]HOST_PORT->CONTAINER_PORT/PROTOCOL`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<String>,
-    pub error: Option<String>,
-}
+pub(crate) use crate::wire::PodView;
 
 /// A pod is ready when every container that stays (apps and sidecars; plain init containers
 /// end by design) is, and it has one.
@@ -68,7 +38,7 @@ impl Pods {
             (None, _) => "failed",
             _ if init
                 .iter()
-                .any(|c| c.state == State::Exited && c.reason != Some("Completed")) =>
+                .any(|c| c.state == State::Exited && c.reason.as_deref() != Some("Completed")) =>
             {
                 "failed"
             }

@@ -1,0 +1,288 @@
+//! The API's wire model: what the daemon sends and the CLI (or any client) reads, one set of
+//! types serialized by the server and deserialized by [`crate::client::Client`]. Field names
+//! are the JSON's; a field added here shows up in `inspect` and `ps -o json` at once.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::spec::Kind;
+
+/// Where a container is in its life, as `ps` and `inspect` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Not started yet, or waiting out its backoff before a restart.
+    Waiting,
+    Running,
+    /// Ended for good by its restart policy (a restart request starts it again).
+    Exited,
+}
+
+impl State {
+    /// `waiting`, `running`, `exited`.
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Waiting => "waiting",
+            State::Running => "running",
+            State::Exited => "exited",
+        }
+    }
+}
+
+/// How a run ended, with when (Kubernetes' `lastState.terminated`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Terminated {
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    pub message: String,
+    #[serde(with = "rfc3339_opt")]
+    pub started_at: Option<SystemTime>,
+    #[serde(with = "rfc3339_opt")]
+    pub finished_at: Option<SystemTime>,
+}
+
+/// A container's live status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    /// init, sidecar or app.
+    pub kind: Kind,
+    pub state: State,
+    /// Running, past its startup probe, and passing its readiness probe (if it has one).
+    pub ready: bool,
+    /// Running and past its startup probe (if it has one).
+    pub started: bool,
+    pub restarts: u32,
+    /// When the current (or last) run started.
+    #[serde(with = "rfc3339_opt")]
+    pub started_at: Option<SystemTime>,
+    /// How the last run ended, e.g. "exited with code 0", "trapped: ..." or "memory limit
+    /// 16 MiB reached".
+    pub last: Option<String>,
+    /// The last run's exit code (absent for a trap or a limit).
+    pub exit_code: Option<i32>,
+    /// Why the last run ended, in Kubernetes' words: Completed, Error, Trapped, OOMKilled,
+    /// LimitReached, Unhealthy (or Restarted, on request).
+    pub reason: Option<String>,
+    /// How the previous run ended, apart from the state of the current one.
+    pub last_state: Option<Terminated>,
+    /// CPU time of all its runs so far.
+    pub cpu_seconds: f64,
+    /// Linear memory and tables of the current run.
+    pub memory_bytes: u64,
+}
+
+/// A volume: where it is on the host (for a secret, the path it was given; never its content).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    /// `empty_dir`, `host_path`, `secret`, ...
+    pub kind: String,
+    pub host_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<u64>,
+}
+
+/// A pod as `ps` and `inspect` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodView {
+    pub name: String,
+    /// starting (before its containers' first run; a re-created pod also while its old sandbox
+    /// stops), running, restarting (a container waits out its backoff), succeeded, failed,
+    /// waiting (held back by the crash guard), terminating (being stopped: its pre_stop hooks
+    /// and grace period)
+    pub status: String,
+    pub ip: Option<Ipv4Addr>,
+    pub netns: Option<PathBuf>,
+    /// `file:<path>` or `api`
+    pub source: String,
+    pub created: String,
+    pub age_seconds: u64,
+    /// Every container (plain init containers aside) is ready.
+    pub ready: bool,
+    pub restarts: u32,
+    pub containers: Vec<ContainerStatus>,
+    /// Its volumes and where they are on the host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeView>,
+    /// Its published ports, `[HOST_IP:]HOST_PORT->CONTAINER_PORT/PROTOCOL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl PodView {
+    /// Kubernetes' READY column: ready containers of those that stay (apps and sidecars; plain
+    /// init containers end by design), and how many stay.
+    pub fn ready_count(&self) -> (usize, usize) {
+        let live = self.containers.iter().filter(|c| c.kind != Kind::Init);
+        let (ready, all) = live.fold((0, 0), |(r, a), c| (r + usize::from(c.ready), a + 1));
+        (ready, all)
+    }
+}
+
+/// `GET /v1/pods`: every pod, and the problems of the pods directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodList {
+    pub pods: Vec<PodView>,
+    pub problems: Vec<String>,
+}
+
+/// `POST /v1/pods`: a spec, and where it came from (its module paths are relative to it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub source: PathBuf,
+    pub spec: String,
+}
+
+/// What an apply did to a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Created,
+    /// Re-created: its spec or a module changed (a new namespace and IP).
+    Recreated,
+    Unchanged,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Created => "created",
+            Action::Recreated => "recreated",
+            Action::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// `POST /v1/pods`: what the apply did, and the pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub action: Action,
+    pub pod: PodView,
+}
+
+/// `DELETE /v1/pods/NAME`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+/// `POST /v1/pods/NAME/containers/C/restart`: `POD/CONTAINER`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Restarted {
+    pub restarted: String,
+}
+
+/// `POST /v1/reload`: the pods directory's problems after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reloaded {
+    pub problems: Vec<String>,
+}
+
+/// `GET /v1/healthz`: `ok`, or `starting` (with 503) while the pods start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /v1/version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub version: String,
+}
+
+/// Every refusal: what is wrong, and for an invalid spec its `file:line: field: ...` lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// An optional time as RFC 3339 with milliseconds (`2026-12-03T06:20:40.123Z`).
+mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server writes, the client reads back the same (times to the millisecond).
+    #[test]
+    fn a_pod_view_survives_the_wire() {
+        let at = humantime::parse_rfc3339("2026-12-03T06:20:40.123Z").unwrap();
+        let c = ContainerStatus {
+            name: "app".into(),
+            kind: Kind::Sidecar,
+            state: State::Running,
+            ready: true,
+            started: true,
+            restarts: 2,
+            started_at: Some(at),
+            last: Some("exited with code 3".into()),
+            exit_code: Some(3),
+            reason: Some("Error".into()),
+            last_state: Some(Terminated {
+                exit_code: Some(3),
+                reason: "Error".into(),
+                message: "exited with code 3".into(),
+                started_at: None,
+                finished_at: Some(at),
+            }),
+            cpu_seconds: 0.25,
+            memory_bytes: 65536,
+        };
+        let v = PodView {
+            name: "web".into(),
+            status: "running".into(),
+            ip: Some(Ipv4Addr::new(10, 66, 0, 2)),
+            netns: Some("/run/peapod/netns/web".into()),
+            source: "api".into(),
+            created: "2026-12-03T06:20:40Z".into(),
+            age_seconds: 5,
+            ready: true,
+            restarts: 2,
+            containers: vec![c],
+            volumes: vec![],
+            ports: vec!["8080->80/tcp".into()],
+            error: None,
+        };
+        let text = serde_json::to_string(&v).unwrap();
+        assert!(
+            text.contains(r#""started_at":"2026-12-03T06:20:40.123Z""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""kind":"sidecar""#), "{text}");
+        assert!(
+            !text.contains("volumes"),
+            "empty lists are left out: {text}"
+        );
+        assert_eq!(serde_json::from_str::<PodView>(&text).unwrap(), v);
+        assert_eq!(v.ready_count(), (1, 1));
+    }
+}
