@@ -7,7 +7,7 @@
 //! 1. The ground, used by all: [`spec`] (the pod TOML, parsed and validated before anything
 //!    touches the kernel), [`config`] (where pins and leases live, the bridge, the limits),
 //!    [`logs`] (container output and CRI log files), [`caller`] (who asks) and [`module_file`] (reading its untrusted files), `durable` (atomic
-//!    file writes), `hash`, [`table`], [`wire`] (the API's types, both ways).
+//!    file writes), `hash`, `once` (what is said once), [`table`], [`wire`] (the API's types, both ways).
 //! 2. [`host`], the kernel: the sandbox (the pause role: pinned namespace, veth, lease, routes,
 //!    all through rtnetlink), IPAM, the firewall, published ports, volumes on the host.
 //!    [`wasm`], the engine: wasmtime, compiled modules and the compile cache, what a run may
@@ -41,6 +41,7 @@ mod layers;
 pub mod loader;
 pub mod logs;
 pub mod module_file;
+mod once;
 pub mod run;
 pub mod spec;
 pub mod table;

@@ -42,7 +42,7 @@ pub fn compile(
 ) -> Result<Vec<Prepared>, SpecError> {
     each_module(spec, modules.iter(), |c, m| {
         let (p, source) = exec
-            .prepare(&c.module, &m.bytes, m.trusted || root_asks)
+            .prepare(&c.module, m, m.trusted || root_asks)
             .map_err(|e| e.to_string())?;
         tracing::debug!("{}/{}: module {source:?}", spec.name, c.name);
         Ok(p)

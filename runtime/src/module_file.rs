@@ -39,12 +39,26 @@ pub enum ReadError {
     TooLarge { path: PathBuf, size: u64, max: u64 },
 }
 
-/// A file's bytes, and whether root vouches for them.
+/// A file's bytes, their SHA-256 (computed once, as they are read: the pod's digest, the
+/// modules' store, the loaded-module table and the compile cache all key on it), and whether
+/// root vouches for them.
 #[derive(Debug)]
 pub struct Read {
     pub bytes: Vec<u8>,
+    pub sha256: [u8; 32],
     /// The file and its directory are root's alone: it may hold precompiled (native) code.
     pub trusted: bool,
+}
+
+impl Read {
+    /// `bytes`, hashed.
+    pub fn new(bytes: Vec<u8>, trusted: bool) -> Self {
+        Read {
+            sha256: crate::hash::sha256(&bytes),
+            bytes,
+            trusted,
+        }
+    }
 }
 
 fn kind(mode: u32) -> &'static str {
@@ -138,10 +152,7 @@ fn read_here(path: &Path, max: u64) -> Result<Read, ReadError> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .and_then(|d| std::fs::metadata(d).ok())
         .is_some_and(|d| root_only(&d));
-    Ok(Read {
-        bytes,
-        trusted: root_only(&opened) && dir_ok,
-    })
+    Ok(Read::new(bytes, root_only(&opened) && dir_ok))
 }
 
 /// Owned by root, writable by no one else.

@@ -13,11 +13,31 @@ use std::time::{Instant, SystemTime};
 use futures::future::BoxFuture;
 
 use crate::config::Config;
-use crate::host::sandbox::{self, Sandbox};
-use crate::run::pod::{Options, RunningPod};
+use crate::host::sandbox::{self, Sandbox, SandboxError};
+use crate::run::pod::{Options, PodError, RunningPod};
 use crate::run::supervisor::Status;
 use crate::spec::PodSpec;
 use crate::wasm::executor::{Executor, Prepared};
+
+/// Why the host could not do what the reconciler asked: the cause kept whole (its `source()`
+/// chain), made a message only where the reconciler shows it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HostError {
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    #[error("pod {pod}: {source}")]
+    Sandbox {
+        pod: String,
+        #[source]
+        source: SandboxError,
+    },
+    #[error("collecting orphans: {0}")]
+    Orphans(#[source] SandboxError),
+    /// The tests' fake host failing as told.
+    #[cfg(test)]
+    #[error("{0}")]
+    Fake(String),
+}
 
 /// A pod the host runs.
 pub(crate) trait Running: Send + Sync {
@@ -31,7 +51,7 @@ pub(crate) trait Running: Send + Sync {
     fn restart_container(&self, name: &str) -> bool;
     /// Stops the containers (their `pre_stop` hooks within the grace period); removes the
     /// sandbox unless `keep_sandbox` (a daemon stop: the next start takes it over).
-    fn stop(self: Box<Self>, keep_sandbox: bool) -> BoxFuture<'static, Result<(), String>>;
+    fn stop(self: Box<Self>, keep_sandbox: bool) -> BoxFuture<'static, Result<(), HostError>>;
 }
 
 /// A pod started: the pod, and whether its sandbox was taken over from an earlier daemon.
@@ -49,15 +69,15 @@ pub(crate) trait Host: Send + Sync {
         spec: &'a PodSpec,
         modules: Vec<Prepared>,
         opts: &'a Options,
-    ) -> BoxFuture<'a, Result<Started, String>>;
+    ) -> BoxFuture<'a, Result<Started, HostError>>;
     /// Removes whatever is left of pod `name`'s sandbox (a pod that does not run here).
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), HostError>>;
     /// Removes the sandbox parts (pins, veths, leases, volumes) of every pod not in `keep`;
     /// returns their names.
     fn collect_orphans<'a>(
         &'a self,
         keep: &'a BTreeSet<String>,
-    ) -> BoxFuture<'a, Result<Vec<String>, String>>;
+    ) -> BoxFuture<'a, Result<Vec<String>, HostError>>;
 }
 
 /// The real host: sandboxes in the kernel, modules in wasmtime.
@@ -72,16 +92,18 @@ impl Host for Kernel {
         spec: &'a PodSpec,
         modules: Vec<Prepared>,
         opts: &'a Options,
-    ) -> BoxFuture<'a, Result<Started, String>> {
+    ) -> BoxFuture<'a, Result<Started, HostError>> {
         Box::pin(async move {
             let t0 = Instant::now();
             let name = &spec.name;
             let (sandbox, recovered) = Sandbox::recover(&self.cfg, name, &spec.published_ports())
                 .await
-                .map_err(|e| format!("pod {name}: {e}"))?;
-            let pod = RunningPod::launch(sandbox, t0.elapsed(), &self.exec, spec, modules, opts)
-                .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| HostError::Sandbox {
+                    pod: name.clone(),
+                    source,
+                })?;
+            let pod =
+                RunningPod::launch(sandbox, t0.elapsed(), &self.exec, spec, modules, opts).await?;
             Ok(Started {
                 pod: Box::new(pod),
                 recovered,
@@ -89,22 +111,25 @@ impl Host for Kernel {
         })
     }
 
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), HostError>> {
         Box::pin(async move {
             Sandbox::remove(&self.cfg, name)
                 .await
-                .map_err(|e| format!("pod {name}: {e}"))
+                .map_err(|source| HostError::Sandbox {
+                    pod: name.into(),
+                    source,
+                })
         })
     }
 
     fn collect_orphans<'a>(
         &'a self,
         keep: &'a BTreeSet<String>,
-    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+    ) -> BoxFuture<'a, Result<Vec<String>, HostError>> {
         Box::pin(async move {
             sandbox::collect_orphans(&self.cfg, keep)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(HostError::Orphans)
         })
     }
 }
@@ -130,14 +155,14 @@ impl Running for RunningPod {
         RunningPod::restart_container(self, name)
     }
 
-    fn stop(self: Box<Self>, keep_sandbox: bool) -> BoxFuture<'static, Result<(), String>> {
+    fn stop(self: Box<Self>, keep_sandbox: bool) -> BoxFuture<'static, Result<(), HostError>> {
         Box::pin(async move {
             let r = if keep_sandbox {
                 self.stop_keep_sandbox().await
             } else {
                 RunningPod::stop(*self).await
             };
-            r.map(drop).map_err(|e| e.to_string())
+            Ok(r.map(drop)?)
         })
     }
 }
@@ -204,7 +229,7 @@ pub(crate) mod fake {
             }
             found
         }
-        fn stop(self: Box<Self>, keep_sandbox: bool) -> BoxFuture<'static, Result<(), String>> {
+        fn stop(self: Box<Self>, keep_sandbox: bool) -> BoxFuture<'static, Result<(), HostError>> {
             let verb = if keep_sandbox { "keep" } else { "stop" };
             self.calls
                 .lock()
@@ -220,11 +245,11 @@ pub(crate) mod fake {
             spec: &'a PodSpec,
             _: Vec<Prepared>,
             _: &'a Options,
-        ) -> BoxFuture<'a, Result<Started, String>> {
+        ) -> BoxFuture<'a, Result<Started, HostError>> {
             Box::pin(async move {
                 self.record(format!("start {}", spec.name));
                 if let Some(e) = self.failing.lock().unwrap().get(&spec.name) {
-                    return Err(e.clone());
+                    return Err(HostError::Fake(e.clone()));
                 }
                 let recovered = self.left.lock().unwrap().remove(&spec.name);
                 let ip = {
@@ -256,7 +281,7 @@ pub(crate) mod fake {
             })
         }
 
-        fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), HostError>> {
             Box::pin(async move {
                 self.record(format!("remove {name}"));
                 Ok(())
@@ -266,7 +291,7 @@ pub(crate) mod fake {
         fn collect_orphans<'a>(
             &'a self,
             keep: &'a BTreeSet<String>,
-        ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        ) -> BoxFuture<'a, Result<Vec<String>, HostError>> {
             Box::pin(async move {
                 let kept: Vec<&str> = keep.iter().map(String::as_str).collect();
                 self.record(format!("orphans {}", kept.join(",")));

@@ -8,8 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::caller::Caller;
 use crate::config::Config;
 use crate::loader;
@@ -31,13 +29,14 @@ pub(super) struct Loaded {
     pub spec: PodSpec,
     pub modules: Vec<Prepared>,
     pub digest: String,
-    /// Module bytes, in spec order (stored for API pods).
-    pub bytes: Vec<Vec<u8>>,
+    /// The modules as read, in spec order (stored for API pods).
+    pub read: Vec<Read>,
 }
 
-fn digest(text: &str, modules: &[&[u8]]) -> String {
-    let mut parts = vec![Sha256::digest(canonical(text).as_bytes())];
-    parts.extend(modules.iter().map(Sha256::digest));
+/// The digest of spec `text` with modules of these SHA-256s.
+fn digest(text: &str, modules: &[[u8; 32]]) -> String {
+    let mut parts = vec![crate::hash::sha256(canonical(text).as_bytes())];
+    parts.extend_from_slice(modules);
     crate::hash::sha256_hex(&parts.concat())
 }
 
@@ -86,8 +85,8 @@ pub(super) fn parse(
         }
     }
     let read = loader::read_modules(&spec, cfg, caller)?;
-    let bytes: Vec<&[u8]> = read.iter().map(|r| r.bytes.as_slice()).collect();
-    let digest = digest(text, &bytes);
+    let sums: Vec<[u8; 32]> = read.iter().map(|r| r.sha256).collect();
+    let digest = digest(text, &sums);
     Ok(Parsed {
         spec,
         modules: read,
@@ -103,7 +102,7 @@ pub(super) fn compile(exec: &Executor, p: Parsed) -> Result<Loaded, SpecError> {
         spec: p.spec,
         modules,
         digest: p.digest,
-        bytes: p.modules.into_iter().map(|r| r.bytes).collect(),
+        read: p.modules,
     })
 }
 
@@ -175,21 +174,21 @@ mod tests {
 
     #[test]
     fn only_what_the_spec_says_changes_the_digest() {
-        let d = digest(SPEC, &[b"module"]);
+        let d = digest(SPEC, &[crate::hash::sha256(b"module")]);
         let cosmetic = "# the app\n[pod]\nname='a'   # its name\n\n\n[[containers]]\n\
                         module = \"a.wasm\"\nname = \"app\"\n\n[[containers.ports]]\n\
                         container_port = 80\n";
-        assert_eq!(digest(cosmetic, &[b"module"]), d);
+        assert_eq!(digest(cosmetic, &[crate::hash::sha256(b"module")]), d);
         let changed = SPEC.replace("app", "app2");
-        assert_ne!(digest(&changed, &[b"module"]), d);
-        assert_ne!(digest(SPEC, &[b"module2"]), d);
+        assert_ne!(digest(&changed, &[crate::hash::sha256(b"module")]), d);
+        assert_ne!(digest(SPEC, &[crate::hash::sha256(b"module2")]), d);
         let reordered = format!("{SPEC}\n[[containers]]\nname = \"b\"\nmodule = \"b.wasm\"\n");
         let swapped = "[pod]\nname = \"a\"\n[[containers]]\nname = \"b\"\nmodule = \"b.wasm\"\n\
                        [[containers]]\nname = \"app\"\nmodule = \"a.wasm\"\n\
                        ports = [{ container_port = 80 }]\n";
         assert_ne!(
-            digest(&reordered, &[b"m"]),
-            digest(swapped, &[b"m"]),
+            digest(&reordered, &[crate::hash::sha256(b"m")]),
+            digest(swapped, &[crate::hash::sha256(b"m")]),
             "the order of containers is the spec's"
         );
     }

@@ -356,4 +356,51 @@ mod tests {
         // A user cannot close root's.
         assert_eq!(open(&mut c, 5000, false), None);
     }
+
+    /// A stop lets the request in flight finish and answer, closes an idle connection at once,
+    /// and takes no new connection.
+    #[tokio::test]
+    async fn a_stop_drains_the_requests_in_flight() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let router = axum::Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
+                }),
+            )
+            .layer(axum::middleware::from_fn(mark_started));
+        let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, B, async {
+            let _ = stop.await;
+        }));
+        let mut busy = UnixStream::connect(&path).await.unwrap();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut idle = UnixStream::connect(&path).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop_tx.send(()).unwrap();
+        let t0 = Instant::now();
+        let mut answer = String::new();
+        busy.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        let mut nothing = Vec::new();
+        let n = idle.read_to_end(&mut nothing).await.unwrap_or(0);
+        assert_eq!(n, 0, "the idle connection is closed without an answer");
+        tokio::time::timeout(DRAIN_LIMIT, server)
+            .await
+            .expect("the server returns once its connections ended")
+            .unwrap();
+        assert!(t0.elapsed() < DRAIN_LIMIT, "drained, not timed out");
+        assert!(
+            UnixStream::connect(&path).await.is_err(),
+            "no connection is taken after the stop"
+        );
+    }
 }

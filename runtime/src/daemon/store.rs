@@ -76,10 +76,11 @@ impl Store {
         (ok, bad)
     }
 
-    /// Copies module bytes into the store (once per content) and returns the stored path.
-    pub(super) fn put_module(&self, bytes: &[u8]) -> io::Result<PathBuf> {
+    /// Copies a module into the store (once per content) and returns the stored path.
+    pub(super) fn put_module(&self, module: &crate::module_file::Read) -> io::Result<PathBuf> {
+        let bytes = &module.bytes;
         std::fs::create_dir_all(&self.modules)?;
-        let sha = crate::hash::sha256_hex(bytes);
+        let sha = crate::hash::hex(&module.sha256);
         let path = self.modules.join(format!("{sha}.wasm"));
         if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
             durable::write(&path, bytes)?;
@@ -129,8 +130,15 @@ mod tests {
     fn records_round_trip_and_unused_modules_go() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::new(dir.path());
-        let m1 = s.put_module(b"one").unwrap();
-        assert_eq!(s.put_module(b"one").unwrap(), m1, "same bytes, same copy");
+        let m1 = s
+            .put_module(&crate::module_file::Read::new(b"one".to_vec(), false))
+            .unwrap();
+        assert_eq!(
+            s.put_module(&crate::module_file::Read::new(b"one".to_vec(), false))
+                .unwrap(),
+            m1,
+            "same bytes, same copy"
+        );
         let r = |m: &PathBuf| Record {
             source: "/x/pod.toml".into(),
             text: "[pod]\n".into(),
@@ -138,7 +146,9 @@ mod tests {
             owner: 1000,
         };
         s.save("a", &r(&m1)).unwrap();
-        let m2 = s.put_module(b"two").unwrap();
+        let m2 = s
+            .put_module(&crate::module_file::Read::new(b"two".to_vec(), false))
+            .unwrap();
         s.save("b", &r(&m2)).unwrap();
         std::fs::write(dir.path().join("pods/broken.json"), "{").unwrap();
         let (ok, bad) = s.load_all();
@@ -147,7 +157,9 @@ mod tests {
         s.remove("b").unwrap();
         assert!(m1.exists() && !m2.exists());
         // A re-apply of "a" with other bytes: the old copy goes.
-        let m3 = s.put_module(b"three").unwrap();
+        let m3 = s
+            .put_module(&crate::module_file::Read::new(b"three".to_vec(), false))
+            .unwrap();
         s.save("a", &r(&m3)).unwrap();
         assert!(!m1.exists() && m3.exists());
     }

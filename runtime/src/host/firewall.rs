@@ -20,7 +20,6 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
@@ -452,9 +451,10 @@ impl Batch {
 /// Turns on `net.ipv4.ip_forward` of the current network namespace if it is off (egress and
 /// published ports need the host to forward the pods' packets), saying so once.
 fn enable_forwarding() -> io::Result<()> {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")? && !SAID.swap(true, Ordering::Relaxed) {
-        tracing::info!("firewall: turned on net.ipv4.ip_forward (the host forwards pods' packets)");
+    if set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")? {
+        crate::once::once! {
+            tracing::info!("firewall: turned on net.ipv4.ip_forward (the host forwards pods' packets)");
+        };
     }
     Ok(())
 }

@@ -304,7 +304,6 @@ impl Ipam {
         if !self.firewall {
             return;
         }
-        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let rules = crate::host::firewall::Rules {
             bridge: &self.bridge,
             subnet: self.subnet,
@@ -327,13 +326,17 @@ impl Ipam {
             Err(e) if !rules.needed() => {
                 tracing::debug!(bridge = self.bridge, "firewall: {e}")
             }
-            Err(e) if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) => {
-                tracing::warn!(
-                    bridge = self.bridge,
-                    "firewall: cannot set peapod's nf_tables rules ({e}): pods reach the host and each other only, and publish no ports"
-                )
+            Err(e) => {
+                let said = crate::once::once! {
+                    tracing::warn!(
+                        bridge = self.bridge,
+                        "firewall: cannot set peapod's nf_tables rules ({e}): pods reach the host and each other only, and publish no ports"
+                    );
+                };
+                if !said {
+                    tracing::debug!(bridge = self.bridge, "firewall: {e}");
+                }
             }
-            Err(e) => tracing::debug!(bridge = self.bridge, "firewall: {e}"),
         }
     }
 

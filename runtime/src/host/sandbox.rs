@@ -575,10 +575,9 @@ async fn forget_neighbour(
 fn unless_unsupported(r: Result<(), NetError>) -> Result<(), SandboxError> {
     match r {
         Err(e) if e.is_unsupported() => {
-            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::once::once! {
                 tracing::warn!("{e}: no permanent neighbour entries here; host and pods use ARP");
-            }
+            };
             Ok(())
         }
         r => Ok(r?),

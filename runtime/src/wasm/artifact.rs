@@ -18,7 +18,6 @@
 //! modified, or written by anyone without the key, fails the check and is compiled again from
 //! the wasm; it is never loaded.
 
-use crate::hash::sha256_hex;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -130,10 +129,13 @@ impl Cache {
         }
     }
 
-    /// Where the artifact for `wasm` lives (hashes the module: compute it once per load).
-    pub(crate) fn entry(&self, wasm: &[u8]) -> PathBuf {
-        self.dir
-            .join(format!("{}-{:016x}.cwasm", sha256_hex(wasm), self.engine))
+    /// Where the artifact for the module whose SHA-256 is `sha256` lives.
+    pub(crate) fn entry(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.dir.join(format!(
+            "{}-{:016x}.cwasm",
+            crate::hash::hex(sha256),
+            self.engine
+        ))
     }
 
     /// The authenticated artifact at `entry`, if cached. An entry that fails the check is
@@ -264,7 +266,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&key), 0o600);
-        let entry = cache.entry(b"wasm");
+        let entry = cache.entry(&crate::hash::sha256(b"wasm"));
         cache.put(&entry, b"native code".to_vec()).unwrap();
         assert_eq!(mode(&dir.path().join("cache")), 0o700);
         assert_eq!(cache.get(&entry).unwrap(), b"native code");

@@ -25,8 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use wasmtime::component::{Component, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Config, Engine, InstancePre, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -347,9 +345,10 @@ impl Executor {
     pub fn prepare(
         &self,
         path: &Path,
-        bytes: &[u8],
+        module: &crate::module_file::Read,
         trusted: bool,
     ) -> Result<(Prepared, Source), LoadError> {
+        let bytes = &module.bytes[..];
         if artifact::is_sealed(bytes) && !trusted {
             return Err(LoadError::Precompiled {
                 path: path.into(),
@@ -360,7 +359,7 @@ impl Executor {
                     .into(),
             });
         }
-        let key: [u8; 32] = Sha256::digest(bytes).into();
+        let key = module.sha256;
         if let Some(linked) = self
             .loaded
             .lock()
@@ -370,7 +369,7 @@ impl Executor {
         {
             return Ok((Prepared(linked), Source::Shared));
         }
-        let (linked, source) = self.load(path, bytes)?;
+        let (linked, source) = self.load(path, bytes, &key)?;
         let mut loaded = self.loaded.lock().expect("loaded lock");
         loaded.retain(|_, l| l.strong_count() > 0);
         // Two loads of the same bytes at once: the first one in is kept, and shared.
@@ -391,7 +390,13 @@ impl Executor {
         loaded.values().filter(|l| l.strong_count() > 0).count()
     }
 
-    fn load(&self, path: &Path, bytes: &[u8]) -> Result<(Linked, Source), LoadError> {
+    /// Loads `bytes` (whose SHA-256 is `sha256`).
+    fn load(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha256: &[u8; 32],
+    ) -> Result<(Linked, Source), LoadError> {
         use wasmtime::wasmparser::Parser;
         let precompiled = |message: String| LoadError::Precompiled {
             path: path.into(),
@@ -414,7 +419,7 @@ impl Executor {
         if !component && !Parser::is_core_wasm(bytes) {
             return Err(LoadError::NotWasm { path: path.into() });
         }
-        let entry = self.cache.as_ref().map(|c| c.entry(bytes));
+        let entry = self.cache.as_ref().map(|c| c.entry(sha256));
         if let (Some(cache), Some(entry)) = (&self.cache, &entry)
             && let Some(code) = cache.get(entry)
         {
@@ -688,6 +693,8 @@ mod tests {
         let wasm = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
         let other = wat::parse_str(r#"(module (func (export "_start") nop))"#).unwrap();
         let p = Path::new("m.wasm");
+        use crate::module_file::Read;
+        let (wasm, other) = (Read::new(wasm, false), Read::new(other, false));
         let (a, source) = exec.prepare(p, &wasm, false).unwrap();
         assert_eq!(source, Source::Compiled);
         let (b, source) = exec.prepare(p, &wasm, false).unwrap();

@@ -406,9 +406,11 @@ impl Pods {
                 (Some(started.pod), None)
             }
             Err(e) => {
-                tracing::error!("{e}");
+                // Shown by `ps` and `inspect` as the pod's error.
+                let message = e.to_string();
+                tracing::error!(error = &e as &dyn std::error::Error, "{message}");
                 self.guard.forget(name);
-                (None, Some(e))
+                (None, Some(message))
             }
         };
         if let Some(e) = self.entries.get_mut(name) {
@@ -563,9 +565,9 @@ impl Pods {
         self.admit(caller, &l.spec)
             .map_err(|u| OpError::Unfit(u.to_string()))?;
         let stored = l
-            .bytes
+            .read
             .iter()
-            .map(|b| self.store.put_module(b))
+            .map(|m| self.store.put_module(m))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| OpError::Failed(format!("storing modules: {e}")))?;
         self.store
@@ -665,7 +667,7 @@ impl Pods {
             spec: e.spec.clone(),
             modules: e.modules.clone(),
             digest: e.digest.clone(),
-            bytes: Vec::new(),
+            read: Vec::new(),
         };
         if e.delayed.is_some() {
             // An explicit restart is the user's word: the crash-guard delay ends.
