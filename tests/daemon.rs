@@ -502,9 +502,11 @@ fn systemd_notifications_arrive_in_order() {
     assert_eq!(ps["n"]["status"], "running", "{ps:?}");
     got.push(ready);
     // The watchdog is pinged (every 100 ms for WATCHDOG_USEC=200000), and a STATUS= line says
-    // how many pods are ready once that changes.
-    let mut statuses = Vec::new();
-    while got.len() < 4 || statuses.is_empty() {
+    // how many pods are ready each time that changes (the first may come before the pod's
+    // readiness probe passed: then a later one says it is ready).
+    let mut statuses: Vec<String> = Vec::new();
+    let ready_status = |s: &String| s.starts_with("STATUS=1 pods, 1 ready; api on ");
+    while got.len() < 4 || !statuses.iter().any(ready_status) {
         let m = recv();
         if m.starts_with("STATUS=") {
             statuses.push(m);
@@ -514,7 +516,9 @@ fn systemd_notifications_arrive_in_order() {
     }
     assert!(got[1..].iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
     assert!(
-        statuses[0].starts_with("STATUS=1 pods, 1 ready; api on "),
+        statuses
+            .iter()
+            .all(|s| s.starts_with("STATUS=1 pods, ") && s.contains(" ready; api on ")),
         "{statuses:?}"
     );
     d.signal(Signal::SIGTERM);

@@ -7,7 +7,7 @@
 //! 1. The ground, used by all: [`spec`] (the pod TOML, parsed and validated before anything
 //!    touches the kernel), [`config`] (where pins and leases live, the bridge, the limits),
 //!    [`logs`] (container output and CRI log files), [`caller`] (who asks) and [`module_file`] (reading its untrusted files), `durable` (atomic
-//!    file writes), `hash`, `once` (what is said once), [`table`], [`wire`] (the API's types, both ways).
+//!    file writes), `hash`, `once` (what is said once), [`event`] (where what happens is told), [`table`], [`wire`] (the API's types, both ways).
 //! 2. [`host`], the kernel: the sandbox (the pause role: pinned namespace, veth, lease, routes,
 //!    all through rtnetlink), IPAM, the firewall, published ports, volumes on the host.
 //!    [`wasm`], the engine: wasmtime, compiled modules and the compile cache, what a run may
@@ -34,6 +34,7 @@ pub mod daemon;
 #[cfg(test)]
 mod docs_examples;
 mod durable;
+pub mod event;
 mod hash;
 pub mod host;
 #[cfg(test)]

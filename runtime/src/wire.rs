@@ -69,6 +69,10 @@ pub struct ContainerStatus {
     pub reason: Option<String>,
     /// How the previous run ended, apart from the state of the current one.
     pub last_state: Option<Terminated>,
+    /// While a probe fails: the last failure (`readiness probe failed: ...`), cleared when it
+    /// passes again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_failure: Option<String>,
     /// CPU time of all its runs so far.
     pub cpu_seconds: f64,
     /// Linear memory and tables of the current run.
@@ -122,6 +126,45 @@ impl PodView {
         let (ready, all) = live.fold((0, 0), |(r, a), c| (r + usize::from(c.ready), a + 1));
         (ready, all)
     }
+}
+
+/// Whether an event is news or trouble (Kubernetes' `Normal` and `Warning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// Something that happened to a pod or a container, in Kubernetes' shape: repeats of the same
+/// (object, reason, message) are one event with a count and the times of the first and last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// `Started`, `BackOff`, `OOMKilled`, `Unhealthy`, ...
+    pub reason: String,
+    /// `pod/NAME`, `pod/NAME/CONTAINER`, or `daemon`.
+    pub object: String,
+    pub message: String,
+    pub count: u32,
+    #[serde(with = "rfc3339")]
+    pub first_time: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub last_time: SystemTime,
+}
+
+impl Event {
+    /// The pod the event is about, if any.
+    pub fn pod(&self) -> Option<&str> {
+        let rest = self.object.strip_prefix("pod/")?;
+        Some(rest.split('/').next().unwrap_or(rest))
+    }
+}
+
+/// `GET /v1/events`: oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventList {
+    pub events: Vec<Event>,
 }
 
 /// `GET /v1/pods`: every pod, and the problems of the pods directory.
@@ -203,6 +246,22 @@ pub struct ApiError {
     pub problems: Vec<String>,
 }
 
+/// A time as RFC 3339 with milliseconds.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// An optional time as RFC 3339 with milliseconds (`2026-12-03T06:20:40.123Z`).
 mod rfc3339_opt {
     use std::time::SystemTime;
@@ -254,6 +313,7 @@ mod tests {
                 started_at: None,
                 finished_at: Some(at),
             }),
+            probe_failure: None,
             cpu_seconds: 0.25,
             memory_bytes: 65536,
         };

@@ -85,6 +85,7 @@ pub(super) fn router(
         )
         .route("/v1/pods/{pod}/logs", get(logs))
         .route("/v1/reload", post(reload))
+        .route("/v1/events", get(events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route (see GET /v1/pods)") })
         .method_not_allowed_fallback(|req: axum::extract::Request| async move {
             error(
@@ -334,6 +335,73 @@ async fn restart_container(
 async fn reload(State(pods): State<Shared>) -> Response {
     let problems = super::pods::reload_beside(&pods).await;
     Json(wire::Reloaded { problems }).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    pod: Option<String>,
+    #[serde(default)]
+    watch: bool,
+}
+
+/// `GET /v1/events[?pod=NAME][&watch=true]`: the recorded events, oldest first, as a
+/// [`wire::EventList`]; with `watch`, one JSON event a line (`application/x-ndjson`): those
+/// recorded, then each new (or counted again) one as it comes, until the client goes. A watch
+/// is a follow stream: bounded per user as `logs -f` is.
+async fn events(
+    State(pods): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Extension(follows): Extension<Arc<Follows>>,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            let message = format!("query: {e} (expected pod=NAME, watch=true|false)");
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+    };
+    let recorder = pods.lock().await.recorder().clone();
+    if !q.watch {
+        let events = recorder.list(q.pod.as_deref());
+        return Json(wire::EventList { events }).into_response();
+    }
+    let Some(following) = follows.take(caller) else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "user {} follows {} streams already, the most allowed (quotas.follow_streams): \
+                 end one first",
+                caller.uid, follows.per_user
+            ),
+        );
+    };
+    // Subscribed before the list is read: nothing between them is lost.
+    let rx = recorder.subscribe();
+    let line = |e: &wire::Event| {
+        let mut l = serde_json::to_vec(e).expect("event serializes");
+        l.push(b'\n');
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(l))
+    };
+    let head: Vec<_> = recorder.list(q.pod.as_deref()).iter().map(line).collect();
+    let pod = q.pod;
+    let rest = futures::stream::unfold((rx, following), move |(mut rx, following)| {
+        let pod = pod.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if pod.is_none() || e.pod() == pod.as_deref() => {
+                        return Some((line(&e), (rx, following)));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(futures::StreamExt::chain(futures::stream::iter(head), rest));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@
 
 mod api;
 mod crashguard;
+mod events;
 mod host;
 mod load;
 mod pods;

@@ -81,6 +81,8 @@ pub struct Options {
     /// The shortest time between two restarts of the pod's containers, all together (at least
     /// [`crate::spec::MIN_BACKOFF`]; `quotas.restart_floor` for a pod of a user other than root).
     pub restart_floor: Duration,
+    /// Where the containers' runs, ends, backoffs and probe results are told.
+    pub events: crate::event::Events,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             linger: false,
             open_files: None,
             restart_floor: crate::spec::MIN_BACKOFF,
+            events: crate::event::Events::default(),
         }
     }
 }
@@ -209,7 +212,8 @@ impl RunningPod {
                 }
             }
             // A plain init container's supervisor ends with its run: the sequence goes on.
-            let control = Control::new(&c.name, c.kind, opts.linger && c.kind != Kind::Init);
+            let control = Control::new(&c.name, c.kind, opts.linger && c.kind != Kind::Init)
+                .with_events(opts.events.clone(), &spec.name);
             let run = RunSpec {
                 name: c.name.clone(),
                 args: c.args.clone(),

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::event::Events;
 use crate::run::probe::Observer;
 use crate::spec::{Backoff, Kind, MIN_BACKOFF, ProbeAction, Probes, RestartPolicy};
 use crate::wasm::cpu::{Metered, Usage};
@@ -99,6 +100,9 @@ pub struct Control {
     /// Keep the supervisor alive after the container ended for good, so a restart request can start
     /// it again (the daemon); without it the supervisor returns (`peapod run`).
     linger: bool,
+    /// Where its runs, ends, backoffs and probe results are told, and as what object.
+    events: Events,
+    object: String,
 }
 
 impl Control {
@@ -116,6 +120,7 @@ impl Control {
                 exit_code: None,
                 reason: None,
                 last_state: None,
+                probe_failure: None,
                 cpu_seconds: 0.0,
                 memory_bytes: 0,
             })),
@@ -123,7 +128,17 @@ impl Control {
             changed: Arc::new(Notify::new()),
             usage: Arc::new(Usage::default()),
             linger,
+            events: Events::default(),
+            object: format!("container/{name}"),
         }
+    }
+
+    /// Tells `events` what happens to the container, as `pod/POD/NAME`.
+    pub fn with_events(mut self, events: Events, pod: &str) -> Self {
+        let name = self.status.lock().expect("status lock").name.clone();
+        self.object = format!("pod/{pod}/{name}");
+        self.events = events;
+        self
     }
 
     pub fn status(&self) -> Status {
@@ -177,12 +192,32 @@ impl Observer for Probed<'_> {
     fn ready(&self, ready: bool) {
         if self.probed {
             tracing::info!("{}: {}", self.id, if ready { "ready" } else { "not ready" });
+            if ready {
+                let c = self.control;
+                c.events
+                    .normal(&c.object, "Ready", "readiness probe passed");
+            }
         }
-        self.control.update(|s| s.ready = ready);
+        self.control.update(|s| {
+            s.ready = ready;
+            if ready {
+                s.probe_failure = None;
+            }
+        });
     }
 
+    /// Said (and told as an `Unhealthy` event, counted) at every failure; logged at the first
+    /// of a streak, later ones at debug.
     fn failed(&self, probe: &'static str, why: &str, failures: u32) {
-        tracing::debug!("{}: {probe} failed ({failures} in a row): {why}", self.id);
+        let message = format!("{probe} failed: {why}");
+        if failures == 1 {
+            tracing::warn!("{}: {message}", self.id);
+        } else {
+            tracing::debug!("{}: {message} ({failures} in a row)", self.id);
+        }
+        let c = self.control;
+        c.events.warning(&c.object, "Unhealthy", &message);
+        c.update(|s| s.probe_failure = Some(message));
     }
 }
 
@@ -297,6 +332,11 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
         // state (not a poll of the probe watcher later: a status read between the two would
         // show a running container that is not ready).
         let unprobed = probes.startup.is_none() && probes.readiness.is_none();
+        control.events.normal(
+            &control.object,
+            "Started",
+            format!("started container {}", spec.name),
+        );
         control.update(|s| {
             s.state = State::Running;
             s.started_at = Some(started_at);
@@ -349,6 +389,13 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
         };
         let requested = match outcome {
             Some(outcome) => {
+                let reason = outcome.reason();
+                let message = format!("container {} {outcome}", spec.name);
+                if reason == "Completed" {
+                    control.events.normal(&control.object, reason, message);
+                } else {
+                    control.events.warning(&control.object, reason, message);
+                }
                 control.update(|s| {
                     s.record(&outcome);
                     ended(
@@ -375,6 +422,10 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
                         humantime::format_duration(delay),
                         done.restarts + 1
                     );
+                    if !delay.is_zero() {
+                        let message = format!("back-off restarting failed container {}", spec.name);
+                        control.events.warning(&control.object, "BackOff", message);
+                    }
                     control.update(|s| s.state = State::Waiting);
                     if delay.is_zero() {
                         // Not even a zero sleep: tokio's timer rounds a deadline up to its next
@@ -418,6 +469,8 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
         };
         if requested {
             tracing::info!("{id}: restarting in place on request");
+            let message = format!("container {} restarted in place on request", spec.name);
+            control.events.normal(&control.object, "Restarted", message);
             control.update(|s| {
                 s.last = Some("restarted on request".into());
                 s.reason = Some("Restarted".into());

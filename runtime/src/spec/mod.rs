@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod labels;
 mod ports;
 mod supervision;
 mod volumes;
@@ -99,6 +100,8 @@ pub struct PodSpec {
     /// The file it came from (as given), for messages.
     pub source: PathBuf,
     pub name: String,
+    /// `[pod] labels`: what selectors (`peapod get pods -l app=web`) pick the pod by.
+    pub labels: BTreeMap<String, String>,
     pub restart_policy: RestartPolicy,
     pub backoff: Backoff,
     /// How long a stop waits for containers with a `pre_stop` hook to exit.
@@ -236,6 +239,8 @@ struct RawFile {
 struct RawPod {
     name: String,
     #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
     restart_policy: RestartPolicy,
     #[serde(default)]
     restart_backoff: RawBackoff,
@@ -334,6 +339,13 @@ impl PodSpec {
                 &[Key::F("pod"), Key::F("name")],
                 format!("{:?} {NAME_RULE}", raw.pod.name),
             );
+        }
+        for (key, value) in &raw.pod.labels {
+            let keys = [Key::F("pod"), Key::F("labels")];
+            if let Some(p) = labels::key_problem(key).or_else(|| labels::value_problem(key, value))
+            {
+                problem(&keys, p);
+            }
         }
         let mut backoff = Backoff::default();
         for (field, value, slot) in [
@@ -527,6 +539,7 @@ impl PodSpec {
         Ok(PodSpec {
             source: path.to_path_buf(),
             name: raw.pod.name,
+            labels: raw.pod.labels,
             restart_policy: raw.pod.restart_policy,
             backoff,
             termination_grace_period,

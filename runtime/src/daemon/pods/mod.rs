@@ -12,6 +12,8 @@
 //! waits as "starting" until that stop is done, then gets its new sandbox: [`settle`] (the
 //! caller, without the lock) or [`Pods::tick`] starts it.
 
+use super::events::Recorder;
+use crate::event::Events;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -151,6 +153,10 @@ pub(super) struct Pods {
     guard: CrashGuard,
     /// Pods whose stop is under way (finished ones are swept by [`Pods::tick`]).
     stopping: BTreeMap<String, Stopping>,
+    /// What happened, for `peapod events` and `describe`.
+    recorder: std::sync::Arc<Recorder>,
+    /// Records into `recorder`.
+    events: Events,
 }
 
 impl Pods {
@@ -164,7 +170,10 @@ impl Pods {
 
     /// Pods on `host` (a test's fake).
     pub(super) fn with_host(cfg: Config, exec: Executor, host: std::sync::Arc<dyn Host>) -> Self {
+        let recorder = std::sync::Arc::new(Recorder::load(&cfg.state_dir));
         Pods {
+            events: recorder.events(),
+            recorder,
             host,
             store: Store::new(&cfg.state_dir),
             guard: CrashGuard::load(&cfg.state_dir),
@@ -174,6 +183,11 @@ impl Pods {
             problems: BTreeMap::new(),
             stopping: BTreeMap::new(),
         }
+    }
+
+    /// The record of what happened.
+    pub(super) fn recorder(&self) -> &std::sync::Arc<Recorder> {
+        &self.recorder
     }
 
     pub(super) fn log_settings(&self) -> &crate::logs::cri::LogSettings {
@@ -295,6 +309,9 @@ impl Pods {
             .collect();
         for name in gone {
             tracing::info!("pod {name}: its file is gone; deleting");
+            let object = format!("pod/{name}");
+            self.events
+                .normal(&object, "Killing", "its file is gone: deleting the pod");
             self.remove(&name, Logs::Drop);
         }
         for (name, (path, l)) in found {
@@ -305,6 +322,9 @@ impl Pods {
             }
             if current.is_some() {
                 tracing::info!("pod {name}: {} changed; re-creating", path.display());
+                let message = format!("{} changed: re-creating the pod", path.display());
+                self.events
+                    .normal(&format!("pod/{name}"), "Recreating", message);
                 self.remove(&name, Logs::Keep);
             }
             self.start(Origin::File(path), 0, l).await;
@@ -328,6 +348,8 @@ impl Pods {
         }
         for (path, msg) in &problems {
             tracing::error!("{msg}; pods of {} left as they were", path.display());
+            let message = format!("{msg}; pods of {} left as they were", path.display());
+            self.events.warning("daemon", "InvalidSpec", message);
         }
         let list = problems.values().cloned().collect();
         self.problems = problems;
@@ -350,6 +372,12 @@ impl Pods {
                 super::crashguard::STABLE_AFTER.as_secs(),
                 humantime::format_duration(delay)
             );
+            let message = format!(
+                "the daemon stopped {} times in a row soon after starting this pod: held back for {}",
+                self.guard.deaths(&name),
+                humantime::format_duration(delay)
+            );
+            self.events.warning(&format!("pod/{name}"), "CrashGuard", message);
             Instant::now() + delay
         });
         self.entries.insert(
@@ -392,23 +420,29 @@ impl Pods {
             } else {
                 self.cfg.quotas.restart_floor
             },
+            events: self.events.clone(),
         };
         self.guard.starting(name);
         let result = self.host.start(&spec, modules, &opts).await;
         let (running, error) = match result {
             Ok(started) => {
+                let (object, ip) = (format!("pod/{name}"), started.pod.ip());
                 if started.recovered {
-                    tracing::info!(
-                        "pod {name}: recovered its sandbox (ip {})",
-                        started.pod.ip()
-                    );
+                    tracing::info!("pod {name}: recovered its sandbox (ip {ip})");
+                    let message = format!("took over the sandbox it had (same namespace, ip {ip})");
+                    self.events.normal(&object, "Recovered", message);
+                } else {
+                    let message = format!("sandbox created, ip {ip}");
+                    self.events.normal(&object, "Created", message);
                 }
                 (Some(started.pod), None)
             }
             Err(e) => {
                 // Shown by `ps` and `inspect` as the pod's error.
                 let message = e.to_string();
-                tracing::error!(error = &e as &dyn std::error::Error, "{message}");
+                tracing::error!("{message}");
+                let object = format!("pod/{name}");
+                self.events.warning(&object, "FailedCreate", &message);
                 self.guard.forget(name);
                 (None, Some(message))
             }
@@ -651,6 +685,9 @@ impl Pods {
                 self.store
                     .remove(name)
                     .map_err(|e| OpError::Failed(format!("forgetting pod: {e}")))?;
+                let object = format!("pod/{name}");
+                self.events
+                    .normal(&object, "Killing", "deleted: stopping the pod");
                 Ok(self.remove(name, Logs::Drop).expect("registered"))
             }
         }
@@ -675,6 +712,12 @@ impl Pods {
         }
         let (origin, owner) = (e.origin.clone(), e.owner);
         self.entries.insert(name.into(), e);
+        let object = format!("pod/{name}");
+        self.events.normal(
+            &object,
+            "Recreating",
+            "restart asked for: a new sandbox and ip",
+        );
         self.remove(name, Logs::Keep);
         self.start(origin, owner, l).await;
         Ok(())
