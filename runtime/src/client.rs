@@ -168,4 +168,44 @@ impl Client {
         let path = format!("/v1/pods/{pod}/containers/{container}/restart");
         self.json(Method::POST, &path, None::<&()>).await
     }
+
+    /// The recorded events, oldest first; only pod `pod`'s when given.
+    pub async fn events(&self, pod: Option<&str>) -> Result<wire::EventList, ClientError> {
+        let query = pod.map(|p| format!("?pod={p}")).unwrap_or_default();
+        self.get(&format!("/v1/events{query}")).await
+    }
+
+    /// The recorded events, then each new one as it comes: `each` is called for every one,
+    /// until the daemon ends the stream (or the caller stops polling the future).
+    pub async fn watch_events(
+        &self,
+        pod: Option<&str>,
+        mut each: impl FnMut(wire::Event),
+    ) -> Result<(), ClientError> {
+        let query = pod.map(|p| format!("&pod={p}")).unwrap_or_default();
+        let path = format!("/v1/events?watch=true{query}");
+        let mut body = self
+            .send(Method::GET, &path, None::<&()>)
+            .await?
+            .into_body();
+        let proto = |e: String| ClientError::Protocol(e);
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| proto(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                each(serde_json::from_slice(&line).map_err(|e| proto(e.to_string()))?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The daemon's own figures.
+    pub async fn daemon(&self) -> Result<wire::DaemonStatus, ClientError> {
+        self.get("/v1/daemon").await
+    }
 }

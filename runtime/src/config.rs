@@ -83,6 +83,11 @@ pub struct Config {
     pub limits: Limits,
     /// What a caller other than root may ask of the board.
     pub quotas: Quotas,
+    /// `[metrics] listen`: a TCP address the daemon also serves `/metrics` on (Prometheus'
+    /// text format); `None` (the default): only on the API socket. Anyone who reaches the
+    /// address reads the figures (pod names, addresses, use): bind it to 127.0.0.1 or a
+    /// management network.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Bounds on what pods and API clients may take (see [`crate::wasm::limits`]).
@@ -195,6 +200,7 @@ impl Default for Config {
             log_level: "info".into(),
             limits: Limits::default(),
             quotas: Quotas::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -226,6 +232,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     quotas: RawQuotas,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -438,6 +452,14 @@ impl Config {
                 "logs.max_files: must be at least 1 (the live file)".into(),
             ));
         }
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(format!(
+                    "metrics.listen: {a:?} is not an address and port (e.g. \"127.0.0.1:9464\")"
+                ))
+            })?),
+        };
         let log_level = raw.logs.level.unwrap_or(d.log_level);
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(format!(
@@ -463,6 +485,7 @@ impl Config {
             log_level,
             limits,
             quotas,
+            metrics_listen,
             egress: overrides.egress.or(raw.network.egress).unwrap_or(d.egress),
             run_dir,
             state_dir,
@@ -581,6 +604,12 @@ mod tests {
             .limits;
         assert_eq!((l.max_module_size, l.open_files), (8 << 20, 50));
         assert_eq!(load("").unwrap().limits, Limits::default());
+        assert_eq!(
+            load("[metrics]\nlisten = \"127.0.0.1:9464\"\n")
+                .unwrap()
+                .metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
         for (bad, field) in [
             ("[logs]\nmax_size = \"10 parsecs\"\n", "logs.max_size"),
             ("[logs]\nmax_files = 0\n", "logs.max_files"),
@@ -590,6 +619,7 @@ mod tests {
                 "limits.max_module_size",
             ),
             ("[limits]\nopen_files = 0\n", "limits.open_files"),
+            ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
         ] {
             let e = load(bad).unwrap_err().to_string();
             assert!(e.contains(field) && e.contains("peapod.toml"), "{e}");

@@ -15,6 +15,8 @@ pub struct Note {
     /// `pod/NAME`, `pod/NAME/CONTAINER` or `daemon`.
     pub object: String,
     pub message: String,
+    /// For a container started again: how long after its last run ended.
+    pub took: Option<std::time::Duration>,
 }
 
 /// Hands notes to a recorder, or to nobody.
@@ -38,20 +40,33 @@ impl Events {
     }
 
     pub fn normal(&self, object: &str, reason: &str, message: impl Into<String>) {
-        self.tell(EventType::Normal, object, reason, message.into());
+        self.tell(EventType::Normal, object, reason, message.into(), None);
     }
 
     pub fn warning(&self, object: &str, reason: &str, message: impl Into<String>) {
-        self.tell(EventType::Warning, object, reason, message.into());
+        self.tell(EventType::Warning, object, reason, message.into(), None);
     }
 
-    fn tell(&self, kind: EventType, object: &str, reason: &str, message: String) {
+    /// A container of `object` started, `took` after its last run ended (`None`: its first).
+    pub fn started(&self, object: &str, message: String, took: Option<std::time::Duration>) {
+        self.tell(EventType::Normal, object, "Started", message, took);
+    }
+
+    fn tell(
+        &self,
+        kind: EventType,
+        object: &str,
+        reason: &str,
+        message: String,
+        took: Option<std::time::Duration>,
+    ) {
         if let Some(record) = &self.0 {
             record(Note {
                 kind,
                 reason: reason.into(),
                 object: object.into(),
                 message,
+                took,
             });
         }
     }

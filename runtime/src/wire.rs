@@ -2,6 +2,7 @@
 //! types serialized by the server and deserialized by [`crate::client::Client`]. Field names
 //! are the JSON's; a field added here shows up in `inspect` and `ps -o json` at once.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -90,10 +91,38 @@ pub struct VolumeView {
     pub size_limit: Option<u64>,
 }
 
+/// What a container's spec asks for, as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpecView {
+    pub name: String,
+    pub kind: Kind,
+    pub module: PathBuf,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    pub restart_policy: String,
+    /// Bytes.
+    pub memory_limit: u64,
+    /// Millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<u32>,
+    /// `liveness: GET http://127.0.0.1:8080/health every 10s (timeout 1s, 3 failures)`, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<String>,
+    /// `NAME -> PATH [ro]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
+    /// `PORT/PROTOCOL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+}
+
 /// A pod as `ps` and `inspect` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodView {
     pub name: String,
+    /// `[pod] labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// starting (before its containers' first run; a re-created pod also while its old sandbox
     /// stops), running, restarting (a container waits out its backoff), succeeded, failed,
     /// waiting (held back by the crash guard), terminating (being stopped: its pre_stop hooks
@@ -116,6 +145,9 @@ pub struct PodView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
     pub error: Option<String>,
+    /// What each container's spec asks for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spec: Vec<ContainerSpecView>,
 }
 
 impl PodView {
@@ -226,6 +258,20 @@ pub struct Reloaded {
     pub problems: Vec<String>,
 }
 
+/// `GET /v1/daemon`: the daemon process itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    /// Resident memory.
+    pub rss_bytes: u64,
+    /// User and system CPU time since it started.
+    pub cpu_seconds: f64,
+    pub threads: u64,
+    pub open_fds: u64,
+    pub uptime_seconds: u64,
+}
+
 /// `GET /v1/healthz`: `ok`, or `starting` (with 503) while the pods start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
@@ -319,6 +365,7 @@ mod tests {
         };
         let v = PodView {
             name: "web".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
             status: "running".into(),
             ip: Some(Ipv4Addr::new(10, 66, 0, 2)),
             netns: Some("/run/peapod/netns/web".into()),
@@ -331,6 +378,7 @@ mod tests {
             volumes: vec![],
             ports: vec!["8080->80/tcp".into()],
             error: None,
+            spec: vec![],
         };
         let text = serde_json::to_string(&v).unwrap();
         assert!(

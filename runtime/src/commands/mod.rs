@@ -20,6 +20,34 @@ pub(crate) const EXIT_INVALID: u8 = 2;
 /// The runtime failed (kernel, files, permissions). What was created was removed.
 pub(crate) const EXIT_RUNTIME: u8 = 3;
 
+/// Writes a line to standard output as a Unix tool does: when the reader has gone (`peapod ps |
+/// head -1`) the command ends quietly with status 0; any other failure (`> /dev/full`) is said
+/// once, and the status is [`EXIT_RUNTIME`]. Never a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::commands::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+/// Writes `args` to standard output and flushes it; see [`outln`].
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        write_failed(&e);
+    }
+}
+
+/// Ends the process after a failed write to standard output (see [`outln`]).
+pub(crate) fn write_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(i32::from(EXIT_OK));
+    }
+    eprintln!("peapod: cannot write to standard output: {e}");
+    std::process::exit(i32::from(EXIT_RUNTIME));
+}
+
 /// The heading of the options every command takes, apart from the command's own.
 const GLOBAL: &str = "Global options (also PEAPOD_* variables and the config file)";
 
@@ -61,6 +89,9 @@ enum Command {
     Compile(compile::Compile),
     Daemon(daemon::Daemon),
     Apply(ctl::Apply),
+    Get(ctl::Get),
+    Describe(ctl::Describe),
+    Events(ctl::Events),
     Ps(ctl::Ps),
     Top(ctl::Top),
     Inspect(ctl::Inspect),
@@ -102,6 +133,9 @@ pub(crate) fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compile(c) => c.exec(),
         Command::Daemon(d) => d.exec(config),
         Command::Apply(c) => c.exec(config),
+        Command::Get(c) => c.exec(config),
+        Command::Describe(c) => c.exec(config),
+        Command::Events(c) => c.exec(config),
         Command::Ps(c) => c.exec(config),
         Command::Top(c) => c.exec(config),
         Command::Inspect(c) => c.exec(config),

@@ -86,6 +86,8 @@ pub(super) fn router(
         .route("/v1/pods/{pod}/logs", get(logs))
         .route("/v1/reload", post(reload))
         .route("/v1/events", get(events))
+        .route("/v1/daemon", get(daemon_status))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route (see GET /v1/pods)") })
         .method_not_allowed_fallback(|req: axum::extract::Request| async move {
             error(
@@ -335,6 +337,45 @@ async fn restart_container(
 async fn reload(State(pods): State<Shared>) -> Response {
     let problems = super::pods::reload_beside(&pods).await;
     Json(wire::Reloaded { problems }).into_response()
+}
+
+/// `/metrics` alone, for `[metrics] listen`'s TCP address (nothing else of the API is there).
+pub(super) fn metrics_router(pods: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "only /metrics is served here") })
+        .with_state(pods)
+}
+
+/// `GET /metrics`: Prometheus' text format (see [`super::metrics`]).
+pub(super) async fn metrics(State(pods): State<Shared>) -> Response {
+    let (views, metrics, cfg) = {
+        let pods = pods.lock().await;
+        (pods.views(), pods.metrics().clone(), pods.planner().0)
+    };
+    // The lease file is read under its lock (another process may hold it): not on a worker.
+    let leased = tokio::task::spawn_blocking(move || {
+        let usable = cfg.subnet.hosts().count().saturating_sub(1);
+        let leased = crate::host::ipam::Ipam::new(&cfg)
+            .leases()
+            .map_or(0, |l| l.len());
+        (leased, usable)
+    })
+    .await
+    .unwrap_or_default();
+    let text = metrics.render(&views, leased);
+    ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// `GET /v1/daemon`: the daemon's own figures, from `/proc/self`.
+async fn daemon_status() -> Response {
+    match super::metrics::daemon_status() {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("/proc/self: {e}"),
+        ),
+    }
 }
 
 #[derive(Deserialize)]

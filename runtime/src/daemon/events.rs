@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::event::{Events, Note};
+use crate::event::Note;
 use crate::wire::Event;
 
 /// Events kept in memory (and on disk after a compaction).
@@ -74,12 +74,6 @@ impl Recorder {
             path,
             tx,
         }
-    }
-
-    /// A handle that records into this recorder.
-    pub(crate) fn events(self: &std::sync::Arc<Self>) -> Events {
-        let me = self.clone();
-        Events::new(move |n| me.record(n))
     }
 
     /// Records `note` now.
@@ -187,6 +181,7 @@ mod tests {
             reason: reason.into(),
             object: object.into(),
             message: message.into(),
+            took: None,
         }
     }
 

@@ -14,6 +14,7 @@ mod crashguard;
 mod events;
 mod host;
 mod load;
+mod metrics;
 mod pods;
 mod server;
 mod store;
@@ -91,9 +92,22 @@ pub async fn serve(
         crate::durable::private_dir(d).with_context(|| format!("create {} (0700)", d.display()))?;
     }
     let pods = Arc::new(Mutex::new(Pods::new(cfg.clone(), exec)));
+    let shutdown = CancellationToken::new();
+    // `[metrics] listen`: bound before anything starts, so a port in use is said at once.
+    let metrics_server = match cfg.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+            tracing::info!("metrics on http://{addr}/metrics");
+            let served = axum::serve(l, api::metrics_router(pods.clone()))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            Some(tokio::spawn(IntoFuture::into_future(served)))
+        }
+    };
     // Hold the pods while starting them: API requests wait for the start-up to finish.
     let mut starting = pods.clone().lock_owned().await;
-    let shutdown = CancellationToken::new();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = tokio::spawn(server::serve(
         listener,
@@ -149,6 +163,9 @@ pub async fn serve(
     let _ = worker.await;
     pods.lock().await.stop_all().await;
     let _ = server.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("stopped");
     Ok(())

@@ -325,6 +325,8 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
     };
     let id = spec.log.id();
     let usage = control.usage();
+    // When the last run ended: a restart's latency is from then to the next start.
+    let mut last_end = None;
     loop {
         let started = Instant::now();
         let started_at = SystemTime::now();
@@ -332,11 +334,9 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
         // state (not a poll of the probe watcher later: a status read between the two would
         // show a running container that is not ready).
         let unprobed = probes.startup.is_none() && probes.readiness.is_none();
-        control.events.normal(
-            &control.object,
-            "Started",
-            format!("started container {}", spec.name),
-        );
+        let took = last_end.map(|t: Instant| started.duration_since(t));
+        let message = format!("started container {}", spec.name);
+        control.events.started(&control.object, message, took);
         control.update(|s| {
             s.state = State::Running;
             s.started_at = Some(started_at);
@@ -375,6 +375,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
             }
         };
         drop(run);
+        last_end = Some(Instant::now());
         usage.memory.store(0, std::sync::atomic::Ordering::Relaxed);
         let ended = |s: &mut Status, reason: &'static str, message: String, code| {
             s.ready = false;

@@ -59,7 +59,7 @@ impl Apply {
                     match rt.block_on(client.apply(&req)) {
                         Ok(a) => {
                             let ip = ip_or_dash(a.pod.ip);
-                            println!("pod/{} {} (ip {ip})", a.pod.name, a.action);
+                            outln!("pod/{} {} (ip {ip})", a.pod.name, a.action);
                             EXIT_OK
                         }
                         Err(e) => match report(e) {

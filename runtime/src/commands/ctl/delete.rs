@@ -15,6 +15,6 @@ impl Delete {
             Err(code) => return Ok(code),
         };
         let r = runtime()?.block_on(Client::new(&config.socket).delete(pod));
-        Ok(done_for(&config, pod, r, |_| println!("pod/{pod} deleted")))
+        Ok(done_for(&config, pod, r, |_| outln!("pod/{pod} deleted")))
     }
 }

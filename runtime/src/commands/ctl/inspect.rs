@@ -16,7 +16,7 @@ impl Inspect {
         };
         let r = runtime()?.block_on(Client::new(&config.socket).pod(pod));
         Ok(done_for(&config, pod, r, |v| {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
         }))
     }
 }

@@ -88,9 +88,10 @@ impl Logs {
                 while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=nl).collect();
                     let line = String::from_utf8_lossy(&line[..nl]);
-                    print_record(&mut out, &line, timestamps, since)?;
+                    print_record(&mut out, &line, timestamps, since)
+                        .unwrap_or_else(|e| write_failed(&e));
                 }
-                out.flush()?;
+                out.flush().unwrap_or_else(|e| write_failed(&e));
             }
             Ok(ExitCode::from(EXIT_OK))
         })

@@ -16,21 +16,25 @@ use peapod::client::{Client, ClientError};
 use peapod::config::Config;
 use peapod::logs::cri;
 
-use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME};
+use super::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, outln, write_failed};
 
 mod apply;
 mod delete;
+mod describe;
+mod events;
+mod get;
 mod inspect;
 mod logs;
-mod ps;
 mod restart;
 mod top;
 
 pub(super) use apply::Apply;
 pub(super) use delete::Delete;
+pub(super) use describe::Describe;
+pub(super) use events::Events;
+pub(super) use get::{Get, Ps};
 pub(super) use inspect::Inspect;
 pub(super) use logs::Logs;
-pub(super) use ps::Ps;
 pub(super) use restart::Restart;
 pub(super) use top::Top;
 
@@ -158,7 +162,7 @@ fn age(secs: u64) -> String {
 
 /// Prints rows as columns (the first row is the header).
 fn print_table(rows: &[Vec<String>]) {
-    print!("{}", peapod::table::render(rows));
+    super::write_out(format_args!("{}", peapod::table::render(rows)));
 }
 
 /// `64Mi`, `512Ki`: bytes as kubectl top prints them.

@@ -19,10 +19,10 @@ impl Restart {
         };
         Ok(match target {
             (pod, Some(c)) => done(rt.block_on(client.restart_container(pod, c)), |_| {
-                println!("{pod}/{c} restarted in place")
+                outln!("{pod}/{c} restarted in place")
             }),
             (pod, None) => done_for(&config, pod, rt.block_on(client.recreate(pod)), |v| {
-                println!("pod/{pod} re-created (ip {})", ip_or_dash(v.ip))
+                outln!("pod/{pod} re-created (ip {})", ip_or_dash(v.ip))
             }),
         })
     }

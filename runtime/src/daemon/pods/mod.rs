@@ -13,6 +13,7 @@
 //! caller, without the lock) or [`Pods::tick`] starts it.
 
 use super::events::Recorder;
+use super::metrics::Metrics;
 use crate::event::Events;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -155,8 +156,10 @@ pub(super) struct Pods {
     stopping: BTreeMap<String, Stopping>,
     /// What happened, for `peapod events` and `describe`.
     recorder: std::sync::Arc<Recorder>,
-    /// Records into `recorder`.
+    /// Records into `recorder` (and counts in `metrics`).
     events: Events,
+    /// What `/metrics` says was observed.
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Pods {
@@ -171,9 +174,18 @@ impl Pods {
     /// Pods on `host` (a test's fake).
     pub(super) fn with_host(cfg: Config, exec: Executor, host: std::sync::Arc<dyn Host>) -> Self {
         let recorder = std::sync::Arc::new(Recorder::load(&cfg.state_dir));
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let events = {
+            let (recorder, metrics) = (recorder.clone(), metrics.clone());
+            Events::new(move |note| {
+                metrics.note(&note);
+                recorder.record(note);
+            })
+        };
         Pods {
-            events: recorder.events(),
+            events,
             recorder,
+            metrics,
             host,
             store: Store::new(&cfg.state_dir),
             guard: CrashGuard::load(&cfg.state_dir),
@@ -183,6 +195,11 @@ impl Pods {
             problems: BTreeMap::new(),
             stopping: BTreeMap::new(),
         }
+    }
+
+    /// What `/metrics` says was observed.
+    pub(super) fn metrics(&self) -> &std::sync::Arc<Metrics> {
+        &self.metrics
     }
 
     /// The record of what happened.
@@ -423,7 +440,11 @@ impl Pods {
             events: self.events.clone(),
         };
         self.guard.starting(name);
+        let t0 = std::time::Instant::now();
         let result = self.host.start(&spec, modules, &opts).await;
+        if result.is_ok() {
+            self.metrics.pod_started(t0.elapsed());
+        }
         let (running, error) = match result {
             Ok(started) => {
                 let (object, ip) = (format!("pod/{name}"), started.pod.ip());

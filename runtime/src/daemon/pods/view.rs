@@ -71,6 +71,7 @@ impl Pods {
         let age = age_of(e.created);
         Some(PodView {
             name: name.into(),
+            labels: e.spec.labels.clone(),
             status: status.into(),
             ip: e.running.as_ref().map(|p| p.ip()),
             netns: e.running.as_ref().map(|p| p.netns_path().to_path_buf()),
@@ -104,6 +105,7 @@ impl Pods {
                     )
                 })
             }),
+            spec: e.spec.containers.iter().map(spec_view).collect(),
         })
     }
 
@@ -112,6 +114,7 @@ impl Pods {
         let s = self.stop_under_way(name)?;
         Some(PodView {
             name: name.into(),
+            labels: Default::default(),
             status: "terminating".into(),
             ip: s.ip,
             netns: s.netns.clone(),
@@ -124,6 +127,7 @@ impl Pods {
             volumes: Vec::new(),
             ports: Vec::new(),
             error: None,
+            spec: Vec::new(),
         })
     }
 
@@ -142,6 +146,53 @@ impl Pods {
             .filter(|e| e.running.as_ref().is_some_and(|p| pod_ready(&p.statuses())))
             .count();
         (self.entries.len(), ready)
+    }
+}
+
+/// What a container's spec asks for, in words.
+fn spec_view(c: &crate::spec::ContainerSpec) -> crate::wire::ContainerSpecView {
+    let probe = |what: &str, p: &Option<crate::spec::Probe>| {
+        p.as_ref().map(|p| {
+            format!(
+                "{what}: {} every {} (timeout {}, {} failures, first after {})",
+                p.action,
+                humantime::format_duration(p.period),
+                humantime::format_duration(p.timeout),
+                p.failure_threshold,
+                humantime::format_duration(p.initial_delay),
+            )
+        })
+    };
+    let p = &c.probes;
+    crate::wire::ContainerSpecView {
+        name: c.name.clone(),
+        kind: c.kind,
+        module: c.module.clone(),
+        args: c.args.clone(),
+        restart_policy: format!("{:?}", c.restart_policy),
+        memory_limit: c.memory_limit,
+        cpu_limit: c.cpu_limit,
+        probes: [
+            probe("startup", &p.startup),
+            probe("liveness", &p.liveness),
+            probe("readiness", &p.readiness),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        mounts: c
+            .volume_mounts
+            .iter()
+            .map(|m| {
+                let ro = if m.read_only { " (ro)" } else { "" };
+                format!("{} -> {}{ro}", m.volume, m.mount_path)
+            })
+            .collect(),
+        ports: c
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.container_port, p.protocol))
+            .collect(),
     }
 }
 
