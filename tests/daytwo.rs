@@ -343,3 +343,124 @@ fn child_wait(mut child: std::process::Child) -> (Option<i32>, String) {
     }
     (child.wait().unwrap().code(), err)
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then let go for the caller).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `/metrics` on `[metrics] listen` passes `promtool check metrics` (Debian's prometheus
+/// package), and a real Prometheus server started here scrapes it: one series is queried back.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_real_prometheus_scrapes_the_metrics() {
+    let have = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("promtool") || !have("prometheus") {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool and prometheus are needed (scripts/setup installs Debian's prometheus)"
+        );
+        eprintln!("skipped: no promtool/prometheus (scripts/setup installs them)");
+        return;
+    }
+    let env = Env::new();
+    let port = free_port();
+    let config = env.spec("peapod.toml", &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    env.pod_file("web.toml", &env.kv_spec("web", ""));
+    let _d = env.daemon_with(|c| {
+        c.env("PEAPOD_CONFIG", &config);
+    });
+    env.wait_running("web");
+    let text = std::process::Command::new("curl")
+        .args(["-fsS", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    assert!(text.status.success());
+    // Only /metrics is on the TCP address: the API stays on the socket.
+    let api = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/v1/pods"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&api.stdout), "404");
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        check.stdin.take().unwrap().write_all(&text.stdout).unwrap();
+    }
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A Prometheus server of the test's own, scraping every second; stopped by its PID.
+    let dir = env.dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yml = dir.join("prometheus.yml");
+    std::fs::write(
+        &yml,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: peapod\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .unwrap();
+    let web = free_port();
+    let server = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", yml.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Stop(server);
+    let query = format!(
+        "http://127.0.0.1:{web}/api/v1/query?query=peapod_pods%7Bstatus%3D%22running%22%7D"
+    );
+    let t0 = Instant::now();
+    let value = loop {
+        let out = std::process::Command::new("curl")
+            .args(["-fsS", &query])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if let Some(sample) = v["data"]["result"][0]["value"][1].as_str() {
+                break sample.to_string();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no sample in 60 s: {}",
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(value, "1", "one pod running, as Prometheus scraped it");
+}
