@@ -374,7 +374,10 @@ fn a_real_prometheus_scrapes_the_metrics() {
     }
     let env = Env::new();
     let port = free_port();
-    let config = env.spec("peapod.toml", &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let config = env.spec(
+        "peapod.toml",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     env.pod_file("web.toml", &env.kv_spec("web", ""));
     let _d = env.daemon_with(|c| {
         c.env("PEAPOD_CONFIG", &config);
@@ -426,7 +429,10 @@ fn a_real_prometheus_scrapes_the_metrics() {
     let web = free_port();
     let server = std::process::Command::new("prometheus")
         .arg(format!("--config.file={}", yml.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{web}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("log")).unwrap())
@@ -463,4 +469,68 @@ fn a_real_prometheus_scrapes_the_metrics() {
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(value, "1", "one pod running, as Prometheus scraped it");
+}
+
+/// kubectl's habits around apply and delete: `-f DIR` reads subdirectories too, `delete -f`
+/// deletes what the files name, `pod/NAME` is a name, `--all` deletes every applied pod (not
+/// the pods directory's); podman's `stop`/`rm` point at `delete`.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn apply_and_delete_by_file_directory_name_and_all() {
+    let env = Env::new();
+    env.pod_file("owned.toml", &env.kv_spec("owned", ""));
+    let _d = env.daemon();
+    let dir = env.dir.path().join("specs");
+    std::fs::create_dir_all(dir.join("more/deeper")).unwrap();
+    std::fs::create_dir_all(dir.join(".hidden")).unwrap();
+    std::fs::write(dir.join("a.toml"), env.kv_spec("a", "")).unwrap();
+    std::fs::write(dir.join("more/b.toml"), env.kv_spec("b", "")).unwrap();
+    std::fs::write(dir.join("more/deeper/c.toml"), env.kv_spec("c", "")).unwrap();
+    std::fs::write(dir.join(".hidden/x.toml"), "not a spec").unwrap();
+    let out = env.ctl_ok(&["apply", "-f", dir.to_str().unwrap()]);
+    for p in ["a", "b", "c"] {
+        assert!(out.contains(&format!("pod/{p} created")), "{out}");
+    }
+    let names = |env: &Env| -> Vec<String> {
+        let out = env.ctl_ok(&["get", "pods", "-o", "name"]);
+        out.lines().map(str::to_string).collect()
+    };
+    assert_eq!(names(&env), ["pod/a", "pod/b", "pod/c", "pod/owned"]);
+
+    let out = env.ctl_ok(&["delete", "-f", dir.join("more/b.toml").to_str().unwrap()]);
+    assert_eq!(out.trim(), "pod/b deleted");
+    let out = env.ctl_ok(&["delete", "pod/c"]);
+    assert_eq!(out.trim(), "pod/c deleted");
+    env.ctl_ok(&["apply", "-f", dir.join("more").to_str().unwrap()]);
+    let out = env.ctl_ok(&["delete", "--all"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(names(&env), ["pod/owned"], "the file's pod stays");
+
+    let (code, _, err) = env.ctl(&["stop", "owned"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("peapod delete POD"), "{err}");
+    let (code, _, err) = env.ctl(&["rm", "-f", "owned"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// A second daemon on the same state directory (another run dir and socket) is refused: it
+/// would take over the first one's pods.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let env = Env::new();
+    let _d = env.daemon();
+    let other_run = env.dir.path().join("run2");
+    let out = env
+        .peapod(&["daemon"])
+        .arg("--run-dir")
+        .arg(&other_run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("another peapod daemon is running with state_dir"),
+        "{err}"
+    );
 }

@@ -98,6 +98,18 @@ enum Command {
     Logs(ctl::Logs),
     Restart(ctl::Restart),
     Delete(ctl::Delete),
+    /// (podman's and docker's words: a tip to `delete`)
+    #[command(hide = true)]
+    Stop(Tip),
+    #[command(hide = true)]
+    Rm(Tip),
+}
+
+/// A verb of another tool: says which of peapod's to use.
+#[derive(clap::Args, Debug)]
+struct Tip {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 impl Cli {
@@ -142,5 +154,12 @@ pub(crate) fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(c) => c.exec(config),
         Command::Restart(c) => c.exec(config),
         Command::Delete(c) => c.exec(config),
+        Command::Stop(_) | Command::Rm(_) => {
+            eprintln!(
+                "peapod: no such command: `peapod delete POD` stops a pod and frees its namespace, \
+                 IP and logs; `peapod restart POD/CONTAINER` restarts one container in place"
+            );
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
     }
 }

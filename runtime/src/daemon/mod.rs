@@ -57,21 +57,45 @@ pub enum Report {
     Stopping,
 }
 
-/// Takes the daemon lock of `cfg.run_dir` (one daemon per run directory), held while the
-/// returned lock lives.
-pub fn lock(cfg: &Config) -> anyhow::Result<Flock<File>> {
-    std::fs::create_dir_all(&cfg.run_dir)
-        .with_context(|| format!("create {}", cfg.run_dir.display()))?;
-    let path = cfg.run_dir.join("daemon.lock");
-    crate::durable::lock(&path, false)
-        .with_context(|| format!("lock {}", path.display()))?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "another peapod daemon is running with run_dir {} (its lock {} is held)",
-                cfg.run_dir.display(),
-                path.display()
-            )
-        })
+/// The daemon's locks: one daemon per run directory, and one per state directory (a second
+/// daemon with another run dir and socket on the same state dir would take over the first
+/// one's pods). Held while this lives.
+pub struct Locks {
+    _run: Flock<File>,
+    _state: Flock<File>,
+}
+
+/// Takes the daemon locks of `cfg.run_dir` and `cfg.state_dir`.
+pub fn lock(cfg: &Config) -> anyhow::Result<Locks> {
+    let take = |dir: &std::path::Path, what: &str| -> anyhow::Result<Flock<File>> {
+        let root_hint = || {
+            if nix::unistd::geteuid().is_root() {
+                String::new()
+            } else {
+                " (the daemon runs as root: it makes namespaces, links and mounts)".into()
+            }
+        };
+        if what == "state_dir" {
+            crate::durable::private_dir(dir)
+        } else {
+            std::fs::create_dir_all(dir)
+        }
+        .with_context(|| format!("create {}{}", dir.display(), root_hint()))?;
+        let path = dir.join("daemon.lock");
+        crate::durable::lock(&path, false)
+            .with_context(|| format!("lock {}{}", path.display(), root_hint()))?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "another peapod daemon is running with {what} {} (its lock {} is held)",
+                    dir.display(),
+                    path.display()
+                )
+            })
+    };
+    Ok(Locks {
+        _run: take(&cfg.run_dir, "run_dir")?,
+        _state: take(&cfg.state_dir, "state_dir")?,
+    })
 }
 
 /// The daemon on `listener` until `control` says [`Control::Stop`] (or is closed): the pods

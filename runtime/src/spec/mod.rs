@@ -689,6 +689,23 @@ impl Lines {
 
 /// The `*.toml` files of directory `dir` (pod specs), sorted by name: the pods directory the
 /// daemon keeps, and `peapod apply -f DIR`.
+/// The `*.toml` files under `dir` and its subdirectories (hidden ones left out), sorted by path:
+/// what `apply -f DIR` applies.
+pub fn toml_files_recursive(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = toml_files(dir)?;
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        paths.extend(toml_files_recursive(&d)?);
+    }
+    Ok(paths)
+}
+
 pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()

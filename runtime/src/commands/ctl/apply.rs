@@ -5,44 +5,22 @@ use super::*;
 /// Create or update pods from spec files (each re-created when its spec or modules changed).
 #[derive(clap::Args, Debug)]
 pub(crate) struct Apply {
-    /// A pod spec (TOML); a directory: every *.toml in it; `-` reads one spec from standard
-    /// input (its module paths are relative to the current directory). May be repeated.
+    /// A pod spec (TOML); a directory: every *.toml in it and its subdirectories; `-` reads one
+    /// spec from standard input (its module paths are relative to the current directory). May
+    /// be repeated.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
+    /// Directories are read recursively (always: accepted for kubectl's habit)
+    #[arg(short = 'R', long)]
+    recursive: bool,
 }
 
 impl Apply {
     pub(crate) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
-        // Every spec named, in order: a directory's *.toml sorted; `-` is standard input.
-        let mut specs: Vec<(PathBuf, std::io::Result<String>)> = Vec::new();
-        for f in &self.files {
-            if f.as_os_str() == "-" {
-                let mut text = String::new();
-                let r = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text);
-                let source = std::env::current_dir()
-                    .context("current directory")?
-                    .join("(stdin)");
-                specs.push((source, r.map(|_| text)));
-            } else if f.is_dir() {
-                let paths = match peapod::spec::toml_files(f) {
-                    Ok(paths) => paths,
-                    Err(e) => {
-                        eprintln!("{}: {e}", f.display());
-                        return Ok(ExitCode::from(EXIT_INVALID));
-                    }
-                };
-                if paths.is_empty() {
-                    eprintln!("{}: no *.toml pod specs in this directory", f.display());
-                    return Ok(ExitCode::from(EXIT_INVALID));
-                }
-                for p in paths {
-                    let text = std::fs::read_to_string(&p);
-                    specs.push((p, text));
-                }
-            } else {
-                specs.push((f.clone(), std::fs::read_to_string(f)));
-            }
-        }
+        let specs = match spec_texts(&self.files)? {
+            Ok(specs) => specs,
+            Err(code) => return Ok(code),
+        };
         let client = Client::new(&config.socket);
         let rt = runtime()?;
         // The worst outcome decides the exit status (invalid input over a refusal over none).

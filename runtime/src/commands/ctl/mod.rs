@@ -145,6 +145,44 @@ fn pod_name(name: &str) -> Result<&str, ExitCode> {
     }
 }
 
+/// Every spec that `-f` arguments name, in order, each with its text or why it cannot be read:
+/// a directory's `*.toml` (and its subdirectories'), sorted; `-` is standard input (named
+/// `(stdin)` in the current directory, so module paths are relative to it). `Err`: a directory
+/// that cannot be listed or holds no spec, said here (invalid input).
+type SpecTexts = Vec<(PathBuf, std::io::Result<String>)>;
+fn spec_texts(files: &[PathBuf]) -> anyhow::Result<Result<SpecTexts, ExitCode>> {
+    let mut specs = Vec::new();
+    for f in files {
+        if f.as_os_str() == "-" {
+            let mut text = String::new();
+            let r = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text);
+            let source = std::env::current_dir()
+                .context("current directory")?
+                .join("(stdin)");
+            specs.push((source, r.map(|_| text)));
+        } else if f.is_dir() {
+            let paths = match peapod::spec::toml_files_recursive(f) {
+                Ok(paths) => paths,
+                Err(e) => {
+                    eprintln!("{}: {e}", f.display());
+                    return Ok(Err(ExitCode::from(EXIT_INVALID)));
+                }
+            };
+            if paths.is_empty() {
+                eprintln!("{}: no *.toml pod specs in this directory", f.display());
+                return Ok(Err(ExitCode::from(EXIT_INVALID)));
+            }
+            for p in paths {
+                let text = std::fs::read_to_string(&p);
+                specs.push((p, text));
+            }
+        } else {
+            specs.push((f.clone(), std::fs::read_to_string(f)));
+        }
+    }
+    Ok(Ok(specs))
+}
+
 /// A pod's address, or `-` while it has none.
 fn ip_or_dash(ip: Option<std::net::Ipv4Addr>) -> String {
     ip.map_or_else(|| "-".into(), |ip| ip.to_string())
