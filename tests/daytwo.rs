@@ -534,3 +534,49 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
         "{err}"
     );
 }
+
+/// Completions and man pages come from the CLI's definitions: the bash script parses and
+/// completes the verbs; the man page is roff with a page per command. No root needed.
+#[test]
+fn completions_and_man_pages_are_generated_from_the_cli() {
+    let env = Env::new();
+    let out = env.peapod(&["completion", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for verb in [
+        "apply", "get", "describe", "events", "top", "logs", "delete",
+    ] {
+        assert!(script.contains(verb), "{verb} in the bash completion");
+    }
+    let checked = std::process::Command::new("bash")
+        .args(["-n", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let out = env.peapod(&["completion", shell]).output().unwrap();
+        assert!(out.status.success() && out.stdout.len() > 1000, "{shell}");
+    }
+    let man = env.ctl_ok(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH peapod 1"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    assert!(man.contains("describe"));
+    let dir = env.dir.path().join("man");
+    env.ctl_ok(&["man", "--dir", dir.to_str().unwrap()]);
+    let page = std::fs::read_to_string(dir.join("peapod-get.1")).unwrap();
+    assert!(
+        page.contains(".TH peapod-get 1") && page.contains("selector"),
+        "{page}"
+    );
+    assert!(
+        !dir.join("peapod-stop.1").exists(),
+        "hidden tips get no page"
+    );
+}

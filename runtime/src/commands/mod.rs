@@ -3,6 +3,7 @@
 mod compile;
 mod ctl;
 mod daemon;
+mod generate;
 mod run;
 
 use std::path::PathBuf;
@@ -98,6 +99,8 @@ enum Command {
     Logs(ctl::Logs),
     Restart(ctl::Restart),
     Delete(ctl::Delete),
+    Completion(generate::Completion),
+    Man(generate::Man),
     /// (podman's and docker's words: a tip to `delete`)
     #[command(hide = true)]
     Stop(Tip),
@@ -154,6 +157,8 @@ pub(crate) fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(c) => c.exec(config),
         Command::Restart(c) => c.exec(config),
         Command::Delete(c) => c.exec(config),
+        Command::Completion(c) => c.exec(),
+        Command::Man(c) => c.exec(),
         Command::Stop(_) | Command::Rm(_) => {
             eprintln!(
                 "peapod: no such command: `peapod delete POD` stops a pod and frees its namespace, \
