@@ -580,3 +580,89 @@ fn completions_and_man_pages_are_generated_from_the_cli() {
         "hidden tips get no page"
     );
 }
+
+/// A restart in place leaves a mark in the container's log, and `logs -p` is the previous run
+/// (kubectl's `--previous`); `--previous-sandbox` is the output before the last re-create.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn logs_mark_each_run_and_previous_is_the_run_before() {
+    let env = Env::new();
+    let _d = env.daemon();
+    let spec = env.spec(
+        "x.toml",
+        &format!(
+            "[pod]\nname = \"x\"\n[pod.restart_backoff]\ninitial = \"300ms\"\nmax = \"300ms\"\n\n\
+             [[containers]]\nname = \"c\"\nmodule = {TOOLBOX:?}\nargs = [\"exit\", \"3\"]\n"
+        ),
+    );
+    env.ctl_ok(&["apply", "-f", spec.to_str().unwrap()]);
+    // Before any restart: no previous run, and no previous sandbox either.
+    let (code, _, err) = env.ctl(&["logs", "-p", "x"]);
+    let restarted = wait_container(&env, "x", |c| c["restarts"].as_u64() >= Some(2));
+    let runs = restarted["restarts"].as_u64().unwrap() + 1;
+    if code != 0 {
+        assert!(err.contains("has no previous run"), "{err}");
+    }
+    let all = env.ctl_ok(&["logs", "x"]);
+    assert!(
+        // (a wasip2 `exit(3)` says only "error": reported as code 1)
+        all.contains("--- peapod: run 2 of c (the last one: exited with code 1) ---"),
+        "{all}"
+    );
+    let marks = all
+        .lines()
+        .filter(|l| l.starts_with("--- peapod: run "))
+        .count() as u64;
+    assert!(marks >= 2, "{all}");
+    let previous = env.ctl_ok(&["logs", "-p", "x"]);
+    let lines: Vec<&str> = previous.lines().collect();
+    // One run: its mark (the previous run began at a restart), then what it printed.
+    assert!(lines[0].starts_with("--- peapod: run "), "{previous}");
+    assert_eq!(&lines[1..], ["exiting with 3"], "{previous}");
+    assert!(runs >= 3);
+    // Re-created: -p is the last run in the previous sandbox; --previous-sandbox all of it.
+    env.ctl_ok(&["restart", "x"]);
+    let old = env.ctl_ok(&["logs", "--previous-sandbox", "x"]);
+    assert!(old.matches("exiting with 3").count() >= 3, "{old}");
+    let (code, _, err) = env.ctl(&["logs", "-p", "--previous-sandbox", "x"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// `logs --all-containers --prefix`: every container's output, each line saying whose.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn logs_of_all_containers_with_their_prefix() {
+    let env = Env::new();
+    let _d = env.daemon();
+    let c = |name: &str, code: u8| {
+        format!(
+            "[[containers]]\nname = \"{name}\"\nmodule = {TOOLBOX:?}\nargs = [\"exit\", \"{code}\"]\n\
+             restart_policy = \"Never\"\n"
+        )
+    };
+    let spec = env.spec(
+        "two.toml",
+        &format!("[pod]\nname = \"two\"\n\n{}\n{}", c("a", 0), c("b", 0)),
+    );
+    env.ctl_ok(&["apply", "-f", spec.to_str().unwrap()]);
+    let t0 = Instant::now();
+    let out = loop {
+        let out = env.ctl_ok(&["logs", "two", "--all-containers", "--prefix"]);
+        if out.lines().count() >= 2 {
+            break out;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["[pod/two/a] exiting with 0", "[pod/two/b] exiting with 0"],
+        "one container after the other, in the pod's order"
+    );
+    let (code, _, err) = env.ctl(&["logs", "two"]);
+    assert_eq!(code, 2, "two containers: one must be named: {err}");
+    assert!(
+        err.contains("--all-containers") || err.contains("name one"),
+        "{err}"
+    );
+}

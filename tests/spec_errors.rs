@@ -101,10 +101,25 @@ fn every_kind_of_bad_spec_is_refused_with_file_line_and_field() {
             vec!["FILE:2: (file): "],
         ),
         (
+            "misspelt.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}readiness = {{ tcp_socket = {{ port = 80 }} }}\n",
+                ok("app")
+            ),
+            vec![
+                "containers[0].readiness: unknown field `readiness`: did you mean `readiness_probe`?",
+            ],
+        ),
+        (
+            "manifest.toml",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n".into(),
+            vec!["this looks like YAML: peapod's pod specs are TOML"],
+        ),
+        (
             "wrong-type.toml",
             format!("[pod]\nname = \"a\"\n{}args = \"--port 80\"\n", ok("app")),
             vec![
-                "FILE:6: containers[0].args: invalid type: string \"--port 80\", expected a sequence",
+                "FILE:6: containers[0].args: expected a list ([...]), found the string \"--port 80\" (container \"app\")",
             ],
         ),
         (

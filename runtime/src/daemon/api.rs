@@ -451,9 +451,14 @@ struct LogQuery {
     tail: Option<usize>,
     #[serde(default)]
     follow: bool,
-    /// The logs of the pod's previous sandbox (before its last re-create).
+    /// The container's previous run (before its last restart in place); when it has not
+    /// restarted in this sandbox, its last run in the previous sandbox (as kubectl's
+    /// `--previous`).
     #[serde(default)]
     previous: bool,
+    /// The logs of the pod's previous sandbox (before its last re-create).
+    #[serde(default)]
+    previous_sandbox: bool,
 }
 
 async fn logs(
@@ -470,13 +475,14 @@ async fn logs(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "query: {e} (expected container=NAME, tail=N, follow=true|false, \
-                     previous=true|false)"
+                     previous=true|false, previous_sandbox=true|false)"
                 ),
             );
         }
     };
+    let pods_lock = pods;
     let (path, previous_dir) = {
-        let pods = pods.lock().await;
+        let pods = pods_lock.lock().await;
         let containers = match pods.containers(&pod) {
             Ok(c) => c,
             Err(e) => return e.into_response(),
@@ -504,16 +510,54 @@ async fn logs(
             }
         };
         let previous_dir = pods.log_settings().previous_dir(&pod);
-        if !q.previous {
-            (pods.log_settings().path(&pod, &container), previous_dir)
-        } else {
+        let current = pods.log_settings().path(&pod, &container);
+        if (q.previous || q.previous_sandbox) && q.follow {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "previous logs are complete: follow=true does not go with previous=true",
+            );
+        }
+        if q.previous && !q.previous_sandbox {
+            // The run before the last restart in place, read whole (at most max_files files
+            // of max_size) on a blocking thread.
+            let (cur, max_files) = (current.clone(), pods.log_settings().max_files);
+            drop(pods);
+            match tokio::task::spawn_blocking(move || cri::previous_run(&cur, max_files)).await {
+                Ok(Ok(Some(mut lines))) => {
+                    if let Some(n) = q.tail {
+                        lines.drain(..lines.len().saturating_sub(n));
+                    }
+                    let mut body = lines.join("\n");
+                    if !body.is_empty() {
+                        body.push('\n');
+                    }
+                    return body.into_response();
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    let message = format!("{}: {e}", current.display());
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, message);
+                }
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+            // No restart in this sandbox: the previous sandbox's last run, if there was one.
+            let pods = pods_lock.lock().await;
             let p = pods.log_settings().previous_path(&pod, &container);
-            if q.follow {
+            if !p.exists() {
                 return error(
-                    StatusCode::BAD_REQUEST,
-                    "previous logs are complete: follow=true does not go with previous=true",
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "container {container:?} of pod {pod:?} has no previous run: it has not \
+                         restarted in place, and there are no logs of a previous sandbox (the pod \
+                         has not been re-created since it was made)"
+                    ),
                 );
             }
+            (p, previous_dir)
+        } else if !q.previous_sandbox {
+            (current, previous_dir)
+        } else {
+            let p = pods.log_settings().previous_path(&pod, &container);
             if !p.exists() {
                 return error(
                     StatusCode::NOT_FOUND,

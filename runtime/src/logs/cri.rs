@@ -132,7 +132,16 @@ impl CriFile {
 
     /// Appends one record, rotating first if it would not fit.
     pub fn write(&self, stream: Stream, text: &str, partial: bool) -> io::Result<()> {
-        let record = format_record(SystemTime::now(), stream, text, partial);
+        self.append(format_record(SystemTime::now(), stream, text, partial))
+    }
+
+    /// Appends a run mark (see [`RUN_MARK_TAG`]) saying `text`.
+    pub fn write_mark(&self, text: &str) -> io::Result<()> {
+        let at = humantime::format_rfc3339_nanos(SystemTime::now());
+        self.append(format!("{at} stdout {RUN_MARK_TAG} {text}\n"))
+    }
+
+    fn append(&self, record: String) -> io::Result<()> {
         let mut guard = self.inner.lock().expect("log lock");
         let (file, size) = &mut *guard;
         if self.max_size > 0 && *size > 0 && *size + record.len() as u64 > self.max_size {
@@ -167,6 +176,11 @@ pub fn rotated(path: &Path, i: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The tag of a run mark: a record peapod writes (not the container) where a restart in place
+/// begins a new run, so a person sees where one run ends and `logs -p` finds the previous run.
+/// `F` first, as CRI readers (the kubelet's among them) take the first of `:`-separated tags.
+pub const RUN_MARK_TAG: &str = "F:run";
+
 /// One parsed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -174,6 +188,8 @@ pub struct Record<'a> {
     pub stream: &'a str,
     pub partial: bool,
     pub text: &'a str,
+    /// A run mark (see [`RUN_MARK_TAG`]).
+    pub mark: bool,
 }
 
 /// Parses a record line (without its newline); `None` if it is not in the CRI format.
@@ -183,7 +199,7 @@ pub fn parse(line: &str) -> Option<Record<'_>> {
     let stream = parts.next()?;
     let tag = parts.next()?;
     let text = parts.next().unwrap_or("");
-    if !matches!(stream, "stdout" | "stderr") || !matches!(tag, "F" | "P") {
+    if !matches!(stream, "stdout" | "stderr") || !matches!(tag, "F" | "P" | RUN_MARK_TAG) {
         return None;
     }
     Some(Record {
@@ -191,6 +207,37 @@ pub fn parse(line: &str) -> Option<Record<'_>> {
         stream,
         partial: tag == "P",
         text,
+        mark: tag == RUN_MARK_TAG,
+    })
+}
+
+/// The records of a container's previous run in its log `path` (and the rotated files before
+/// it, of at most `max_files`): from the run mark before the last one (or the oldest record,
+/// when the previous run is the first) to the last mark; `None` when the log holds one run only.
+pub fn previous_run(path: &Path, max_files: u32) -> io::Result<Option<Vec<String>>> {
+    let mut lines = Vec::new();
+    for i in (1..max_files).rev() {
+        match std::fs::read_to_string(rotated(path, i)) {
+            Ok(text) => lines.extend(text.lines().map(str::to_string)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => lines.extend(text.lines().map(str::to_string)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let marks: Vec<usize> = (lines.iter().enumerate())
+        .filter(|(_, l)| parse(l).is_some_and(|r| r.mark))
+        .map(|(i, _)| i)
+        .collect();
+    Ok(match marks.as_slice() {
+        [] => None,
+        [.., last] => {
+            let from = marks.len().checked_sub(2).map_or(0, |i| marks[i]);
+            Some(lines[from..*last].to_vec())
+        }
     })
 }
 

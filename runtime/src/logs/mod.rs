@@ -90,18 +90,7 @@ impl ContainerLog {
         }
         if let Some(file) = &self.file {
             if let Err(e) = file.write(stream, line, partial) {
-                let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
-                lost.0 += 1;
-                if lost.1.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                    tracing::warn!(
-                        "{}: log file: {e} ({} lines lost since the last warning; the next \
-                         warning in {}s at the earliest)",
-                        self.id,
-                        lost.0,
-                        WARN_EVERY.as_secs()
-                    );
-                    *lost = (0, Some(std::time::Instant::now()));
-                }
+                self.lost(&e);
             }
             return;
         }
@@ -113,6 +102,32 @@ impl ContainerLog {
             Stream::Stderr => {
                 tracing::info!(target: "peapod::container", "{} (stderr): {line}", self.id)
             }
+        }
+    }
+
+    /// Marks in the log file (if there is one) that a new run begins here: `text` says which
+    /// and why (see [`cri::RUN_MARK_TAG`]).
+    pub fn mark_run(&self, text: &str) {
+        if let Some(file) = &self.file
+            && let Err(e) = file.write_mark(text)
+        {
+            self.lost(&e);
+        }
+    }
+
+    /// A line the log file refused: counted, and said at most once per [`WARN_EVERY`].
+    fn lost(&self, e: &io::Error) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.0 += 1;
+        if lost.1.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                "{}: log file: {e} ({} lines lost since the last warning; the next warning in \
+                 {}s at the earliest)",
+                self.id,
+                lost.0,
+                WARN_EVERY.as_secs()
+            );
+            *lost = (0, Some(std::time::Instant::now()));
         }
     }
 

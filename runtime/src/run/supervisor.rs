@@ -334,6 +334,16 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
         // state (not a poll of the probe watcher later: a status read between the two would
         // show a running container that is not ready).
         let unprobed = probes.startup.is_none() && probes.readiness.is_none();
+        if done.restarts > 0 {
+            // Where this run's output begins, in the container's log (`logs -p` reads the run
+            // before the last mark).
+            let after = control.status().last.unwrap_or_else(|| "restarted".into());
+            spec.log.mark_run(&format!(
+                "--- peapod: run {} of {} (the last one: {after}) ---",
+                done.restarts + 1,
+                spec.name
+            ));
+        }
         let took = last_end.map(|t: Instant| started.duration_since(t));
         let message = format!("started container {}", spec.name);
         control.events.started(&control.object, message, took);

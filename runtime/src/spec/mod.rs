@@ -46,6 +46,7 @@ pub mod labels;
 mod ports;
 mod supervision;
 mod volumes;
+mod words;
 pub use ports::{PortSpec, Protocol, Published};
 pub use supervision::{DEFAULT_GRACE, Probe, ProbeAction, Probes, parse_millicores};
 pub use volumes::{EnvFromFile, MountSpec, VolumeKind, VolumeSpec, mount_of};
@@ -313,10 +314,19 @@ impl PodSpec {
     pub fn parse(path: &Path, text: &str) -> Result<PodSpec, SpecError> {
         let lines = Lines::new(text);
         let raw: RawFile = match toml::Deserializer::parse(text) {
-            Err(e) => return Err(SpecError::invalid(path, vec![lines.toml_problem(&e, "")])),
+            Err(e) => {
+                let mut p = lines.toml_problem(&e, "");
+                if words::looks_like_yaml(text) {
+                    p.message = format!("{}; {}", p.message, words::YAML_HINT);
+                }
+                return Err(SpecError::invalid(path, vec![p]));
+            }
             Ok(de) => serde_path_to_error::deserialize(de).map_err(|e| {
                 let field = e.path().to_string();
-                SpecError::invalid(path, vec![lines.toml_problem(e.inner(), &field)])
+                let mut p = lines.toml_problem(e.inner(), &field);
+                p.message = words::plain(&p.message);
+                name_container(text, &mut p);
+                SpecError::invalid(path, vec![p])
             })?,
         };
         let doc = toml::de::DeTable::parse(text).ok().map(|t| {
@@ -534,6 +544,9 @@ impl PodSpec {
         }
 
         if !problems.is_empty() {
+            for p in &mut problems {
+                name_container(text, p);
+            }
             return Err(SpecError::invalid(path, problems));
         }
         Ok(PodSpec {
@@ -638,6 +651,34 @@ fn render_keys(keys: &[Key]) -> String {
     s
 }
 
+/// Says which container a problem of `containers[N]...` (or `init_containers[N]...`) is about,
+/// by its name, when the file gives it one: `... (container "app")`.
+fn name_container(text: &str, p: &mut Problem) {
+    let Some((list, rest)) = p.field.split_once('[') else {
+        return;
+    };
+    let Some((index, after)) = rest.split_once(']') else {
+        return;
+    };
+    if !["containers", "init_containers"].contains(&list) || after == ".name" {
+        return;
+    }
+    let Ok(index) = index.parse::<usize>() else {
+        return;
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return;
+    };
+    if let Some(name) = table
+        .get(list)
+        .and_then(|l| l.get(index))
+        .and_then(|c| c.get("name"))
+        .and_then(|n| n.as_str())
+    {
+        p.message = format!("{} (container {name:?})", p.message);
+    }
+}
+
 /// Maps byte offsets of the spec text to 1-based line numbers.
 struct Lines {
     starts: Vec<usize>,
@@ -687,8 +728,6 @@ impl Lines {
     }
 }
 
-/// The `*.toml` files of directory `dir` (pod specs), sorted by name: the pods directory the
-/// daemon keeps, and `peapod apply -f DIR`.
 /// The `*.toml` files under `dir` and its subdirectories (hidden ones left out), sorted by path:
 /// what `apply -f DIR` applies.
 pub fn toml_files_recursive(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -706,6 +745,8 @@ pub fn toml_files_recursive(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// The `*.toml` files of directory `dir` (pod specs), sorted by name: the pods directory the
+/// daemon keeps, and `peapod apply -f DIR`.
 pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()

@@ -16,16 +16,26 @@ pub(crate) struct Logs {
     /// Prefix each line with its time (RFC 3339)
     #[arg(long)]
     timestamps: bool,
-    /// The logs of the pod's previous sandbox (before its last re-create: `restart POD`, an
-    /// edited file, a re-apply)
+    /// The container's previous run (before its last restart in place), as kubectl's; when it
+    /// has not restarted since the pod's last re-create, its output in the previous sandbox
     #[arg(short, long)]
     previous: bool,
+    /// The output in the pod's previous sandbox (before its last re-create: `restart POD`, an
+    /// edited file, a re-apply), all its runs
+    #[arg(long, conflicts_with = "previous")]
+    previous_sandbox: bool,
     /// The container (as POD/CONTAINER does)
     #[arg(short, long)]
     container: Option<String>,
     /// Only records newer than this, e.g. 10s, 5m, 2h
     #[arg(long, value_parser = humantime::parse_duration)]
     since: Option<std::time::Duration>,
+    /// Every container of the pod, one after the other (with -f: side by side, line by line)
+    #[arg(long, conflicts_with = "container")]
+    all_containers: bool,
+    /// Begin each line with its source, `[pod/POD/CONTAINER] `
+    #[arg(long)]
+    prefix: bool,
 }
 
 impl Logs {
@@ -54,47 +64,126 @@ impl Logs {
             (None, None) => None,
         };
         let since = self.since.map(|d| std::time::SystemTime::now() - d);
-        let mut path = format!("/v1/pods/{pod}/logs?follow={}", self.follow);
-        if let Some(c) = container {
-            path.push_str(&format!("&container={c}"));
-        }
+        let mut query = format!("follow={}", self.follow);
         if let Some(n) = self.tail {
-            path.push_str(&format!("&tail={n}"));
+            query.push_str(&format!("&tail={n}"));
         }
         if self.previous {
-            path.push_str("&previous=true");
+            query.push_str("&previous=true");
+        }
+        if self.previous_sandbox {
+            query.push_str("&previous_sandbox=true");
         }
         let client = Client::new(&config.socket);
-        let timestamps = self.timestamps;
+        let out = Out {
+            timestamps: self.timestamps,
+            since,
+        };
         runtime()?.block_on(async move {
-            let resp = match client.send(Method::GET, &path, None::<&()>).await {
-                Ok(r) => r,
-                Err(e) => return Ok(fail(e)),
+            // Which containers: the one named, every one (`--all-containers`, in the pod's
+            // order), or the daemon picks the only one.
+            let containers: Vec<Option<String>> = match (container, self.all_containers) {
+                (Some(c), _) => vec![Some(c.to_string())],
+                (None, false) => vec![None],
+                (None, true) => match client.pod(pod).await {
+                    Ok(v) => v.containers.into_iter().map(|c| Some(c.name)).collect(),
+                    Err(e) => return Ok(fail(e)),
+                },
             };
-            let mut body = resp.into_body();
-            let mut pending = Vec::new();
-            let mut out = std::io::stdout().lock();
-            loop {
-                let frame = tokio::select! {
-                    f = body.frame() => f,
-                    _ = tokio::signal::ctrl_c() => break,
-                };
-                let Some(frame) = frame else { break };
-                let frame = frame.context("reading the log stream")?;
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                pending.extend_from_slice(data);
-                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=nl).collect();
-                    let line = String::from_utf8_lossy(&line[..nl]);
-                    print_record(&mut out, &line, timestamps, since)
-                        .unwrap_or_else(|e| write_failed(&e));
+            let follow = self.follow;
+            let streams = containers.into_iter().map(|c| {
+                let mut path = format!("/v1/pods/{pod}/logs?{query}");
+                if let Some(c) = &c {
+                    path.push_str(&format!("&container={c}"));
                 }
-                out.flush().unwrap_or_else(|e| write_failed(&e));
-            }
-            Ok(ExitCode::from(EXIT_OK))
+                let prefix = self.prefix.then(|| match &c {
+                    Some(c) => format!("[pod/{pod}/{c}] "),
+                    None => format!("[pod/{pod}] "),
+                });
+                out.stream(&client, path, prefix)
+            });
+            // Followed side by side; else one after the other, as kubectl prints them.
+            let all = async {
+                if follow {
+                    futures::future::join_all(streams).await
+                } else {
+                    let mut codes = Vec::new();
+                    for s in streams {
+                        codes.push(s.await);
+                    }
+                    codes
+                }
+            };
+            let codes = tokio::select! {
+                codes = all => codes,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::from(EXIT_OK)),
+            };
+            // The first failure decides (each was said as it came).
+            Ok(codes
+                .into_iter()
+                .find(|c| *c != ExitCode::from(EXIT_OK))
+                .unwrap_or(ExitCode::from(EXIT_OK)))
         })
+    }
+}
+
+/// How records are printed.
+#[derive(Clone, Copy)]
+struct Out {
+    timestamps: bool,
+    since: Option<std::time::SystemTime>,
+}
+
+impl Out {
+    /// Prints the log stream of `path` (an API path) to its end, each line after `prefix`.
+    async fn stream(self, client: &Client, path: String, prefix: Option<String>) -> ExitCode {
+        let resp = match client.send(Method::GET, &path, None::<&()>).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        // Inside a line that a partial record began: no prefix before its rest.
+        let mut mid = false;
+        loop {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("peapod: reading the log stream: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            // Whole lines only, each written at once: streams of several containers interleave
+            // by line.
+            let mut chunk = Vec::new();
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line[..nl]);
+                if let Some(p) = &prefix
+                    && !mid
+                {
+                    chunk.extend_from_slice(p.as_bytes());
+                }
+                mid = cri::parse(&line).is_some_and(|r| r.partial);
+                print_record(&mut chunk, &line, self.timestamps, self.since)
+                    .expect("writing to memory");
+            }
+            if !chunk.is_empty() {
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(&chunk)
+                    .and_then(|()| stdout.flush())
+                    .unwrap_or_else(|e| write_failed(&e));
+            }
+        }
+        ExitCode::from(EXIT_OK)
     }
 }
 
