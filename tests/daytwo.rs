@@ -3,33 +3,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Writes a `.wat` module, compiled to wasm, into the env's directory.
-fn wat(env: &Env, name: &str, text: &str) -> PathBuf {
-    let p = env.dir.path().join(name);
-    std::fs::write(&p, wat::parse_str(text).unwrap()).unwrap();
-    p
-}
-
 /// A container that grows a table past its 16 MiB memory limit at every run: OOMKilled, then
 /// restarted after a short back-off.
 fn oom_spec(env: &Env) -> String {
-    let m = wat(
-        env,
-        "oom.wasm",
-        r#"(module
-             (table $t 0 funcref)
-             (func (export "_start")
-               (loop $l
-                 (drop (table.grow $t (ref.null func) (i32.const 16777216)))
-                 (table.fill $t (i32.const 0) (ref.null func) (table.size $t))
-                 (br $l))))"#,
-    );
+    let m = env.wat("oom.wasm", TABLE_HOG);
     format!(
         "[pod]\nname = \"oom\"\nlabels = {{ app = \"oom\", tier = \"batch\" }}\n\
          [pod.restart_backoff]\ninitial = \"200ms\"\nmax = \"400ms\"\n\n\

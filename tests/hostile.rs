@@ -10,18 +10,11 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Writes a `.wat` module, compiled to wasm, into the env's directory.
-fn wat(env: &Env, name: &str, text: &str) -> PathBuf {
-    let p = env.dir.path().join(name);
-    std::fs::write(&p, wat::parse_str(text).unwrap()).unwrap();
-    p
-}
 
 /// A pod of one container running `module`, with `extra` lines in its container.
 fn one(name: &str, module: &Path, extra: &str) -> String {
@@ -77,24 +70,13 @@ fn table_growth_is_bounded_by_the_memory_limit() {
     let (mut d, good) = daemon_with_good_pod(&env);
     let (rss0, _) = rss_kib(d.pid());
     // 80 bytes: grow a table by 16M entries and fill it, forever.
-    let m = wat(
-        &env,
-        "tables.wasm",
-        r#"(module
-             (table $t 0 funcref)
-             (func (export "_start")
-               (loop $l
-                 (drop (table.grow $t (ref.null func) (i32.const 16777216)))
-                 (table.fill $t (i32.const 0) (ref.null func) (table.size $t))
-                 (br $l))))"#,
-    );
+    let m = env.wat("tables.wasm", TABLE_HOG);
     let spec = env.spec("tables.toml", &one("tables", &m, "memory_limit_mib = 16"));
     env.ctl_ok(&["apply", "-f", spec.to_str().unwrap()]);
     let c = wait_reason(&env, "tables", &["OOMKilled"]);
     assert_eq!(c["last"], "memory limit 16 MiB reached", "{c}");
     // Tables count against the memory limit too: 64Ki entries (1 MiB) at a time hit 16 MiB.
-    let m = wat(
-        &env,
+    let m = env.wat(
         "tables2.wasm",
         r#"(module
              (table $t 0 funcref)
@@ -141,8 +123,7 @@ fn all_memories_of_a_container_share_its_limit() {
             )
         })
         .collect();
-    let m = wat(
-        &env,
+    let m = env.wat(
         "mems.wasm",
         &format!("(module {mems} (func (export \"_start\") {grows}))"),
     );
@@ -446,8 +427,7 @@ fn api_survives_idle_and_slow_clients() {
 fn a_spinning_sibling_adds_at_most_a_tick_of_latency() {
     let env = Env::new();
     let name = unique("spin");
-    let spin = wat(
-        &env,
+    let spin = env.wat(
         "spin.wasm",
         r#"(module (func (export "_start") (loop $l (br $l))))"#,
     );

@@ -80,6 +80,28 @@ pub struct ContainerStatus {
     pub memory_bytes: u64,
 }
 
+impl ContainerStatus {
+    /// Container `name` before its first run.
+    pub fn new(name: &str, kind: Kind) -> Self {
+        ContainerStatus {
+            name: name.into(),
+            kind,
+            state: State::Waiting,
+            ready: false,
+            started: false,
+            restarts: 0,
+            started_at: None,
+            last: None,
+            exit_code: None,
+            reason: None,
+            last_state: None,
+            probe_failure: None,
+            cpu_seconds: 0.0,
+            memory_bytes: 0,
+        }
+    }
+}
+
 /// A volume: where it is on the host (for a secret, the path it was given; never its content).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeView {

@@ -82,6 +82,13 @@ impl Env {
         Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 1)
     }
 
+    /// Writes a `.wat` module, compiled to wasm, into the env's directory.
+    pub(crate) fn wat(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, wat::parse_str(text).unwrap()).unwrap();
+        p
+    }
+
     /// Writes a spec file into the env's directory.
     pub(crate) fn spec(&self, file: &str, toml: &str) -> PathBuf {
         let p = self.dir.path().join(file);

@@ -16,6 +16,17 @@ use std::time::{Duration, Instant};
 
 pub(crate) use peapod_guests::{BACKUP, HELLO_P1, KV_SERVER, TOOLBOX};
 
+/// A module (80 bytes) that grows a table by 16M entries and fills it, forever: past any memory
+/// limit, at once (OOMKilled).
+#[allow(dead_code)] // not every test file uses it
+pub(crate) const TABLE_HOG: &str = r#"(module
+     (table $t 0 funcref)
+     (func (export "_start")
+       (loop $l
+         (drop (table.grow $t (ref.null func) (i32.const 16777216)))
+         (table.fill $t (i32.const 0) (ref.null func) (table.size $t))
+         (br $l))))"#;
+
 mod dns;
 mod env;
 mod http;

@@ -255,20 +255,13 @@ mod tests {
 
     fn container(name: &str, state: State, restarts: u32) -> ContainerStatus {
         ContainerStatus {
-            name: name.into(),
-            kind: Kind::App,
             state,
             ready: state == State::Running,
             started: state == State::Running,
             restarts,
-            started_at: None,
-            last: None,
-            exit_code: None,
-            reason: None,
-            last_state: None,
-            probe_failure: None,
             cpu_seconds: 1.5,
             memory_bytes: 65536,
+            ..ContainerStatus::new(name, Kind::App)
         }
     }
 

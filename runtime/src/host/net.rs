@@ -11,7 +11,7 @@
 //!
 //! A netlink socket acts in the network namespace of the thread that opens it: the blocking
 //! threads of the daemon's runtime are the host's, and those of a runtime made by
-//! [`crate::host::netns::runtime`] enter the pod's namespace before they run anything.
+//! [`crate::host::netns::spawn`] enter the pod's namespace before they run anything.
 
 use std::io;
 use std::net::Ipv4Addr;

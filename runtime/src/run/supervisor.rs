@@ -108,22 +108,7 @@ pub struct Control {
 impl Control {
     pub fn new(name: &str, kind: Kind, linger: bool) -> Self {
         Control {
-            status: Arc::new(Mutex::new(Status {
-                name: name.into(),
-                kind,
-                state: State::Waiting,
-                ready: false,
-                started: false,
-                restarts: 0,
-                started_at: None,
-                last: None,
-                exit_code: None,
-                reason: None,
-                last_state: None,
-                probe_failure: None,
-                cpu_seconds: 0.0,
-                memory_bytes: 0,
-            })),
+            status: Arc::new(Mutex::new(Status::new(name, kind))),
             restart: Arc::new(Notify::new()),
             changed: Arc::new(Notify::new()),
             usage: Arc::new(Usage::default()),
