@@ -648,3 +648,26 @@ fn logs_of_all_containers_with_their_prefix() {
         "{err}"
     );
 }
+
+/// `get pods` lists the pods `peapod run` runs on the same run dir (source `run`), beside the
+/// daemon's; `ps` keeps to the daemon's.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn get_lists_the_pods_of_peapod_run_too() {
+    let env = Env::new();
+    env.pod_file("d.toml", &env.kv_spec("d", ""));
+    let _d = env.daemon();
+    env.wait_running("d");
+    let spec = env.spec("solo.toml", &env.kv_spec("solo", ""));
+    let mut run = env.start(&spec);
+    run.started("solo");
+    let wide = env.ctl_ok(&["get", "pods", "-o", "wide"]);
+    let row = wide.lines().find(|l| l.starts_with("solo ")).expect("solo listed");
+    let ip = env.leases().into_iter().find(|(p, _)| p == "solo").unwrap().1;
+    assert!(row.contains(" run ") && row.contains(&ip.to_string()), "{wide}");
+    let d = wide.lines().find(|l| l.starts_with("d ")).expect("the daemon's pod listed");
+    assert!(d.contains("file:"), "{wide}");
+    assert_eq!(env.ctl_ok(&["get", "pod/solo", "-o", "name"]).trim(), "pod/solo");
+    assert!(!env.ctl_ok(&["ps"]).contains("solo"), "ps keeps to the daemon's pods");
+    run.terminate();
+}

@@ -644,6 +644,25 @@ pub fn held(cfg: &Config, pod: &str) -> bool {
     )
 }
 
+/// The pods whose lock some process holds, by name, and when their sandbox was made (the lock
+/// file's mtime): read without taking anything. Less the daemon's, they are `peapod run`'s.
+pub fn held_pods(cfg: &Config) -> Vec<(String, std::time::SystemTime)> {
+    let Ok(dir) = std::fs::read_dir(cfg.run_dir.join("pods")) else {
+        return Vec::new();
+    };
+    let mut pods: Vec<(String, std::time::SystemTime)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pod = name.strip_suffix(".lock")?.to_string();
+            let made = e.metadata().and_then(|m| m.modified()).ok()?;
+            held(cfg, &pod).then_some((pod, made))
+        })
+        .collect();
+    pods.sort();
+    pods
+}
+
 /// Pods whose lock another process holds (`peapod run`): their sandboxes are not ours to touch.
 fn locked_elsewhere(cfg: &Config) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(cfg.run_dir.join("pods")) else {

@@ -92,6 +92,12 @@ impl Listing {
             Ok(l) => l,
             Err(e) => return Ok(fail(e)),
         };
+        let mut list = list;
+        // `get` lists `peapod run`'s pods too; `ps` keeps to the daemon's (and names a run pod
+        // as such when asked for it), as it always has.
+        if columns == Columns::Kubectl {
+            list.pods.extend(run_pods(&config, &list.pods));
+        }
         let missing: Vec<&String> = (self.pods.iter())
             .filter(|n| !list.pods.iter().any(|p| &p.name == *n))
             .collect();
@@ -122,10 +128,13 @@ impl Listing {
             pods.into_iter().map(|p| (p.name.clone(), p)).collect();
         loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
-            let list = match rt.block_on(client.pods()) {
+            let mut list = match rt.block_on(client.pods()) {
                 Ok(l) => l,
                 Err(e) => return Ok(fail(e)),
             };
+            if columns == Columns::Kubectl {
+                list.pods.extend(run_pods(&config, &list.pods));
+            }
             let now: BTreeMap<String, PodView> = (self.pick(list, selector.as_ref()).into_iter())
                 .map(|p| (p.name.clone(), p))
                 .collect();
@@ -158,6 +167,47 @@ impl Listing {
             .filter(|p| selector.is_none_or(|s| s.matches(&p.labels)))
             .collect()
     }
+}
+
+/// The pods `peapod run` runs on this run dir (their locks are held, the daemon does not have
+/// them), as far as the files say: name, address (from the leases, when this user may read
+/// them), namespace, age; source `run`. Their containers are `run`'s to show.
+pub(super) fn run_pods(config: &Config, daemons: &[PodView]) -> Vec<PodView> {
+    let held = peapod::host::sandbox::held_pods(config);
+    let held: Vec<_> = (held.into_iter())
+        .filter(|(n, _)| !daemons.iter().any(|p| &p.name == n))
+        .collect();
+    if held.is_empty() {
+        return Vec::new();
+    }
+    let leases = peapod::host::ipam::Ipam::new(config)
+        .leases()
+        .unwrap_or_default();
+    (held.into_iter())
+        .map(|(name, made)| {
+            let age = std::time::SystemTime::now()
+                .duration_since(made)
+                .unwrap_or_default();
+            let netns = config.netns_path(&name);
+            PodView {
+                ip: leases.get(&name).copied(),
+                netns: netns.exists().then_some(netns),
+                status: "running".into(),
+                source: "run".into(),
+                created: humantime::format_rfc3339_seconds(made).to_string(),
+                age_seconds: age.as_secs(),
+                labels: Default::default(),
+                ready: false,
+                restarts: 0,
+                containers: Vec::new(),
+                volumes: Vec::new(),
+                ports: Vec::new(),
+                error: None,
+                spec: Vec::new(),
+                name,
+            }
+        })
+        .collect()
 }
 
 /// How pods are printed.
