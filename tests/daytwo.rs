@@ -662,12 +662,32 @@ fn get_lists_the_pods_of_peapod_run_too() {
     let mut run = env.start(&spec);
     run.started("solo");
     let wide = env.ctl_ok(&["get", "pods", "-o", "wide"]);
-    let row = wide.lines().find(|l| l.starts_with("solo ")).expect("solo listed");
-    let ip = env.leases().into_iter().find(|(p, _)| p == "solo").unwrap().1;
-    assert!(row.contains(" run ") && row.contains(&ip.to_string()), "{wide}");
-    let d = wide.lines().find(|l| l.starts_with("d ")).expect("the daemon's pod listed");
+    let row = wide
+        .lines()
+        .find(|l| l.starts_with("solo "))
+        .expect("solo listed");
+    let ip = env
+        .leases()
+        .into_iter()
+        .find(|(p, _)| p == "solo")
+        .unwrap()
+        .1;
+    assert!(
+        row.contains(" run ") && row.contains(&ip.to_string()),
+        "{wide}"
+    );
+    let d = wide
+        .lines()
+        .find(|l| l.starts_with("d "))
+        .expect("the daemon's pod listed");
     assert!(d.contains("file:"), "{wide}");
-    assert_eq!(env.ctl_ok(&["get", "pod/solo", "-o", "name"]).trim(), "pod/solo");
-    assert!(!env.ctl_ok(&["ps"]).contains("solo"), "ps keeps to the daemon's pods");
+    assert_eq!(
+        env.ctl_ok(&["get", "pod/solo", "-o", "name"]).trim(),
+        "pod/solo"
+    );
+    assert!(
+        !env.ctl_ok(&["ps"]).contains("solo"),
+        "ps keeps to the daemon's pods"
+    );
     run.terminate();
 }
