@@ -243,7 +243,7 @@ fn events_watch_shows_what_happens_next() {
         }
         seen
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // No wait for the watcher: what is recorded before it subscribes comes in its first list.
     let spec = env.spec("w.toml", &env.kv_spec("w", ""));
     env.ctl_ok(&["apply", "-f", spec.to_str().unwrap()]);
     env.wait_running("w");

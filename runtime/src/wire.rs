@@ -173,6 +173,31 @@ pub struct PodView {
 }
 
 impl PodView {
+    /// Pod `name` as far as its name, status, source and the making of its sandbox (`created`)
+    /// say: no address, container, volume or port yet (the callers add what they know).
+    pub fn bare(name: &str, status: &str, source: String, created: SystemTime) -> Self {
+        let age = SystemTime::now()
+            .duration_since(created)
+            .unwrap_or_default();
+        PodView {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            status: status.into(),
+            ip: None,
+            netns: None,
+            source,
+            created: humantime::format_rfc3339_seconds(created).to_string(),
+            age_seconds: age.as_secs(),
+            ready: false,
+            restarts: 0,
+            containers: Vec::new(),
+            volumes: Vec::new(),
+            ports: Vec::new(),
+            error: None,
+            spec: Vec::new(),
+        }
+    }
+
     /// Kubernetes' READY column: ready containers of those that stay (apps and sidecars; plain
     /// init containers end by design), and how many stay.
     pub fn ready_count(&self) -> (usize, usize) {

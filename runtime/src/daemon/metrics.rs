@@ -267,21 +267,10 @@ mod tests {
 
     fn pod(name: &str, status: &str, containers: Vec<ContainerStatus>) -> PodView {
         PodView {
-            name: name.into(),
-            labels: Default::default(),
-            status: status.into(),
-            ip: None,
-            netns: None,
-            source: "api".into(),
-            created: String::new(),
-            age_seconds: 0,
             ready: true,
-            restarts: 0,
             containers,
-            volumes: vec![],
             ports: vec!["8080->80/TCP".into()],
-            error: None,
-            spec: vec![],
+            ..PodView::bare(name, status, "api".into(), std::time::SystemTime::now())
         }
     }
 

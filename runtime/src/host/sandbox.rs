@@ -539,7 +539,8 @@ pub async fn collect_orphans(
     // not the veth of a kept pod, or of a pod another process runs, is a leftover.
     let host = Netlink;
     let mut in_use: std::collections::BTreeSet<String> = keep.clone();
-    in_use.extend(locked_elsewhere(cfg));
+    // Pods whose lock another process holds (`peapod run`): their sandboxes are not ours.
+    in_use.extend(held_pods(cfg).into_iter().map(|(pod, _)| pod));
     removed.extend(remove_leftover_veths(&host, &cfg.bridge, &in_use).await?);
     let leased = blocking(leases).await?.into_values().collect();
     for ip in remove_stale_neighbours(&host, &cfg.bridge, &leased).await? {
@@ -661,20 +662,6 @@ pub fn held_pods(cfg: &Config) -> Vec<(String, std::time::SystemTime)> {
         .collect();
     pods.sort();
     pods
-}
-
-/// Pods whose lock another process holds (`peapod run`): their sandboxes are not ours to touch.
-fn locked_elsewhere(cfg: &Config) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(cfg.run_dir.join("pods")) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pod = name.strip_suffix(".lock")?.to_string();
-            matches!(lock_pod(cfg, &pod), Err(SandboxError::Running { .. })).then_some(pod)
-        })
-        .collect()
 }
 
 /// Removes every part of pod `pod`'s sandbox that exists, collecting all errors.

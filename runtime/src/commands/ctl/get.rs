@@ -185,26 +185,11 @@ pub(super) fn run_pods(config: &Config, daemons: &[PodView]) -> Vec<PodView> {
         .unwrap_or_default();
     (held.into_iter())
         .map(|(name, made)| {
-            let age = std::time::SystemTime::now()
-                .duration_since(made)
-                .unwrap_or_default();
             let netns = config.netns_path(&name);
             PodView {
                 ip: leases.get(&name).copied(),
                 netns: netns.exists().then_some(netns),
-                status: "running".into(),
-                source: "run".into(),
-                created: humantime::format_rfc3339_seconds(made).to_string(),
-                age_seconds: age.as_secs(),
-                labels: Default::default(),
-                ready: false,
-                restarts: 0,
-                containers: Vec::new(),
-                volumes: Vec::new(),
-                ports: Vec::new(),
-                error: None,
-                spec: Vec::new(),
-                name,
+                ..PodView::bare(&name, "running", "run".into(), made)
             }
         })
         .collect()

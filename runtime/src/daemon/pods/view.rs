@@ -2,7 +2,6 @@
 //! its containers' (init containers end by design), its age, readiness and restarts.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -68,16 +67,10 @@ impl Pods {
             }
             _ => "running",
         };
-        let age = age_of(e.created);
         Some(PodView {
-            name: name.into(),
             labels: e.spec.labels.clone(),
-            status: status.into(),
             ip: e.running.as_ref().map(|p| p.ip()),
             netns: e.running.as_ref().map(|p| p.netns_path().to_path_buf()),
-            source: source(&e.origin),
-            created: humantime::format_rfc3339_seconds(e.created).to_string(),
-            age_seconds: age.as_secs(),
             ready: pod_ready(&containers),
             restarts: containers.iter().map(|c| c.restarts).sum(),
             containers,
@@ -106,6 +99,7 @@ impl Pods {
                 })
             }),
             spec: e.spec.containers.iter().map(spec_view).collect(),
+            ..PodView::bare(name, status, source(&e.origin), e.created)
         })
     }
 
@@ -113,21 +107,9 @@ impl Pods {
     fn terminating(&self, name: &str) -> Option<PodView> {
         let s = self.stop_under_way(name)?;
         Some(PodView {
-            name: name.into(),
-            labels: Default::default(),
-            status: "terminating".into(),
             ip: s.ip,
             netns: s.netns.clone(),
-            source: source(&s.origin),
-            created: humantime::format_rfc3339_seconds(s.created).to_string(),
-            age_seconds: age_of(s.created).as_secs(),
-            ready: false,
-            restarts: 0,
-            containers: Vec::new(),
-            volumes: Vec::new(),
-            ports: Vec::new(),
-            error: None,
-            spec: Vec::new(),
+            ..PodView::bare(name, "terminating", source(&s.origin), s.created)
         })
     }
 
@@ -201,10 +183,4 @@ fn source(origin: &Origin) -> String {
         Origin::File(p) => format!("file:{}", p.display()),
         Origin::Api => "api".into(),
     }
-}
-
-fn age_of(created: SystemTime) -> Duration {
-    SystemTime::now()
-        .duration_since(created)
-        .unwrap_or(Duration::ZERO)
 }
