@@ -22,6 +22,10 @@ use crate::wire::Event;
 /// Events kept in memory (and on disk after a compaction).
 pub(super) const MEMORY: usize = 1000;
 
+/// The longest message kept (bytes): a message may carry what a guest wrote (a trap's text, a
+/// probe's answer), and the record is bounded in bytes as well as in events.
+pub(super) const MAX_MESSAGE: usize = 1024;
+
 /// A note within this of the same event's last time counts it again.
 pub(super) const MERGE_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -81,7 +85,15 @@ impl Recorder {
         self.record_at(note, SystemTime::now());
     }
 
-    fn record_at(&self, note: Note, now: SystemTime) {
+    fn record_at(&self, mut note: Note, now: SystemTime) {
+        if note.message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !note.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.message.truncate(end);
+            note.message.push_str("...");
+        }
         // As the wire (and the file) keeps it: to the millisecond.
         let now = millis(now);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,15 +143,13 @@ impl Recorder {
             st.lines += 1;
             let mut line = serde_json::to_vec(event).expect("event serializes");
             line.push(b'\n');
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .and_then(|mut f| {
-                    use std::os::unix::fs::PermissionsExt;
-                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-                    f.write_all(&line)
-                })
+            // 0600 when made here; a compaction's rewrite is 0600 too (durable::write).
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().create(true).append(true),
+                0o600,
+            )
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(&line))
         };
         if let Err(e) = r {
             crate::once::once! {
@@ -219,6 +229,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// A guest's text in a message (a trap, a probe's answer) is cut: the record stays bounded
+    /// in bytes, on disk too.
+    #[test]
+    fn a_huge_message_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::load(dir.path());
+        let huge = "é".repeat(1 << 20);
+        r.record(note("pod/web/app", "Trapped", &huge));
+        let e = &r.list(None)[0];
+        assert!(e.message.len() <= MAX_MESSAGE + 3, "{}", e.message.len());
+        assert!(e.message.ends_with("...") && e.message.starts_with("éé"));
+        let on_disk = std::fs::metadata(dir.path().join("events.jsonl"))
+            .unwrap()
+            .len();
+        assert!(on_disk < 2 * MAX_MESSAGE as u64, "{on_disk}");
     }
 
     #[test]
