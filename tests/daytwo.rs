@@ -689,5 +689,73 @@ fn get_lists_the_pods_of_peapod_run_too() {
         !env.ctl_ok(&["ps"]).contains("solo"),
         "ps keeps to the daemon's pods"
     );
+    // inspect and logs read it from its files.
+    let v: serde_json::Value = serde_json::from_str(&env.ctl_ok(&["inspect", "solo"])).unwrap();
+    assert_eq!(v["source"], "run", "{v}");
+    assert_eq!(v["ip"], ip.to_string(), "{v}");
+    let logs = env.ctl_ok(&["logs", "solo", "--prefix"]);
+    assert!(
+        logs.contains("[pod/solo/app] kv-server listening on"),
+        "the output `peapod run` printed is in its log too: {logs}"
+    );
+    let (code, _, err) = env.ctl(&["logs", "solo/nope"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no container \"nope\"") && err.contains("app"),
+        "{err}"
+    );
+    // `logs -f` follows it until the pod ends, then ends by itself.
+    let follow = env
+        .peapod(&["logs", "-f", "solo"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     run.terminate();
+    let out = follow.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("kv-server listening on"), "{out}");
+}
+
+/// Two containers of a pod that bind one port (not declared in `ports`, so the spec cannot
+/// tell): the second's guest gets "address in use", and peapod says which container holds the
+/// port, as a `PortInUse` event on the one refused.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_port_bound_twice_in_a_pod_names_its_holder() {
+    let env = Env::new();
+    let _d = env.daemon();
+    let c = |name: &str| {
+        format!(
+            "[[containers]]\nname = \"{name}\"\nmodule = {KV_SERVER:?}\n\
+             args = [\"--listen\", \"0.0.0.0:8080\"]\n"
+        )
+    };
+    let spec = env.spec(
+        "clash.toml",
+        &format!("[pod]\nname = \"clash\"\n\n{}\n{}", c("a"), c("b")),
+    );
+    env.ctl_ok(&["apply", "-f", spec.to_str().unwrap()]);
+    let t0 = Instant::now();
+    let event = loop {
+        let out = env.ctl_ok(&["events", "clash", "-o", "json"]);
+        let events: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let found = events.into_iter().find(|e| e["reason"] == "PortInUse");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (refused, holder) = match event["object"].as_str() {
+        Some("pod/clash/b") => ("b", "a"),
+        Some("pod/clash/a") => ("a", "b"),
+        other => panic!("{other:?}: {event}"),
+    };
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("container {refused:?}: bind 0.0.0.0:8080/TCP"))
+            && message.contains(&format!("container {holder:?} of the pod holds it")),
+        "{message}"
+    );
 }

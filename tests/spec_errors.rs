@@ -181,6 +181,19 @@ fn every_kind_of_bad_spec_is_refused_with_file_line_and_field() {
             ],
         ),
         (
+            "container-port-two-containers.toml",
+            format!(
+                "[pod]\nname = \"a\"\n{}ports = [{{ container_port = 8080 }}]\n{}\
+                 ports = [{{ container_port = 8080 }}]\n",
+                ok("a"),
+                ok("b")
+            ),
+            vec![
+                "FILE:10: containers[1].ports[0].container_port: 8080/TCP is container \"a\"'s \
+                 too: a pod's containers share one network namespace (one localhost)",
+            ],
+        ),
+        (
             "protocol.toml",
             format!(
                 "[pod]\nname = \"a\"\n{}ports = [{{ container_port = 80, protocol = \"SCTP\" }}]\n",

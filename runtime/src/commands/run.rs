@@ -9,7 +9,7 @@ use peapod::caller::Caller;
 use peapod::config::Config;
 use peapod::loader;
 use peapod::logs::{LogSink, Stream};
-use peapod::run::pod::RunningPod;
+use peapod::run::pod::{Options, RunningPod};
 use peapod::spec::PodSpec;
 use peapod::wasm::executor::Executor;
 use tokio::signal::unix::{SignalKind, signal};
@@ -97,10 +97,15 @@ impl Run {
         rt.block_on(async move {
             let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
             let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-            let sink = print_lines(self.prefix);
+            // The output goes to the terminal and to the pod's CRI log files, where `peapod
+            // logs` reads it from another terminal.
+            let opts = Options {
+                sink: Some(print_lines(self.prefix)),
+                logs: Some(config.logs.clone()),
+                ..Options::default()
+            };
             let mut pod =
-                match RunningPod::start_with_logs(&config, &exec, &spec, modules, Some(sink)).await
-                {
+                match RunningPod::start_with(&config, &exec, &spec, modules, opts).await {
                     Ok(p) => p,
                     Err(e) => {
                         say!("peapod: {e}");
@@ -116,6 +121,11 @@ impl Run {
                 tracing::info!("pod {}: stopping on signal", spec.name);
             }
             let report = pod.stop().await?;
+            // Its logs are kept as a re-created pod's are (`<pod>.previous`), until the next
+            // `run` of the name or the daemon's start collects them.
+            if let Err(e) = config.logs.retire_pod(&spec.name) {
+                say!("peapod: logs of pod {}: {e}", spec.name);
+            }
             for c in &report.containers {
                 let how = match (&c.last, c.stopped) {
                     (_, true) => match &c.ended_on_stop {

@@ -48,6 +48,19 @@ impl LogSettings {
         })
     }
 
+    /// The containers that have a log file in `dir` (a pod's, or its previous sandbox's), by
+    /// name, sorted.
+    pub fn containers_in(dir: &Path) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = (std::fs::read_dir(dir)?.flatten())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                Some(name.strip_suffix(".log")?.to_string())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Where the logs of the pod's previous sandbox are kept (`<pod>.previous`: a pod name has
     /// no dot, so it is never a pod's own directory).
     pub fn previous_dir(&self, pod: &str) -> PathBuf {

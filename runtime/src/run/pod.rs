@@ -155,6 +155,21 @@ impl RunningPod {
         modules: Vec<Prepared>,
         sink: Option<LogSink>,
     ) -> Result<RunningPod, PodError> {
+        let opts = Options {
+            sink,
+            ..Options::default()
+        };
+        Self::start_with(cfg, exec, spec, modules, opts).await
+    }
+
+    /// [`RunningPod::start`] with `opts` (`open_files` defaults to `limits.open_files`).
+    pub async fn start_with(
+        cfg: &Config,
+        exec: &Executor,
+        spec: &PodSpec,
+        modules: Vec<Prepared>,
+        opts: Options,
+    ) -> Result<RunningPod, PodError> {
         let t0 = std::time::Instant::now();
         let sandbox = Sandbox::create(cfg, &spec.name, &spec.published_ports())
             .await
@@ -163,9 +178,8 @@ impl RunningPod {
                 source,
             })?;
         let opts = Options {
-            sink,
-            open_files: Some(cfg.limits.open_files),
-            ..Options::default()
+            open_files: opts.open_files.or(Some(cfg.limits.open_files)),
+            ..opts
         };
         Self::launch(sandbox, t0.elapsed(), exec, spec, modules, &opts).await
     }
@@ -190,6 +204,7 @@ impl RunningPod {
         let pod_names: Arc<dyn PodAddresses> =
             Arc::new(crate::host::ipam::Ipam::new(sandbox.config()));
         let lookups = crate::wasm::names::Lookups::default();
+        let binds = crate::wasm::binds::Binds::new(&spec.name, opts.events.clone());
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
         let mut controls = Vec::new();
@@ -251,6 +266,7 @@ impl RunningPod {
                 usage: control.usage(),
                 pod_names: Some(pod_names.clone()),
                 lookups: lookups.clone(),
+                binds: binds.clone(),
             };
             controls.push(control.clone());
             let container = Container {

@@ -560,6 +560,7 @@ mod tests {
             usage: control.usage(),
             pod_names: None,
             lookups: Default::default(),
+            binds: Default::default(),
         };
         let c = Container {
             runner: Box::new(Script(Mutex::new(script.into()))),

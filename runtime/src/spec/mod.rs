@@ -542,6 +542,7 @@ impl PodSpec {
                 index: i,
             });
         }
+        ports::one_owner_each(&containers, &mut problem);
 
         if !problems.is_empty() {
             for p in &mut problems {
@@ -629,6 +630,9 @@ impl PodSpec {
         }
     }
 }
+
+/// Where the checks of a spec's parts report a problem: the field's keys and what is wrong.
+type Report<'a> = dyn FnMut(&[Key], String) + 'a;
 
 #[derive(Clone, Copy)]
 enum Key {

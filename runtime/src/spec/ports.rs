@@ -97,7 +97,7 @@ pub(super) struct RawPort {
     host_ip: Option<String>,
 }
 
-type Report<'a> = dyn FnMut(&[Key], String) + 'a;
+use super::Report;
 
 fn port(n: i64) -> Result<u16, String> {
     match u16::try_from(n) {
@@ -109,6 +109,40 @@ fn port(n: i64) -> Result<u16, String> {
 
 /// Validates container `c`'s `ports`; `taken` holds the pod's published ports so far (with
 /// where they are), for duplicates across its containers.
+/// A container port declared by two containers that run side by side (apps and sidecars; a
+/// plain init container has ended before they start): the pod's containers share one network
+/// namespace, so the second one's bind would fail with "address in use".
+pub(super) fn one_owner_each(containers: &[super::ContainerSpec], problem: &mut Report<'_>) {
+    let mut seen: Vec<(u16, Protocol, &str)> = Vec::new();
+    for c in containers.iter().filter(|c| c.kind != super::Kind::Init) {
+        for p in &c.ports {
+            let other = seen
+                .iter()
+                .find(|(port, proto, owner)| {
+                    *port == p.container_port && *proto == p.protocol && *owner != c.name
+                })
+                .map(|(_, _, owner)| *owner);
+            match other {
+                Some(owner) => problem(
+                    &[
+                        Key::F(c.list()),
+                        Key::I(c.index),
+                        Key::F("ports"),
+                        Key::I(p.index),
+                        Key::F("container_port"),
+                    ],
+                    format!(
+                        "{}/{} is container {owner:?}'s too: a pod's containers share one \
+                         network namespace (one localhost), so a port is one container's",
+                        p.container_port, p.protocol
+                    ),
+                ),
+                None => seen.push((p.container_port, p.protocol, &c.name)),
+            }
+        }
+    }
+}
+
 pub(super) fn ports(
     (list, c): (&'static str, usize),
     raw: Vec<RawPort>,

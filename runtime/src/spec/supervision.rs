@@ -147,7 +147,7 @@ impl<'de> Deserialize<'de> for RawDuration {
 /// The default of `termination_grace_period` (Kubernetes' 30 s).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
-type Report<'a> = dyn FnMut(&[Key], String) + 'a;
+use super::Report;
 
 /// The longest probe duration or grace period: a day (timers far in the future overflow the
 /// clock's arithmetic, and nothing a probe does needs longer).

@@ -154,7 +154,7 @@ pub(super) struct RawMount {
     read_only: bool,
 }
 
-type Report<'a> = dyn FnMut(&[Key], String) + 'a;
+use super::Report;
 
 /// Validates the `[[volumes]]` list; `line_of` finds a field's line.
 pub(super) fn volumes(

@@ -150,6 +150,8 @@ pub struct RunSpec {
     pub pod_names: Option<Arc<dyn crate::wasm::names::PodAddresses>>,
     /// The pod's share of the host's resolver (one for all its containers).
     pub lookups: crate::wasm::names::Lookups,
+    /// Who of the pod's containers bound which port (one for all its containers).
+    pub binds: crate::wasm::binds::Binds,
 }
 
 /// A host directory preopened for the guest at `guest` (a volume mount).
@@ -512,6 +514,22 @@ impl Executor {
             .allow_udp(true)
             .allow_ip_name_lookup(true)
             .inherit_network();
+        {
+            use crate::wasm::binds::Transport;
+            use wasmtime_wasi::sockets::SocketAddrUse;
+            let (binds, name) = (spec.binds.clone(), spec.name.clone());
+            wasi.socket_addr_check(move |addr, used| {
+                let transport = match used {
+                    SocketAddrUse::TcpBind => Some(Transport::Tcp),
+                    SocketAddrUse::UdpBind => Some(Transport::Udp),
+                    _ => None,
+                };
+                if let Some(t) = transport {
+                    binds.check(&name, addr, t);
+                }
+                Box::pin(std::future::ready(true))
+            });
+        }
         for m in &spec.mounts {
             let perms = if m.read_only {
                 FsPerms::ReadOnly
@@ -726,6 +744,7 @@ mod tests {
             usage: Default::default(),
             pod_names: None,
             lookups: Default::default(),
+            binds: Default::default(),
         };
         let e = wasmtime::Error::from(LimitReached::Memory(16 << 20)).context("backtrace");
         let o = classify(&e, &spec);

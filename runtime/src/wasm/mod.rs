@@ -3,9 +3,11 @@
 //! - [`executor`]: the engine, compiled and linked modules shared by every pod that uses the same
 //!   bytes, one store per run; [`artifact`]: precompiled `.cwasm` files and the compile cache.
 //! - [`limits`]: what one run may grow; [`cpu`]: its CPU metered and capped.
+//! - [`binds`]: which container of a pod bound which port ("address in use" told).
 //! - [`names`] and [`name_lookup`]: what a name means to a guest, answered without a DNS server.
 
 pub(crate) mod artifact;
+pub mod binds;
 pub(crate) mod cpu;
 pub mod executor;
 pub(crate) mod limits;

@@ -64,6 +64,17 @@ impl Logs {
             (None, None) => None,
         };
         let since = self.since.map(|d| std::time::SystemTime::now() - d);
+        let out = Out {
+            timestamps: self.timestamps,
+            since,
+        };
+        // A pod of `peapod run`: its files, read here.
+        if peapod::host::sandbox::held(&config, pod) {
+            let r = runtime()?.block_on(Client::new(&config.socket).pod(pod));
+            if is_run_pod(&config, pod, &r) {
+                return Ok(self.local(&config, pod, container, out));
+            }
+        }
         let mut query = format!("follow={}", self.follow);
         if let Some(n) = self.tail {
             query.push_str(&format!("&tail={n}"));
@@ -75,10 +86,6 @@ impl Logs {
             query.push_str("&previous_sandbox=true");
         }
         let client = Client::new(&config.socket);
-        let out = Out {
-            timestamps: self.timestamps,
-            since,
-        };
         runtime()?.block_on(async move {
             // Which containers: the one named, every one (`--all-containers`, in the pod's
             // order), or the daemon picks the only one.
@@ -127,6 +134,73 @@ impl Logs {
     }
 }
 
+impl Logs {
+    /// The logs of pod `pod`, which `peapod run` runs: its CRI files, read here as the daemon
+    /// reads its own pods' (`-f` until the pod ends).
+    fn local(&self, config: &Config, pod: &str, container: Option<&str>, out: Out) -> ExitCode {
+        let settings = &config.logs;
+        let dir = match self.previous_sandbox {
+            true => settings.previous_dir(pod),
+            false => settings.pod_dir(pod),
+        };
+        let names = match run_containers(&dir, pod, container, self.all_containers) {
+            Ok(n) => n,
+            Err(code) => return code,
+        };
+        let mut followers = Vec::new();
+        for c in &names {
+            let path = dir.join(format!("{c}.log"));
+            let prefix = self.prefix.then(|| format!("[pod/{pod}/{c}] "));
+            let follower = self.follow.then(|| cri::Follower::from_end(&path));
+            let lines = match self.previous {
+                true => match cri::previous_run(&path, settings.max_files) {
+                    Ok(Some(lines)) => Ok(lines),
+                    Ok(None) => {
+                        eprintln!(
+                            "peapod: container {c:?} of pod {pod:?} has no previous run: it has \
+                             not restarted in place"
+                        );
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                    Err(e) => Err(e),
+                },
+                false => cri::tail(&path, self.tail),
+            };
+            let mut lines = match lines {
+                Ok(lines) => lines,
+                Err(e) => {
+                    eprintln!("peapod: {}: {e}", path.display());
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            if let Some(n) = self.tail {
+                lines.drain(..lines.len().saturating_sub(n));
+            }
+            let mut mid = false;
+            out.print(&lines, prefix.as_deref(), &mut mid);
+            followers.extend(follower.map(|f| (f, prefix, mid)));
+        }
+        // Followed until the pod ends (its lock is let go).
+        while !followers.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let running = peapod::host::sandbox::held(config, pod);
+            for (f, prefix, mid) in &mut followers {
+                match f.poll() {
+                    Ok(lines) => out.print(&lines, prefix.as_deref(), mid),
+                    Err(e) => {
+                        eprintln!("peapod: reading the log: {e}");
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                }
+            }
+            if !running {
+                break;
+            }
+        }
+        ExitCode::from(EXIT_OK)
+    }
+}
+
 /// How records are printed.
 #[derive(Clone, Copy)]
 struct Out {
@@ -160,30 +234,67 @@ impl Out {
                 continue;
             };
             pending.extend_from_slice(data);
-            // Whole lines only, each written at once: streams of several containers interleave
-            // by line.
-            let mut chunk = Vec::new();
+            let mut lines = Vec::new();
             while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line[..nl]);
-                if let Some(p) = &prefix
-                    && !mid
-                {
-                    chunk.extend_from_slice(p.as_bytes());
-                }
-                mid = cri::parse(&line).is_some_and(|r| r.partial);
-                print_record(&mut chunk, &line, self.timestamps, self.since)
-                    .expect("writing to memory");
+                lines.push(String::from_utf8_lossy(&line[..nl]).into_owned());
             }
-            if !chunk.is_empty() {
-                let mut stdout = std::io::stdout().lock();
-                stdout
-                    .write_all(&chunk)
-                    .and_then(|()| stdout.flush())
-                    .unwrap_or_else(|e| write_failed(&e));
-            }
+            self.print(&lines, prefix.as_deref(), &mut mid);
         }
         ExitCode::from(EXIT_OK)
+    }
+
+    /// Prints whole records, each line after `prefix` unless it goes on a partial record
+    /// (`mid`: the last line printed was one). Written at once: streams of several containers
+    /// interleave by line.
+    fn print(self, lines: &[String], prefix: Option<&str>, mid: &mut bool) {
+        let mut chunk = Vec::new();
+        for line in lines {
+            if let Some(p) = prefix
+                && !*mid
+            {
+                chunk.extend_from_slice(p.as_bytes());
+            }
+            *mid = cri::parse(line).is_some_and(|r| r.partial);
+            print_record(&mut chunk, line, self.timestamps, self.since)
+                .expect("writing to memory");
+        }
+        if !chunk.is_empty() {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&chunk)
+                .and_then(|()| stdout.flush())
+                .unwrap_or_else(|e| write_failed(&e));
+        }
+    }
+}
+
+/// The containers of pod `pod` that `peapod run` runs, by their log files: the one named, or
+/// every one (`all`), or the only one. Said here when none fits.
+fn run_containers(
+    dir: &std::path::Path,
+    pod: &str,
+    container: Option<&str>,
+    all: bool,
+) -> Result<Vec<String>, ExitCode> {
+    let have = cri::LogSettings::containers_in(dir).unwrap_or_default();
+    match (container, all) {
+        (Some(c), _) if have.iter().any(|h| h == c) => Ok(vec![c.to_string()]),
+        (None, true) if !have.is_empty() => Ok(have),
+        (None, false) if have.len() == 1 => Ok(have),
+        (c, _) => {
+            let what = match c {
+                Some(c) => format!("no container {c:?}"),
+                None if have.is_empty() => "no container".to_string(),
+                None => format!("{} containers: name one, as {pod}/CONTAINER", have.len()),
+            };
+            eprintln!(
+                "peapod: pod {pod:?} (of `peapod run`) has {what}; its logs in {} are of: {}",
+                dir.display(),
+                if have.is_empty() { "none".into() } else { have.join(", ") }
+            );
+            Err(ExitCode::from(EXIT_FAILED))
+        }
     }
 }
 

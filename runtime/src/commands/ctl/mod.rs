@@ -67,14 +67,29 @@ fn done_for<T>(
 }
 
 /// If `peapod run` runs a pod named `pod`, says so: it is not the daemon's, and the commands
-/// that talk to the daemon cannot reach it.
+/// that act on pods cannot reach it.
 fn hint_run(config: &Config, pod: &str) {
     if peapod::host::sandbox::held(config, pod) {
         eprintln!(
-            "peapod: pod {pod:?} runs under `peapod run`, not the daemon: ps, inspect, logs, \
-             restart and delete act on the daemon's pods only (stop it where it runs: Ctrl-C or SIGTERM)"
+            "peapod: pod {pod:?} runs under `peapod run`, not the daemon: get, inspect and logs \
+             read it; restart and delete act on the daemon's pods only (stop it where it runs: \
+             Ctrl-C or SIGTERM)"
         );
     }
+}
+
+/// True when the daemon has no pod `pod` (or there is no daemon) and `peapod run` runs one of
+/// that name: its lock is held by a process that is not the daemon. `r` is the daemon's answer
+/// about the pod.
+fn is_run_pod<T>(config: &Config, pod: &str, r: &Result<T, ClientError>) -> bool {
+    let daemon_lacks = matches!(
+        r,
+        Err(ClientError::Api {
+            status: StatusCode::NOT_FOUND,
+            ..
+        }) | Err(ClientError::Unreachable { .. })
+    );
+    daemon_lacks && peapod::host::sandbox::held(config, pod)
 }
 
 /// Prints a client error and picks the exit status.
