@@ -759,3 +759,32 @@ fn a_port_bound_twice_in_a_pod_names_its_holder() {
         "{message}"
     );
 }
+
+/// The verbs that talk to the daemon leave the options that make sandboxes (`--bridge`,
+/// `--subnet`, `--egress`, `--pods-dir`) out of their help, and still accept them.
+#[test]
+fn client_verbs_help_leaves_out_the_sandbox_options() {
+    let env = Env::new();
+    let help = env.ctl_ok(&["get", "--help"]);
+    assert!(help.contains("--socket"), "{help}");
+    for hidden in ["--bridge", "--subnet", "--egress", "--pods-dir"] {
+        assert!(!help.contains(hidden), "{hidden} in:\n{help}");
+        let daemon = env.ctl_ok(&["daemon", "--help"]);
+        assert!(daemon.contains(hidden), "{hidden} not in:\n{daemon}");
+    }
+    let socket = env.dir.path().join("nobody.sock");
+    let (code, _, err) = env.ctl(&[
+        "get",
+        "pods",
+        "--bridge",
+        "pp-x",
+        "--subnet",
+        "10.9.0.0/24",
+        "--pods-dir",
+        "/nonexistent",
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "accepted, then the daemon is not there: {err}");
+    assert!(err.contains("cannot reach the peapod daemon"), "{err}");
+}

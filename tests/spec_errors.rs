@@ -248,3 +248,34 @@ fn a_missing_spec_file_is_named() {
         "{stderr}"
     );
 }
+
+/// A file with several mistakes of every kind (a misspelt field, a value of the wrong type in
+/// a container and in the pod, a bad name, a bad limit) is refused with all of them in one run,
+/// in the file's order, each with its line.
+#[test]
+fn every_mistake_of_a_file_is_said_at_once() {
+    let env = Env::new();
+    let text = format!(
+        "[pod]\nname = \"Web\"\nrestart_policy = 3\n\n[[containers]]\nname = \"app\"\n\
+         module = {KV_SERVER:?}\nmemory_limit_mib = \"64\"\nreadines_probe = {{ tcp_socket = {{ port = 8080 }} }}\n\
+         cpu_limit = \"lots\"\n"
+    );
+    let wants = [
+        "FILE:2: pod.name: \"Web\" ",
+        "FILE:3: pod.restart_policy: ",
+        "FILE:8: containers[0].memory_limit_mib: expected a whole number (e.g. 8), found the string \"64\" (container \"app\")",
+        "FILE:9: containers[0].readines_probe: unknown field `readines_probe`: did you mean `readiness_probe`?",
+        "FILE:10: containers[0].cpu_limit: ",
+    ];
+    assert_refused(&env, "four.toml", &text, &wants);
+    // In the file's order.
+    let stderr = env.refused(&env.spec("four-again.toml", &text));
+    let at: Vec<usize> = (wants.iter())
+        .map(|w| {
+            stderr
+                .find(&w[w.find(':').unwrap()..])
+                .unwrap_or_else(|| panic!("{w}: {stderr}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{stderr}");
+}

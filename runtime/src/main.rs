@@ -5,10 +5,11 @@ mod logging;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 fn main() -> ExitCode {
-    let cli = commands::Cli::parse();
+    let matches = commands::command().get_matches();
+    let cli = commands::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match commands::exec(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -4,10 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::{EXIT_OK, outln};
 use anyhow::Context;
-use clap::CommandFactory;
-
-use super::{Cli, EXIT_OK, outln};
 
 /// Print a shell completion script: `source <(peapod completion bash)`, or install it where
 /// your shell looks (the .deb does for bash, zsh and fish)
@@ -19,7 +17,7 @@ pub(super) struct Completion {
 impl Completion {
     pub(super) fn exec(self) -> anyhow::Result<ExitCode> {
         let mut out = Vec::new();
-        clap_complete::generate(self.shell, &mut Cli::command(), "peapod", &mut out);
+        clap_complete::generate(self.shell, &mut super::command(), "peapod", &mut out);
         super::write_out(format_args!("{}", String::from_utf8_lossy(&out)));
         Ok(ExitCode::from(EXIT_OK))
     }
@@ -36,7 +34,7 @@ pub(super) struct Man {
 
 impl Man {
     pub(super) fn exec(self) -> anyhow::Result<ExitCode> {
-        let cmd = Cli::command();
+        let cmd = super::command();
         let Some(dir) = self.dir else {
             let mut out = Vec::new();
             clap_mangen::Man::new(cmd).render(&mut out)?;

@@ -108,6 +108,34 @@ enum Command {
     Rm(Tip),
 }
 
+/// The options only the daemon and `run` use (they make sandboxes): the verbs that talk to the
+/// daemon still accept them (one environment may serve both) but leave them out of their help.
+const SANDBOX_ONLY: [&str; 4] = ["bridge", "subnet", "egress", "pods_dir"];
+
+/// The verbs that talk to the daemon.
+const CLIENT_VERBS: [&str; 10] = [
+    "apply", "get", "describe", "events", "ps", "top", "inspect", "logs", "restart", "delete",
+];
+
+/// The CLI's definition as it parses and as its help, completions and man pages show it:
+/// [`Cli`]'s, with the [`SANDBOX_ONLY`] options hidden from the [`CLIENT_VERBS`]' help. (Each
+/// of those verbs gets its own hidden copy of the global option before the command is built,
+/// so the global one is not propagated to it; the value still reaches [`Cli`].)
+pub(crate) fn command() -> clap::Command {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let hidden: Vec<clap::Arg> = (cmd.get_arguments())
+        .filter(|a| SANDBOX_ONLY.contains(&a.get_id().as_str()))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    assert_eq!(hidden.len(), SANDBOX_ONLY.len(), "every one is an option");
+    for verb in CLIENT_VERBS {
+        cmd = cmd.mut_subcommand(verb, |sub| {
+            hidden.iter().fold(sub, |sub, a| sub.arg(a.clone()))
+        });
+    }
+    cmd
+}
+
 /// A verb of another tool: says which of peapod's to use.
 #[derive(clap::Args, Debug)]
 struct Tip {

@@ -104,14 +104,13 @@ impl Run {
                 logs: Some(config.logs.clone()),
                 ..Options::default()
             };
-            let mut pod =
-                match RunningPod::start_with(&config, &exec, &spec, modules, opts).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        say!("peapod: {e}");
-                        return Ok(ExitCode::from(EXIT_RUNTIME));
-                    }
-                };
+            let mut pod = match RunningPod::start_with(&config, &exec, &spec, modules, opts).await {
+                Ok(p) => p,
+                Err(e) => {
+                    say!("peapod: {e}");
+                    return Ok(ExitCode::from(EXIT_RUNTIME));
+                }
+            };
             let signalled = tokio::select! {
                 _ = pod.wait() => false,
                 _ = term.recv() => true,

@@ -44,6 +44,7 @@ use serde::Deserialize;
 
 pub mod labels;
 mod ports;
+mod read;
 mod supervision;
 mod volumes;
 mod words;
@@ -313,7 +314,7 @@ impl PodSpec {
     /// Validates spec text that came from `path` (used to resolve module paths and in messages).
     pub fn parse(path: &Path, text: &str) -> Result<PodSpec, SpecError> {
         let lines = Lines::new(text);
-        let raw: RawFile = match toml::Deserializer::parse(text) {
+        let parsed = match toml::de::DeTable::parse(text) {
             Err(e) => {
                 let mut p = lines.toml_problem(&e, "");
                 if words::looks_like_yaml(text) {
@@ -321,21 +322,34 @@ impl PodSpec {
                 }
                 return Err(SpecError::invalid(path, vec![p]));
             }
-            Ok(de) => serde_path_to_error::deserialize(de).map_err(|e| {
-                let field = e.path().to_string();
-                let mut p = lines.toml_problem(e.inner(), &field);
-                p.message = words::plain(&p.message);
-                name_container(text, &mut p);
-                SpecError::invalid(path, vec![p])
-            })?,
+            Ok(doc) => doc,
         };
-        let doc = toml::de::DeTable::parse(text).ok().map(|t| {
-            let span = t.span();
-            toml::Spanned::new(span, toml::de::DeValue::Table(t.into_inner()))
-        });
-        let line_of = |keys: &[Key]| doc.as_ref().and_then(|d| lines.line_of(d, keys));
+        // Every field serde refuses, at once; the checks below go on when the rest was read.
+        let refused = |refusals: Vec<read::Refusal>| -> Vec<Problem> {
+            (refusals.into_iter())
+                .map(|r| {
+                    let mut p = lines.toml_problem(&r.error, &r.field);
+                    p.message = words::plain(&p.message);
+                    p
+                })
+                .collect()
+        };
+        let (raw, mut problems): (RawFile, _) = match read::read(parsed.clone()) {
+            Ok((raw, refusals)) => (raw, refused(refusals)),
+            Err(refusals) => {
+                let mut problems = refused(refusals);
+                for p in &mut problems {
+                    name_container(text, p);
+                }
+                return Err(SpecError::invalid(path, problems));
+            }
+        };
+        let doc = {
+            let span = parsed.span();
+            toml::Spanned::new(span, toml::de::DeValue::Table(parsed.into_inner()))
+        };
+        let line_of = |keys: &[Key]| lines.line_of(&doc, keys);
 
-        let mut problems = Vec::new();
         let mut problem = |keys: &[Key], message: String| {
             problems.push(Problem {
                 line: line_of(keys),
@@ -548,6 +562,8 @@ impl PodSpec {
             for p in &mut problems {
                 name_container(text, p);
             }
+            // In the file's order (those without a line last).
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             return Err(SpecError::invalid(path, problems));
         }
         Ok(PodSpec {

@@ -19,6 +19,10 @@ pub(super) fn plain(message: &str) -> String {
     {
         return format!("{head}, expected {}", kind(expected));
     }
+    // toml's word for an enum given neither a string nor a table.
+    if message == "wanted string or table" {
+        return "expected a string (\"...\")".into();
+    }
     message.to_string()
 }
 

@@ -109,10 +109,7 @@ mod tests {
     fn a_second_bind_names_the_container_that_holds_the_port() {
         let notes = Arc::new(Mutex::new(Vec::new()));
         let seen = notes.clone();
-        let binds = Binds::new(
-            "web",
-            Events::new(move |n| seen.lock().unwrap().push(n)),
-        );
+        let binds = Binds::new("web", Events::new(move |n| seen.lock().unwrap().push(n)));
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(binds.check("a", addr, Transport::Tcp), None, "port 0: any");
         // Container a binds a port (as the guest's bind would after the check).
@@ -122,7 +119,10 @@ mod tests {
         assert_eq!(binds.check("a", addr, Transport::Tcp), None);
         let held = std::net::TcpListener::bind(addr).unwrap();
         let said = binds.check("b", addr, Transport::Tcp).expect("b is told");
-        assert!(said.contains("container \"a\" of the pod holds it"), "{said}");
+        assert!(
+            said.contains("container \"a\" of the pod holds it"),
+            "{said}"
+        );
         let notes = notes.lock().unwrap();
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].reason, "PortInUse");

@@ -17,7 +17,9 @@ impl Inspect {
         let r = runtime()?.block_on(Client::new(&config.socket).pod(pod));
         // A pod of `peapod run`: what its files say (as `get` lists it).
         if is_run_pod(&config, pod, &r)
-            && let Some(v) = get::run_pods(&config, &[]).into_iter().find(|v| v.name == pod)
+            && let Some(v) = get::run_pods(&config, &[])
+                .into_iter()
+                .find(|v| v.name == pod)
         {
             outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             return Ok(ExitCode::from(EXIT_OK));

@@ -256,8 +256,7 @@ impl Out {
                 chunk.extend_from_slice(p.as_bytes());
             }
             *mid = cri::parse(line).is_some_and(|r| r.partial);
-            print_record(&mut chunk, line, self.timestamps, self.since)
-                .expect("writing to memory");
+            print_record(&mut chunk, line, self.timestamps, self.since).expect("writing to memory");
         }
         if !chunk.is_empty() {
             let mut stdout = std::io::stdout().lock();
@@ -291,7 +290,11 @@ fn run_containers(
             eprintln!(
                 "peapod: pod {pod:?} (of `peapod run`) has {what}; its logs in {} are of: {}",
                 dir.display(),
-                if have.is_empty() { "none".into() } else { have.join(", ") }
+                if have.is_empty() {
+                    "none".into()
+                } else {
+                    have.join(", ")
+                }
             );
             Err(ExitCode::from(EXIT_FAILED))
         }

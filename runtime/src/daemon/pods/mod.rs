@@ -226,7 +226,11 @@ impl Pods {
             }
         }
         // `peapod run`'s pods (their locks are held by another process) keep their logs.
-        keep.extend(crate::host::sandbox::held_pods(&self.cfg).into_iter().map(|(n, _)| n));
+        keep.extend(
+            crate::host::sandbox::held_pods(&self.cfg)
+                .into_iter()
+                .map(|(n, _)| n),
+        );
         // Temp files of writers killed half-way (the crash guard's marks, the leases).
         crate::durable::sweep(&self.cfg.state_dir);
         crate::host::ipam::Ipam::new(&self.cfg).sweep();
