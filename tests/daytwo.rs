@@ -103,6 +103,9 @@ fn an_oom_killed_container_is_told_by_every_verb() {
         .find(|l| l.starts_with("web "))
         .expect("web's row");
     assert!(web.contains(" 1/1 ") && web.contains("Running"), "{table}");
+    // ps (peapod's columns, for scripts): its RESTARTS say the last reason too.
+    let ps = env.ctl_ok(&["ps", "oom"]);
+    assert!(ps.contains("(OOMKilled, "), "{ps}");
     // Selectors, names, wide and yaml.
     assert_eq!(
         env.ctl_ok(&["get", "pods", "-l", "app=oom", "-o", "name"])

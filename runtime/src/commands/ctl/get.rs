@@ -255,7 +255,7 @@ impl Show<'_> {
                 p.status.clone(),
                 ip,
                 ready,
-                p.restarts.to_string(),
+                restarts(p),
                 age(p.age_seconds),
                 p.source.clone(),
             ],
