@@ -10,6 +10,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("kv-server", "wasm32-wasip2"),
     ("backup", "wasm32-wasip2"),
     ("toolbox", "wasm32-wasip2"),
+    ("auth-proxy", "wasm32-wasip2"),
     ("hello-p1", "wasm32-wasip1"),
 ];
 
@@ -27,6 +28,7 @@ fn main() {
     for (pkg, _) in GUESTS {
         println!("cargo:rerun-if-changed={}", guests.join(pkg).display());
     }
+    println!("cargo:rerun-if-changed={}", guests.join("sdk").display());
 
     let mut targets: Vec<&str> = GUESTS.iter().map(|(_, t)| *t).collect();
     targets.dedup();

@@ -1,0 +1,92 @@
+//! Settings from the environment (`env` in the pod spec) and secrets from files (a `secret`
+//! volume): each error names the variable or the file, and never shows a secret's content.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Variable `var`; an error when it is unset or empty.
+pub fn env(var: &str) -> Result<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(v),
+        Ok(_) => Err(problem(var, "is empty")),
+        Err(std::env::VarError::NotPresent) => {
+            Err(problem(var, "is not set (set it in the container's `env`)"))
+        }
+        Err(std::env::VarError::NotUnicode(_)) => Err(problem(var, "is not UTF-8")),
+    }
+}
+
+/// Variable `var`, or `default` when it is unset or empty.
+pub fn env_or(var: &str, default: &str) -> String {
+    env(var).unwrap_or_else(|_| default.to_string())
+}
+
+/// Variable `var` parsed as a `T` (a number, an address, ...), or `default` when unset.
+pub fn parse_or<T>(var: &str, default: T) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(var) {
+        Err(_) => Ok(default),
+        Ok(v) if v.trim().is_empty() => Ok(default),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| problem(var, &format!("{v:?}: {e}"))),
+    }
+}
+
+/// Variable `var` as a duration (`250ms`, `10s`, `5m`, `1h 30m`), or `default` when unset.
+pub fn duration_or(var: &str, default: Duration) -> Result<Duration> {
+    match std::env::var(var) {
+        Err(_) => Ok(default),
+        Ok(v) if v.trim().is_empty() => Ok(default),
+        Ok(v) => humantime::parse_duration(v.trim())
+            .map_err(|e| problem(var, &format!("{v:?} is not a duration like 10s or 5m: {e}"))),
+    }
+}
+
+/// Variable `var` as a list split at commas (blank items dropped); empty when unset.
+pub fn list(var: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The secret in file `path` (a `secret` volume's file), its trailing newline cut. An empty
+/// file is an error: a sidecar must not run with an empty token.
+pub fn secret(path: impl AsRef<Path>) -> Result<String> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value = text.trim_end_matches(['\r', '\n']);
+    if value.trim().is_empty() {
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "the secret is empty"),
+        });
+    }
+    Ok(value.to_string())
+}
+
+/// The secret in the file that variable `var` names (e.g. `TOKEN_FILE=/secrets/token`).
+pub fn secret_from(var: &str) -> Result<String> {
+    secret(env(var)?)
+}
+
+fn problem(var: &str, why: &str) -> Error {
+    Error::Config {
+        var: var.to_string(),
+        why: why.to_string(),
+    }
+}
