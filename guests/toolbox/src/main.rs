@@ -39,6 +39,8 @@
 //!                        --delay MS (wait before listening), --hang-after MS (then stop
 //!                        answering, listener held: a deadlocked server), --ignore-shutdown
 //!                        (answer /shutdown but keep serving)
+//! get ADDR PATH [HEADER...]  one HTTP/1.1 GET (each HEADER as `Name: value`), retrying the
+//!                        connect for 5 s; print the status line and the body; exit 0
 //! ```
 
 use std::io::{Read, Write};
@@ -177,6 +179,30 @@ fn main() {
             }
         }
         "http" => http(arg(2), &args[3..]),
+        "get" => {
+            let (addr, path) = (arg(2), arg(3));
+            let mut c = (0..50)
+                .find_map(|_| {
+                    TcpStream::connect(addr)
+                        .inspect_err(|_| std::thread::sleep(Duration::from_millis(100)))
+                        .ok()
+                })
+                .unwrap_or_else(|| {
+                    println!("get: cannot connect to {addr}");
+                    std::process::exit(1)
+                });
+            let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+            for h in &args[4..] {
+                req.push_str(&format!("{h}\r\n"));
+            }
+            req.push_str("\r\n");
+            c.write_all(req.as_bytes()).expect("get: send");
+            let mut raw = String::new();
+            let _ = c.read_to_string(&mut raw);
+            let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+            println!("{}", head.lines().next().unwrap_or(""));
+            println!("{body}");
+        }
         "fs" => {
             let failed = args[2..].iter().filter(|op| !fs_op(op)).count();
             std::process::exit(i32::from(failed > 0))

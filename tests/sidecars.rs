@@ -1,0 +1,140 @@
+//! The sidecars in real pods (issue 25): the auth proxy as the pod's only door, reached from the
+//! host through a published port and from another pod; the app behind it binds 127.0.0.1 only.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOKEN: &str = "door-9d2c41f7";
+
+/// One HTTP/1.1 request with `headers`; (status, body).
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// The auth proxy's pod: kv-server on 127.0.0.1:8080, the proxy on 0.0.0.0:8443 (published on
+/// `host_port`), the token from a `secret` volume.
+fn door_spec(env: &Env, host_port: u16) -> String {
+    let token = env.dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    format!(
+        r#"[pod]
+name = "door"
+
+[[volumes]]
+name = "token"
+secret = {{ path = {token:?} }}
+
+[[containers]]
+name = "app"
+module = {KV_SERVER:?}
+args = ["--listen", "127.0.0.1:8080"]
+
+[[containers]]
+name = "proxy"
+module = {AUTH_PROXY:?}
+env = {{ TOKEN_FILE = "/run/secrets/token", MAX_FAILURES = "50" }}
+volume_mounts = [{{ name = "token", mount_path = "/run/secrets" }}]
+ports = [{{ container_port = 8443, host_port = {host_port} }}]
+readiness_probe = {{ http_get = {{ path = "/readyz", port = 9901 }}, period = "200ms" }}
+"#
+    )
+}
+
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn the_auth_proxy_is_the_pods_only_door() {
+    let env = Env::new();
+    let _d = env.daemon();
+    let port = free_port();
+    env.pod_file("door.toml", &door_spec(&env, port));
+    let ip = env.wait_running("door");
+    let published: SocketAddr = ([127, 0, 0, 1], port).into();
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+
+    // From the host, through the published port: the token or nothing.
+    let t0 = Instant::now();
+    let (status, _) = loop {
+        let r = request(published, "PUT", "/kv/k", &auth, "v1");
+        if r.0 == 201 || t0.elapsed() > Duration::from_secs(20) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 201, "stored through the proxy");
+    assert_eq!(request(published, "GET", "/kv/k", "", "").0, 401);
+    assert_eq!(
+        request(
+            published,
+            "GET",
+            "/kv/k",
+            "Authorization: Bearer nope\r\n",
+            ""
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        request(published, "GET", "/kv/k", &auth, ""),
+        (200, "v1\n".to_string())
+    );
+    // The app itself is not reachable from outside the pod.
+    let direct = TcpStream::connect_timeout(&(ip, 8080).into(), Duration::from_secs(2));
+    assert!(direct.is_err(), "the app binds 127.0.0.1 only");
+
+    // From another pod, on the pod's address.
+    let client = |name: &str, header: &str| {
+        format!(
+            "[pod]\nname = \"{name}\"\nrestart_policy = \"Never\"\n\n[[containers]]\nname = \"get\"\n\
+             module = {TOOLBOX:?}\nargs = [\"get\", \"{ip}:8443\", \"/kv/k\"{header}]\n"
+        )
+    };
+    env.pod_file(
+        "with.toml",
+        &client("with", &format!(", \"Authorization: Bearer {TOKEN}\"")),
+    );
+    env.pod_file("without.toml", &client("without", ""));
+    let logs = |pod: &str| {
+        let t0 = Instant::now();
+        loop {
+            // (The daemon may not have read the file yet: no such pod, no log.)
+            let (_, out, _) = env.ctl(&["logs", pod]);
+            if out.contains("HTTP/1.1") || t0.elapsed() > Duration::from_secs(30) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let with = logs("with");
+    assert!(
+        with.starts_with("HTTP/1.1 200") && with.contains("v1"),
+        "{with}"
+    );
+    let without = logs("without");
+    assert!(without.starts_with("HTTP/1.1 401"), "{without}");
+
+    // Refusals are logged with their source, the token never.
+    let proxy = env.ctl_ok(&["logs", "door/proxy"]);
+    assert!(proxy.contains("reason=\"no bearer token\""), "{proxy}");
+    assert!(!proxy.contains(TOKEN), "{proxy}");
+}
