@@ -138,3 +138,72 @@ fn the_auth_proxy_is_the_pods_only_door() {
     assert!(proxy.contains("reason=\"no bearer token\""), "{proxy}");
     assert!(!proxy.contains(TOKEN), "{proxy}");
 }
+
+/// `peapod new sidecar`: a crate from the template (its building and test run in scripts/test);
+/// bad input is refused with nothing made. No root needed.
+#[test]
+fn new_sidecar_makes_a_crate_or_nothing() {
+    let env = Env::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let dir = env.dir.path().join("watch-it");
+    let dir_s = dir.to_str().unwrap();
+    let root_s = root.to_str().unwrap();
+    let out = env.ctl_ok(&[
+        "new", "sidecar", "watch-it", "--dir", dir_s, "--peapod", root_s,
+    ]);
+    assert_eq!(out.trim(), dir_s);
+    let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    assert!(cargo.contains("name = \"watch-it\""), "{cargo}");
+    assert!(
+        cargo.contains(&format!(
+            "{}/guests/sdk",
+            root.canonicalize().unwrap().display()
+        )),
+        "{cargo}"
+    );
+    for f in [
+        "src/main.rs",
+        "tests/sidecar.rs",
+        "pod.toml",
+        "README.md",
+        "Cargo.lock",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let pod = std::fs::read_to_string(dir.join("pod.toml")).unwrap();
+    assert!(!pod.contains("{{"), "every placeholder filled: {pod}");
+
+    // A directory that exists is left alone.
+    let (code, _, err) = env.ctl(&[
+        "new", "sidecar", "watch-it", "--dir", dir_s, "--peapod", root_s,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("exists already"), "{err}");
+    // A bad name; a tree that is not peapod's.
+    let (code, _, err) = env.ctl(&["new", "sidecar", "Bad_Name", "--peapod", root_s]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a sidecar name"), "{err}");
+    let other = env.dir.path().join("other");
+    let (code, _, err) = env.ctl(&[
+        "new",
+        "sidecar",
+        "x",
+        "--dir",
+        other.to_str().unwrap(),
+        "--peapod",
+        env.dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not a peapod source tree") && !other.exists(),
+        "{err}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("peapod-new"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

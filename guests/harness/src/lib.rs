@@ -434,6 +434,40 @@ fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     }
 }
 
+/// Builds the guest crate in `dir` for wasm32-wasip2 (release, into `dir/target/wasm`, apart
+/// from the test's own build) and returns its `NAME.wasm`. Panics when the build fails (its
+/// errors are on the test's output).
+pub fn build_guest(dir: impl AsRef<Path>, name: &str) -> PathBuf {
+    let dir = dir.as_ref();
+    let target = dir.join("target").join("wasm");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        // The test's own build settings are for the host.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "building {} for wasm32-wasip2 failed (is the target installed? rustup target add wasm32-wasip2)",
+        dir.display()
+    );
+    target
+        .join("wasm32-wasip2")
+        .join("release")
+        .join(format!("{name}.wasm"))
+}
+
 /// A free address on 127.0.0.1 (bound, then let go, for the guest to bind).
 pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("a free port");

@@ -41,16 +41,23 @@ pub use error::{Error, Result};
 /// The SDK's version (`CARGO_PKG_VERSION`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Runs a sidecar's async `main` to its end on WASI's event loop: an error is logged
-/// (`level=error`) and the guest exits with status 1, which peapod's restart policy sees.
-pub fn run<F>(main: F)
+/// Runs a sidecar's async `main` on WASI's event loop, and ends the guest when it returns, even
+/// with tasks still running (an admin endpoint, a server): with status 0, or after logging its
+/// error (`level=error`) with status 1, which peapod's restart policy sees.
+pub fn run<F>(main: F) -> !
 where
     F: Future<Output = Result<()>>,
 {
-    if let Err(e) = wstd::runtime::block_on(main) {
-        crate::error!("{e}");
-        std::process::exit(1);
-    }
+    // wstd's loop returns only when no task is left: the process ends from inside it instead.
+    wstd::runtime::block_on(async {
+        match main.await {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                crate::error!("{e}");
+                std::process::exit(1)
+            }
+        }
+    })
 }
 
 /// Starts `task` beside the current one (on the same event loop; a guest has one thread).

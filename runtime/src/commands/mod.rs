@@ -4,6 +4,7 @@ mod compile;
 mod ctl;
 mod daemon;
 mod generate;
+mod new;
 mod run;
 
 use std::path::PathBuf;
@@ -88,6 +89,7 @@ pub(crate) struct Cli {
 enum Command {
     Run(run::Run),
     Compile(compile::Compile),
+    New(new::New),
     Daemon(daemon::Daemon),
     Apply(ctl::Apply),
     Get(ctl::Get),
@@ -174,6 +176,7 @@ pub(crate) fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(r) => r.exec(config),
         Command::Compile(c) => c.exec(),
+        Command::New(c) => c.exec(),
         Command::Daemon(d) => d.exec(config),
         Command::Apply(c) => c.exec(config),
         Command::Get(c) => c.exec(config),
