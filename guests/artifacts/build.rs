@@ -11,6 +11,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("backup", "wasm32-wasip2"),
     ("toolbox", "wasm32-wasip2"),
     ("auth-proxy", "wasm32-wasip2"),
+    ("scheduler", "wasm32-wasip2"),
     ("hello-p1", "wasm32-wasip1"),
 ];
 

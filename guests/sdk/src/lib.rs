@@ -60,6 +60,11 @@ where
     })
 }
 
+/// Fills `buf` with random bytes (WASI's insecure random: for jitter, not for secrets).
+pub fn rand(buf: &mut [u8]) {
+    wstd::rand::get_insecure_random_bytes(buf);
+}
+
 /// Starts `task` beside the current one (on the same event loop; a guest has one thread).
 pub fn spawn<F>(task: F)
 where
