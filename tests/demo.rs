@@ -49,24 +49,21 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
     let first = wait_healthy(app);
     assert_eq!(http(app, "PUT", "/kv/board", "pi").unwrap().status, 201);
     p.wait_for(
-        "demo/backup: backup: snapshot of 1 keys: {board=pi}",
+        "demo/backup: level=info msg=\"snapshot of 1 keys\"",
         Duration::from_secs(30),
     );
 
     assert_eq!(http(app, "POST", "/crash", "").unwrap().status, 200);
     p.wait_for("demo/app trapped", Duration::from_secs(30));
     let line = p.wait_for("restored 1 keys", Duration::from_secs(30));
-    assert!(line.contains(&format!("instance {first} -> ")), "{line}");
+    assert!(line.contains(&format!("from={first} to=")), "{line}");
     let r = http(app, "GET", "/kv/board", "").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "pi\n"));
     assert_ne!(
         r.instance, first,
         "served by the restarted instance, same IP"
     );
-    p.wait_for(
-        "backup: read /etc/backup/backup.conf",
-        Duration::from_secs(1),
-    );
+    p.wait_for("read /etc/backup/backup.conf", Duration::from_secs(1));
     // The shipped lookup job finds the demo pod by its name.
     let lookup = std::fs::read_to_string(config("lookup.toml"))
         .unwrap()
@@ -85,17 +82,28 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
 
     assert!(p.terminate().success());
     // The snapshot is in the host directory (made by DirectoryOrCreate), and outlives the pod.
-    let saved = std::fs::read_to_string(backups.join("snapshot.txt")).unwrap();
-    assert_eq!(saved, "board=pi\n");
+    let mut saved: Vec<_> = std::fs::read_dir(&backups)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    saved.sort();
+    let newest = saved.last().expect("a snapshot");
+    assert!(
+        newest
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("snapshot-"),
+        "{saved:?}"
+    );
+    assert_eq!(std::fs::read_to_string(newest).unwrap(), "board=pi\n");
 
     // A re-created pod: a new sandbox, a new IP, an empty app; the keys come back from disk.
     let mut p = env.start(&spec);
     let s2 = p.started("demo");
     assert_ne!(s2.ip, s.ip);
-    p.wait_for(
-        "restored 1 keys from the saved snapshot",
-        Duration::from_secs(30),
-    );
+    p.wait_for("restored 1 keys\" from=(saved)", Duration::from_secs(30));
     let r = http(SocketAddr::from((s2.ip, 8080)), "GET", "/kv/board", "").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "pi\n"));
     assert!(p.terminate().success());

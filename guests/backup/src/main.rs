@@ -1,178 +1,214 @@
-//! The demo sidecar: a first backup agent (wasip2).
+//! backup: snapshots the app's state through its HTTP API into a volume (a `host_path` on the
+//! SD card), keeps the newest `KEEP` (and none older than `MAX_AGE`), and restores the newest
+//! into a fresh app: after the app restarts in place (a new instance, empty) and after the pod
+//! is re-created (a new sandbox, the snapshots on the host).
 //!
-//! Every `--interval-ms` (default 3000) it reads the app's whole store over the pod's shared
-//! loopback (`--app`, default 127.0.0.1:8080) and logs a snapshot. When it sees a new app
-//! instance whose store is empty (the app crashed and was restarted in place), it writes the last
-//! snapshot back.
+//! | variable          | default          | what                                                |
+//! | ----------------- | ---------------- | --------------------------------------------------- |
+//! | `APP`             | `127.0.0.1:8080` | the app, on the pod's loopback                      |
+//! | `EXPORT`          | `GET /kv`        | the request whose answer is the app's state         |
+//! | `IMPORT`          | `POST /import`   | the request that takes a snapshot back              |
+//! | `INSTANCE_HEADER` | `X-Instance`     | the header that tells a restarted app               |
+//! | `DIR`             | (none)           | where snapshots go (a volume); without it they are  |
+//! |                   |                  | kept in memory (an app restarted in place gets its  |
+//! |                   |                  | state back, a re-created pod does not)              |
+//! | `INTERVAL`        | `3s`             | how often the state is read                         |
+//! | `KEEP`            | `10`             | snapshots kept (the newest)                         |
+//! | `MAX_AGE`         | (none)           | snapshots older than this go (the newest stays)     |
+//! | `ADMIN`           | `127.0.0.1:9904` | `/healthz`, `/readyz`, `/prestop` (a last snapshot) |
+//! | `CONFIG_FILE`     |                  | `KEY = value` lines for the above (a `files` volume)|
 //!
-//! With files (a guest sees only its pod's volume mounts):
-//! - `--config FILE` reads `key = value` lines first (`app`, `interval_ms`), as a config file
-//!   mounted from a `files` volume; flags after it win.
-//! - `--dir DIR` keeps each snapshot in `DIR/snapshot.txt` (written to a temporary file, then
-//!   renamed over it, so a power cut leaves the old or the new one) and starts from it: mounted
-//!   from a `host_path`, the keys survive a re-created pod, a daemon restart and a reboot.
+//! A snapshot is written only when the state changed, as `DIR/snapshot-<unix ms>.txt`: to a
+//! temporary file, synced, renamed into place, so a pod killed in the middle of a write leaves
+//! the snapshots before it whole (and a `.tmp` file, removed at the next start). The app is
+//! restored when the backup sees it first or sees a new instance of it, and its state is empty.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-struct Response {
-    status: u16,
-    instance: String,
-    body: String,
+use peapod_sdk::http::{self, Request};
+use peapod_sdk::{Error, Result, config, fs, info, stop, warn};
+
+struct Settings {
+    app: String,
+    export: (String, String),
+    import: (String, String),
+    instance_header: String,
+    dir: Option<PathBuf>,
+    interval: Duration,
+    keep: usize,
+    max_age: Option<Duration>,
 }
 
-fn request(app: &str, method: &str, path: &str, body: &str) -> std::io::Result<Response> {
-    let mut conn = TcpStream::connect(app)?;
-    write!(
-        conn,
-        "{method} {path} HTTP/1.1\r\nHost: {app}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw)?;
-    let mut headers = [httparse::EMPTY_HEADER; 16];
-    let mut resp = httparse::Response::new(&mut headers);
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let httparse::Status::Complete(len) = resp.parse(&raw).map_err(|_| bad("bad response"))? else {
-        return Err(bad("truncated response"));
-    };
-    let instance = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("x-instance"))
-        .map(|h| String::from_utf8_lossy(h.value).into_owned())
-        .unwrap_or_default();
-    Ok(Response {
-        status: resp.code.unwrap_or(0),
-        instance,
-        body: String::from_utf8_lossy(&raw[len..]).into_owned(),
-    })
-}
-
-/// Applies one setting (from the command line or the config file).
-fn set(key: &str, value: &str, app: &mut String, interval: &mut Duration) {
-    match key {
-        "app" => *app = value.to_string(),
-        "interval_ms" => match value.parse() {
-            Ok(ms) => *interval = Duration::from_millis(ms),
-            Err(_) => fail(&format!("interval_ms: {value:?} is not a number")),
-        },
-        other => fail(&format!("unknown setting {other:?}")),
+/// `METHOD /path` from variable `var`.
+fn request_setting(var: &str, default: &str) -> Result<(String, String)> {
+    let v = config::env_or(var, default);
+    match v.split_whitespace().collect::<Vec<_>>()[..] {
+        [m, p] if p.starts_with('/') => Ok((m.to_ascii_uppercase(), p.to_string())),
+        _ => Err(Error::Config {
+            var: var.into(),
+            why: format!("{v:?} is not `METHOD /path`"),
+        }),
     }
 }
 
-fn fail(message: &str) -> ! {
-    eprintln!("backup: {message}");
-    std::process::exit(2)
+impl Settings {
+    fn from_env() -> Result<Self> {
+        let max_age = match config::duration_or("MAX_AGE", Duration::ZERO)? {
+            d if d.is_zero() => None,
+            d => Some(d),
+        };
+        Ok(Settings {
+            app: config::env_or("APP", "127.0.0.1:8080"),
+            export: request_setting("EXPORT", "GET /kv")?,
+            import: request_setting("IMPORT", "POST /import")?,
+            instance_header: config::env_or("INSTANCE_HEADER", "X-Instance"),
+            dir: std::env::var("DIR")
+                .ok()
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+            interval: config::duration_or("INTERVAL", Duration::from_secs(3))?,
+            keep: config::parse_or("KEEP", 10usize)?.max(1),
+            max_age,
+        })
+    }
 }
 
-/// Writes `text` to `dir/snapshot.txt` through a temporary file and a rename.
-fn save(dir: &str, text: &str) -> std::io::Result<()> {
-    let tmp = format!("{dir}/snapshot.txt.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, format!("{dir}/snapshot.txt"))
+/// The snapshots in `dir`, oldest first: (unix ms, path).
+fn snapshots(dir: &Path) -> Vec<(u128, PathBuf)> {
+    let mut found: Vec<(u128, PathBuf)> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let ms = name
+                        .strip_prefix("snapshot-")?
+                        .strip_suffix(".txt")?
+                        .parse()
+                        .ok()?;
+                    Some((ms, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Writes a snapshot into `dir`, then applies the retention (the newest is never removed).
+fn save(s: &Settings, dir: &Path, state: &[u8]) -> Result<PathBuf> {
+    let path = dir.join(format!("snapshot-{:016}.txt", now_ms()));
+    fs::write_atomic(&path, state)?;
+    let all = snapshots(dir);
+    let newest = all.len().saturating_sub(1);
+    let now = now_ms();
+    for (i, (ms, p)) in all.iter().enumerate() {
+        let too_many = i + s.keep < all.len();
+        let too_old = s
+            .max_age
+            .is_some_and(|a| now.saturating_sub(*ms) > a.as_millis());
+        if i < newest && (too_many || too_old) {
+            if let Err(e) = std::fs::remove_file(p) {
+                warn!("cannot remove an old snapshot: {e}"; file = p.display());
+            }
+        }
+    }
+    Ok(path)
 }
 
 fn main() {
-    let mut app = "127.0.0.1:8080".to_string();
-    let mut interval = Duration::from_secs(3);
-    let mut dir: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| fail(&format!("{a} needs a value")))
-        };
-        match a.as_str() {
-            "--app" => app = value(),
-            "--interval-ms" => set("interval_ms", &value(), &mut app, &mut interval),
-            "--dir" => dir = Some(value()),
-            "--config" => {
-                let file = value();
-                let text = std::fs::read_to_string(&file)
-                    .unwrap_or_else(|e| fail(&format!("cannot read {file}: {e}")));
-                for line in text.lines().map(str::trim) {
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    let Some((k, v)) = line.split_once('=') else {
-                        fail(&format!("{file}: {line:?} is not `key = value`"))
-                    };
-                    set(k.trim(), v.trim(), &mut app, &mut interval);
+    peapod_sdk::run(async {
+        let file = config::load_file("CONFIG_FILE")?;
+        let s = Settings::from_env()?;
+        if let Some(f) = file {
+            info!("read {f}");
+        }
+        // The newest snapshot on disk: what a fresh app gets back.
+        let mut last: Option<Vec<u8>> = None;
+        match &s.dir {
+            None => {
+                warn!("no DIR: snapshots are kept in memory only (a re-created pod starts empty)")
+            }
+            Some(dir) => {
+                let swept = fs::sweep_temp(dir);
+                if swept > 0 {
+                    info!("removed {swept} half-written snapshots (a write was cut off)"; dir = dir.display());
                 }
-                println!("backup: read {file}");
+                match snapshots(dir).last() {
+                    Some((_, p)) => {
+                        let b = fs::read_if_exists(p)?.unwrap_or_default();
+                        info!("found a snapshot"; file = p.display(), bytes = b.len(), keys = lines(&b));
+                        last = Some(b);
+                    }
+                    None => info!("no snapshot yet"; dir = dir.display()),
+                }
             }
-            other => fail(&format!("unknown argument {other:?}")),
         }
-    }
-    println!("backup: watching {app} every {interval:?}");
-    let mut last: Option<(String, String)> = None; // (instance, snapshot)
-    if let Some(d) = &dir {
-        match std::fs::read_to_string(format!("{d}/snapshot.txt")) {
-            Ok(text) => {
-                println!(
-                    "backup: found a snapshot of {} keys in {d}",
-                    text.lines().count()
-                );
-                // Not an instance the app ever has: the first app seen, if empty, gets it back.
-                last = Some(("(saved)".into(), text));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                println!("backup: no snapshot in {d} yet")
-            }
-            Err(e) => println!("backup: cannot read the snapshot in {d}: {e}"),
-        }
-    }
-    loop {
-        std::thread::sleep(interval);
-        let snap = match request(&app, "GET", "/kv", "") {
-            Ok(r) if r.status == 200 => r,
-            Ok(r) => {
-                println!("backup: app answered {}", r.status);
+        http::serve_admin(&config::env_or("ADMIN", "127.0.0.1:9904")).await?;
+        info!("watching the app"; app = s.app, every = format!("{:?}", s.interval));
+        // The app instance seen last (`None`: not seen yet).
+        let mut instance: Option<String> = None;
+        loop {
+            let stopping = !stop::sleep(s.interval).await;
+            let req = Request::new(&s.export.0, &s.export.1);
+            let answer = match http::send(&s.app, &req).await.and_then(|r| r.success()) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("cannot read the app's state: {e}");
+                    if stopping {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let seen = answer.header(&s.instance_header).unwrap_or("").to_string();
+            let fresh = instance.as_ref() != Some(&seen);
+            let state = answer.body;
+            if fresh && state.is_empty() && last.as_ref().is_some_and(|l| !l.is_empty()) {
+                let snap = last.clone().unwrap_or_default();
+                let req = Request::new(&s.import.0, &s.import.1).with_body(snap.clone());
+                match http::send(&s.app, &req).await.and_then(|r| r.success()) {
+                    Ok(_) => {
+                        let before = instance.as_deref().unwrap_or("(saved)");
+                        info!("restored {} keys", lines(&snap); from = before, to = seen);
+                        instance = Some(seen);
+                    }
+                    Err(e) => warn!("restore failed, will retry: {e}"),
+                }
                 continue;
             }
-            Err(e) => {
-                println!("backup: app unreachable ({e}); will retry");
-                continue;
-            }
-        };
-        let keys = snap.body.lines().count();
-        match &last {
-            Some((inst, old)) if *inst != snap.instance && keys == 0 && !old.is_empty() => {
-                let mut restored = 0;
-                for line in old.lines() {
-                    if let Some((k, v)) = line.split_once('=')
-                        && request(&app, "PUT", &format!("/kv/{k}"), v)
-                            .is_ok_and(|r| r.status == 201)
-                    {
-                        restored += 1;
+            instance = Some(seen);
+            if last.as_ref() != Some(&state) {
+                match &s.dir {
+                    None => {
+                        info!("snapshot of {} keys", lines(&state); bytes = state.len());
+                        last = Some(state);
                     }
+                    Some(dir) => match save(&s, dir, &state) {
+                        Ok(p) => {
+                            info!("snapshot of {} keys", lines(&state); file = p.display(), bytes = state.len());
+                            last = Some(state);
+                        }
+                        Err(e) => warn!("cannot save a snapshot: {e}"),
+                    },
                 }
-                if inst == "(saved)" {
-                    println!(
-                        "backup: app instance {} started empty; restored {restored} keys from the saved snapshot",
-                        snap.instance
-                    );
-                } else {
-                    println!(
-                        "backup: app restarted (instance {} -> {}); restored {restored} keys",
-                        inst, snap.instance
-                    );
-                }
-                last = Some((snap.instance, old.clone()));
             }
-            _ => {
-                let body = snap.body.trim_end().replace('\n', ", ");
-                println!("backup: snapshot of {keys} keys: {{{body}}}");
-                if let Some(d) = &dir
-                    && last.as_ref().is_none_or(|(_, old)| *old != snap.body)
-                    && let Err(e) = save(d, &snap.body)
-                {
-                    println!("backup: cannot save the snapshot in {d}: {e}");
-                }
-                last = Some((snap.instance, snap.body));
+            if stopping {
+                break;
             }
         }
-    }
+        info!("stopped after a last snapshot");
+        Ok(())
+    })
+}
+
+/// Lines of a snapshot (keys, for `key=value` states).
+fn lines(b: &[u8]) -> usize {
+    b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count()
 }

@@ -5,6 +5,7 @@
 //! GET    /kv/KEY      one value (404 if absent)
 //! PUT    /kv/KEY      store the request body
 //! DELETE /kv/KEY      remove
+//! POST   /import      store every `key=value` line of the body (what GET /kv gives: a restore)
 //! GET    /healthz     "ok"
 //! POST   /crash       answer, then trap (to watch a restart in place)
 //! POST   /exit/CODE   answer, then exit with CODE
@@ -128,6 +129,17 @@ fn serve(
                 .map(|(k, v)| format!("{k}={v}\n"))
                 .collect::<String>(),
         ),
+        ("POST", "/import") => {
+            let pairs: Vec<(&str, &str)> = body.lines().filter_map(|l| l.split_once('=')).collect();
+            if pairs.len() != body.lines().filter(|l| !l.is_empty()).count() {
+                reply("400 Bad Request", "every line is key=value\n")
+            } else {
+                for (k, v) in &pairs {
+                    store.insert(k.to_string(), v.to_string());
+                }
+                reply("200 OK", format!("imported {} keys\n", pairs.len()))
+            }
+        }
         ("POST", "/crash") => {
             after = After::Crash;
             reply("200 OK", "crashing\n")

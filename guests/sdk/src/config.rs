@@ -61,6 +61,56 @@ pub fn list(var: &str) -> Vec<String> {
         .collect()
 }
 
+/// Settings from the file that variable `var` names (e.g. `CONFIG_FILE=/etc/backup/backup.conf`,
+/// a `files` volume), when it is set: `KEY = value` lines (`#` comments; a key is read upper-case,
+/// so `interval = 5s` sets `INTERVAL`). A variable already in the environment wins over the
+/// file. Returns the file read; an error names the file and line.
+pub fn load_file(var: &str) -> Result<Option<String>> {
+    let Ok(path) = std::env::var(var) else {
+        return Ok(None);
+    };
+    if path.trim().is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::File {
+        path: path.clone().into(),
+        source,
+    })?;
+    let mut set = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(Error::Config {
+                var: format!("{path}:{}", i + 1),
+                why: format!("{line:?} is not `KEY = value`"),
+            });
+        };
+        let key = k.trim().to_ascii_uppercase();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::Config {
+                var: format!("{path}:{}", i + 1),
+                why: format!("{:?} is not a setting's name", k.trim()),
+            });
+        }
+        set.push((key, v.trim().to_string()));
+    }
+    for (k, v) in set {
+        if std::env::var_os(&k).is_none() {
+            set_var(&k, &v);
+        }
+    }
+    Ok(Some(path))
+}
+
+/// Sets a variable of this process's environment.
+fn set_var(key: &str, value: &str) {
+    // SAFETY: a wasm32-wasip2 guest has one thread: nothing reads the environment meanwhile.
+    unsafe { std::env::set_var(key, value) }
+}
+
 /// The secret in file `path` (a `secret` volume's file), its trailing newline cut. An empty
 /// file is an error: a sidecar must not run with an empty token.
 pub fn secret(path: impl AsRef<Path>) -> Result<String> {
