@@ -113,10 +113,11 @@ fn save(s: &Settings, dir: &Path, state: &[u8]) -> Result<PathBuf> {
         let too_old = s
             .max_age
             .is_some_and(|a| now.saturating_sub(*ms) > a.as_millis());
-        if i < newest && (too_many || too_old) {
-            if let Err(e) = std::fs::remove_file(p) {
-                warn!("cannot remove an old snapshot: {e}"; file = p.display());
-            }
+        if i < newest
+            && (too_many || too_old)
+            && let Err(e) = std::fs::remove_file(p)
+        {
+            warn!("cannot remove an old snapshot: {e}"; file = p.display());
         }
     }
     Ok(path)
