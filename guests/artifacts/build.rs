@@ -12,6 +12,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("toolbox", "wasm32-wasip2"),
     ("auth-proxy", "wasm32-wasip2"),
     ("scheduler", "wasm32-wasip2"),
+    ("sync", "wasm32-wasip2"),
     ("hello-p1", "wasm32-wasip1"),
 ];
 

@@ -308,7 +308,15 @@ pub struct FakeApp {
 
 impl FakeApp {
     pub fn start(handler: impl Fn(&Received) -> (u16, Vec<u8>) + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake app");
+        Self::start_on("127.0.0.1:0", handler)
+    }
+
+    /// [`FakeApp::start`] on `addr` (a remote that comes back where it was).
+    pub fn start_on(
+        addr: &str,
+        handler: impl Fn(&Received) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).expect("bind the fake app");
         let addr = listener.local_addr().expect("its address");
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let handler: Handler = Arc::new(handler);
