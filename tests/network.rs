@@ -489,3 +489,201 @@ fn a_host_service_cannot_bind_a_published_port_while_the_pod_has_it() {
     bind("127.0.0.1:18080", false).expect("the port is the host's again");
     bind("127.0.0.1:15353", true).expect("the port is the host's again");
 }
+
+/// A recorder of HTTP POSTs in the outside namespace (on `OUTSIDE:9100`): each request's
+/// `Idempotency-Key` and body, answered 200. Ends when `stop` is set.
+fn remote_recorder(
+    world: &World,
+    stop: Arc<AtomicBool>,
+) -> (
+    std::thread::JoinHandle<()>,
+    Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use std::io::Read;
+    let got: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let kept = got.clone();
+    let ns = std::fs::File::open(format!("/run/netns/{}", world.outside.name)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind(SocketAddr::from((OUTSIDE, 9100))).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !stop.load(Ordering::Acquire) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body) = loop {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break (String::new(), String::new()),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break (head.to_string(), body[..len].to_string());
+                    }
+                }
+            };
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Idempotency-Key: "))
+                .unwrap_or("")
+                .to_string();
+            if !key.is_empty() {
+                kept.lock().unwrap().push((key, body));
+            }
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (t, got)
+}
+
+/// The sync sidecar (issue 25) in a pod, pushing to a remote in the outside namespace: the link
+/// goes down (changes queue on the volume), the daemon restarts, the link comes back: every
+/// change arrives (at least once; by its idempotency key, once), in order.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn the_sync_sidecar_delivers_across_network_loss_and_a_daemon_restart() {
+    native_only();
+    let world = World::new();
+    let env = Env::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (recorder, got) = remote_recorder(&world, stop.clone());
+    let queue = env.dir.path().join("queue");
+    env.pod_file(
+        "edge.toml",
+        &format!(
+            r#"[pod]
+name = "edge"
+
+[[volumes]]
+name = "queue"
+host_path = {{ path = {queue:?}, type = "DirectoryOrCreate" }}
+
+[[containers]]
+name = "app"
+module = {KV_SERVER:?}
+args = ["--listen", "0.0.0.0:8080"]
+
+[[containers]]
+name = "sync"
+module = {SYNC:?}
+env = {{ REMOTE = "{OUTSIDE}:9100", QUEUE_DIR = "/queue", ID = "edge", INTERVAL = "100ms" }}
+volume_mounts = [{{ name = "queue", mount_path = "/queue" }}]
+"#
+        ),
+    );
+    let daemon = || {
+        env.daemon_with(|c| {
+            world.host.enter_on_exec(c);
+            c.env("PEAPOD_EGRESS", "true");
+        })
+    };
+    let mut d = daemon();
+    let ip = env.wait_running("edge");
+    let hostns = std::path::PathBuf::from(format!("/run/netns/{}", world.host.name));
+    let put = |k: &str, v: &str| {
+        let req = format!(
+            "PUT /kv/{k} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{v}",
+            v.len()
+        );
+        let a = eventually(Duration::from_secs(30), "the app answers", || {
+            connect_in_netns(&hostns, SocketAddr::from((ip, 8080)), &req).ok()
+        });
+        assert!(a.starts_with("HTTP/1.1 201"), "{a}");
+    };
+    let delivered = || -> std::collections::BTreeMap<String, String> {
+        got.lock().unwrap().iter().cloned().collect()
+    };
+    put("a", "1");
+    eventually(Duration::from_secs(30), "the first change", || {
+        delivered()
+            .values()
+            .any(|b| b.contains("+a=1"))
+            .then_some(())
+    });
+
+    // The link to the outside goes down: changes queue.
+    let link = |state: &str| {
+        let s = Command::new("ip")
+            .args(["-n", &world.outside.name, "link", "set", "out1", state])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    };
+    link("down");
+    put("b", "2");
+    put("c", "3");
+    eventually(
+        Duration::from_secs(30),
+        "the sidecar sees the link down",
+        || {
+            env.ctl(&["logs", "edge/sync"])
+                .1
+                .contains("remote unreachable")
+                .then_some(())
+        },
+    );
+    let queued = || {
+        std::fs::read_dir(&queue)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".change"))
+            .count()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "changes queued on the volume",
+        || (queued() >= 1).then_some(()),
+    );
+
+    // The daemon restarts (the pod's containers with it); then the link comes back.
+    d.terminate();
+    d = daemon();
+    assert_eq!(env.wait_running("edge"), ip, "the pod kept its sandbox");
+    link("up");
+    eventually(Duration::from_secs(60), "every change delivered", || {
+        (queued() == 0 && delivered().values().any(|b| b.contains("+c=3"))).then_some(())
+    });
+    // Applied in key order, the changes give the app's state.
+    let mut keys: Vec<(u64, String)> = delivered()
+        .into_iter()
+        .map(|(k, b)| (k.strip_prefix("edge-").unwrap().parse().unwrap(), b))
+        .collect();
+    keys.sort();
+    let mut state = std::collections::BTreeSet::new();
+    for (_, body) in &keys {
+        for l in body.lines() {
+            match l.split_at(1) {
+                ("+", line) => state.insert(line.to_string()),
+                ("-", line) => state.remove(line),
+                _ => panic!("{l:?}"),
+            };
+        }
+    }
+    assert_eq!(
+        state.into_iter().collect::<Vec<_>>(),
+        ["a=1", "b=2", "c=3"],
+        "{keys:?}"
+    );
+    drop(d);
+    stop.store(true, Ordering::Release);
+    let _ = recorder.join();
+}

@@ -15,6 +15,9 @@
 //! | `ID`         | `peapod`         | this board's name in the idempotency keys             |
 //! | `INTERVAL`   | `2s`             | how often the app is read (and the remote pulled)     |
 //! | `MAX_QUEUE`  | `10000`          | queued changes at most (then changes wait in the app) |
+//! | `PUSH_EMPTY` | `false`          | an empty reading after a non-empty one is not pushed  |
+//! |              |                  | (an app restarted without its state: the backup's to  |
+//! |              |                  | repair); `true` pushes it as deletions                |
 //! | `ADMIN`      | `127.0.0.1:9905` | `/healthz`, `/readyz`, `/prestop`, `/status`          |
 //!
 //! A change is the difference between two readings of the app's state, line by line: `+LINE`
@@ -46,6 +49,7 @@ struct Settings {
     id: String,
     interval: Duration,
     max_queue: usize,
+    push_empty: bool,
 }
 
 /// `METHOD /path` from variable `var`.
@@ -79,6 +83,7 @@ impl Settings {
             id: config::env_or("ID", "peapod"),
             interval: config::duration_or("INTERVAL", Duration::from_secs(2))?,
             max_queue: config::parse_or("MAX_QUEUE", 10_000usize)?.max(1),
+            push_empty: config::parse_or("PUSH_EMPTY", false)?,
         })
     }
 }
@@ -232,8 +237,11 @@ fn main() {
             match http::send(&s.app, &req).await.and_then(Response::success) {
                 Ok(r) => {
                     let full = queue.borrow().items.len() >= s.max_queue;
+                    let emptied = r.body.is_empty() && !queue.borrow().seen.is_empty();
                     if full {
                         warn!("the queue is full: changes wait in the app"; max = s.max_queue);
+                    } else if emptied && !s.push_empty {
+                        peapod_sdk::debug!("the app's state is empty: not pushed (PUSH_EMPTY)");
                     } else if let Err(e) = queue.borrow_mut().record(r.body) {
                         warn!("cannot queue a change: {e}");
                     }
