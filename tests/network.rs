@@ -492,15 +492,15 @@ fn a_host_service_cannot_bind_a_published_port_while_the_pod_has_it() {
 
 /// A recorder of HTTP POSTs in the outside namespace (on `OUTSIDE:9100`): each request's
 /// `Idempotency-Key` and body, answered 200. Ends when `stop` is set.
+/// (Idempotency-Key, body) of each request the recorder took.
+type Recorded = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 fn remote_recorder(
     world: &World,
     stop: Arc<AtomicBool>,
-) -> (
-    std::thread::JoinHandle<()>,
-    Arc<std::sync::Mutex<Vec<(String, String)>>>,
-) {
+) -> (std::thread::JoinHandle<()>, Recorded) {
     use std::io::Read;
-    let got: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let got: Recorded = Arc::default();
     let kept = got.clone();
     let ns = std::fs::File::open(format!("/run/netns/{}", world.outside.name)).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

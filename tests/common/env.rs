@@ -334,6 +334,25 @@ impl Drop for Env {
                 .args(["link", "del", &self.bridge])
                 .status();
         }
+        // The firewall chains of our bridge (published ports, egress) that pods outliving a
+        // stopped daemon kept: ours only (peapod's table is shared with other tests' bridges).
+        if let Ok(out) = Command::new("nft")
+            .args(["list", "table", "inet", "peapod"])
+            .output()
+        {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let prefix = format!("{}-", self.bridge);
+            for chain in text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("chain "))
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|c| c.starts_with(&prefix))
+            {
+                let _ = Command::new("nft")
+                    .args(["delete", "chain", "inet", "peapod", chain])
+                    .status();
+            }
+        }
         // A guest's tree left behind may be deeper than the recursive removal of the temp dir
         // can go (tests/hostile.rs builds one).
         let _ = peapod::host::tree::remove(self.dir.path(), Default::default());
