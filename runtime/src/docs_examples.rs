@@ -81,3 +81,21 @@ fn every_toml_example_of_the_docs_is_accepted() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked >= 4, "only {checked} examples found");
 }
+
+/// The example pods of `configs/` (every `*.toml` with a `[pod]`) are valid specs.
+#[test]
+fn every_example_pod_is_accepted() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&configs).expect("configs/").flatten() {
+        let path = e.path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if path.extension().is_some_and(|x| x == "toml") && text.contains("[pod]") {
+            if let Err(e) = PodSpec::parse(&path, &text) {
+                panic!("{e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} example pods");
+}
