@@ -10,6 +10,7 @@ mod podman;
 mod pods;
 mod published;
 mod report;
+mod sidecars;
 mod stats;
 
 use std::path::PathBuf;
@@ -213,6 +214,9 @@ async fn measure(args: &Args, place: &Place, figures: &mut Vec<Figure>) -> Resul
 
     eprintln!("bench: volume write ({} MiB a run)", args.mib.min(256));
     ctx.volume_write(runs, figures).await?;
+
+    eprintln!("bench: sidecars (sizes, memory, the auth proxy's cost)");
+    sidecars::measure(&mut ctx, args.mib, figures).await?;
 
     eprintln!("bench: density ({} pods)", args.pods);
     ctx.density(modules, figures).await?;

@@ -46,7 +46,7 @@ impl Ctx {
         })
     }
 
-    fn name(&mut self, what: &str) -> String {
+    pub(crate) fn name(&mut self, what: &str) -> String {
         self.seq += 1;
         format!("b{what}{}", self.seq)
     }
@@ -92,7 +92,7 @@ impl Ctx {
         )
     }
 
-    fn compile(&self, spec: &PodSpec) -> Result<Vec<Prepared>> {
+    pub(crate) fn compile(&self, spec: &PodSpec) -> Result<Vec<Prepared>> {
         Ok(peapod::loader::load(
             &self.exec,
             spec,
@@ -101,7 +101,7 @@ impl Ctx {
         )?)
     }
 
-    async fn start(
+    pub(crate) async fn start(
         &self,
         spec: &PodSpec,
         modules: Vec<Prepared>,

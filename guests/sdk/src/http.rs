@@ -304,10 +304,14 @@ impl<'c> Reader<'c> {
 
     /// Reads more into the buffer; false at the end of the stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
-        let mut chunk = [0u8; 8192];
-        let n = self.conn.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n > 0)
+        // Read straight into the buffer's spare room: a large read is one host call, and a
+        // proxy's body passes in few of them.
+        const CHUNK: usize = 64 * 1024;
+        let len = self.buf.len();
+        self.buf.resize(len + CHUNK, 0);
+        let n = self.conn.read(&mut self.buf[len..]).await;
+        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
+        Ok(n? > 0)
     }
 
     /// The next head's bytes (through its blank line); `Ok(None)` when the connection closed
