@@ -1,4 +1,4 @@
-//! The shipped example pods, run as they are: `configs/demo.toml` (app + backup sidecar) and
+//! The shipped example pods, run as they are: `configs/demo.toml` (app, auth proxy, backup) and
 //! `configs/job-p1.toml` (a wasip1 job).
 
 mod common;
@@ -15,14 +15,21 @@ fn config(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `configs/demo.toml` as it is, but with its modules at their absolute paths, its backup
-/// directory (a `host_path`) in the test's own directory instead of /var/lib/peapod-demo, and
-/// without its published port (which would change the machine's firewall: published ports are
-/// tested in tests/network.rs, in a network namespace of the test's own).
+/// The demo's token (in its `secret` volume) and the header that carries it.
+const TOKEN: &str = "demo-token-of-the-test";
+const AUTH: &str = "Authorization: Bearer demo-token-of-the-test\r\n";
+
+/// `configs/demo.toml` as it is, but with its modules at their absolute paths, its token and
+/// backup directory in the test's own directory instead of /etc/peapod/secrets and
+/// /var/lib/peapod-demo, and without its published port (which would change the machine's
+/// firewall: published ports are tested in tests/network.rs, in a network namespace of the
+/// test's own).
 fn demo_spec(env: &Env) -> (PathBuf, PathBuf) {
     let text = std::fs::read_to_string(config("demo.toml")).unwrap();
     let backups = env.dir.path().join("backups");
-    let published = "ports = [{ container_port = 8080, host_port = 18080 }]";
+    let token = env.dir.path().join("demo-token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let published = "ports = [{ container_port = 8443, host_port = 18080 }]";
     assert!(
         text.contains(published),
         "demo.toml changed: no {published}"
@@ -30,10 +37,16 @@ fn demo_spec(env: &Env) -> (PathBuf, PathBuf) {
     let edited = text
         .replace("../target/guests/kv-server.wasm", KV_SERVER)
         .replace("../target/guests/backup.wasm", BACKUP)
+        .replace("../target/guests/auth-proxy.wasm", AUTH_PROXY)
         .replace("/var/lib/peapod-demo/backups", backups.to_str().unwrap())
+        .replace("/etc/peapod/secrets/demo-token", token.to_str().unwrap())
         .replace(published, "");
-    for gone in ["../target/guests/", "/var/lib/peapod-demo"] {
-        assert!(!edited.contains(gone), "demo.toml changed: {gone} is left");
+    let settings: Vec<&str> = edited.lines().filter(|l| !l.starts_with('#')).collect();
+    for gone in ["../target/guests/", "/var/lib/peapod-demo", "/etc/peapod"] {
+        assert!(
+            !settings.iter().any(|l| l.contains(gone)),
+            "demo.toml changed: {gone} is left"
+        );
     }
     (env.spec("demo.toml", &edited), backups)
 }
@@ -45,19 +58,23 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
     let (spec, backups) = demo_spec(&env);
     let mut p = env.start(&spec);
     let s = p.started("demo");
-    let app = SocketAddr::from((s.ip, 8080));
-    let first = wait_healthy(app);
-    assert_eq!(http(app, "PUT", "/kv/board", "pi").unwrap().status, 201);
+    // The app behind its auth proxy: the proxy's port, with the token.
+    let app = SocketAddr::from((s.ip, 8443));
+    let first = wait_healthy_with(app, AUTH);
+    assert_eq!(http(app, "GET", "/kv", "").unwrap().status, 401, "no token, no app");
+    let direct = std::net::TcpStream::connect_timeout(&(s.ip, 8080).into(), Duration::from_secs(2));
+    assert!(direct.is_err(), "the app binds 127.0.0.1 only");
+    assert_eq!(http_with(app, "PUT", "/kv/board", AUTH, "pi").unwrap().status, 201);
     p.wait_for(
         "demo/backup: level=info msg=\"snapshot of 1 keys\"",
         Duration::from_secs(30),
     );
 
-    assert_eq!(http(app, "POST", "/crash", "").unwrap().status, 200);
+    assert_eq!(http_with(app, "POST", "/crash", AUTH, "").unwrap().status, 200);
     p.wait_for("demo/app trapped", Duration::from_secs(30));
     let line = p.wait_for("restored 1 keys", Duration::from_secs(30));
     assert!(line.contains(&format!("from={first} to=")), "{line}");
-    let r = http(app, "GET", "/kv/board", "").unwrap();
+    let r = http_with(app, "GET", "/kv/board", AUTH, "").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "pi\n"));
     assert_ne!(
         r.instance, first,
@@ -104,7 +121,7 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
     let s2 = p.started("demo");
     assert_ne!(s2.ip, s.ip);
     p.wait_for("restored 1 keys\" from=(saved)", Duration::from_secs(30));
-    let r = http(SocketAddr::from((s2.ip, 8080)), "GET", "/kv/board", "").unwrap();
+    let r = http_with(SocketAddr::from((s2.ip, 8443)), "GET", "/kv/board", AUTH, "").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "pi\n"));
     assert!(p.terminate().success());
 }

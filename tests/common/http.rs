@@ -22,11 +22,23 @@ pub(crate) fn http(
     path: &str,
     body: &str,
 ) -> std::io::Result<Http> {
+    http_with(addr, method, path, "", body)
+}
+
+/// [`http`] with `headers` (each line ending in `\r\n`), e.g. an `Authorization` for a pod
+/// behind the auth proxy.
+pub(crate) fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> std::io::Result<Http> {
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         c,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = String::new();
@@ -53,8 +65,13 @@ pub(crate) fn http(
 
 /// Waits until the kv-server at `addr` answers /healthz; returns its instance id.
 pub(crate) fn wait_healthy(addr: SocketAddr) -> String {
+    wait_healthy_with(addr, "")
+}
+
+/// [`wait_healthy`] with `headers`.
+pub(crate) fn wait_healthy_with(addr: SocketAddr, headers: &str) -> String {
     eventually(Duration::from_secs(30), &format!("{addr} healthy"), || {
-        http(addr, "GET", "/healthz", "")
+        http_with(addr, "GET", "/healthz", headers, "")
             .ok()
             .filter(|r| r.status == 200)
             .map(|r| r.instance)
