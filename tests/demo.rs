@@ -61,16 +61,28 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
     // The app behind its auth proxy: the proxy's port, with the token.
     let app = SocketAddr::from((s.ip, 8443));
     let first = wait_healthy_with(app, AUTH);
-    assert_eq!(http(app, "GET", "/kv", "").unwrap().status, 401, "no token, no app");
+    assert_eq!(
+        http(app, "GET", "/kv", "").unwrap().status,
+        401,
+        "no token, no app"
+    );
     let direct = std::net::TcpStream::connect_timeout(&(s.ip, 8080).into(), Duration::from_secs(2));
     assert!(direct.is_err(), "the app binds 127.0.0.1 only");
-    assert_eq!(http_with(app, "PUT", "/kv/board", AUTH, "pi").unwrap().status, 201);
+    assert_eq!(
+        http_with(app, "PUT", "/kv/board", AUTH, "pi")
+            .unwrap()
+            .status,
+        201
+    );
     p.wait_for(
         "demo/backup: level=info msg=\"snapshot of 1 keys\"",
         Duration::from_secs(30),
     );
 
-    assert_eq!(http_with(app, "POST", "/crash", AUTH, "").unwrap().status, 200);
+    assert_eq!(
+        http_with(app, "POST", "/crash", AUTH, "").unwrap().status,
+        200
+    );
     p.wait_for("demo/app trapped", Duration::from_secs(30));
     let line = p.wait_for("restored 1 keys", Duration::from_secs(30));
     assert!(line.contains(&format!("from={first} to=")), "{line}");
@@ -121,7 +133,14 @@ fn the_demo_sidecar_backs_up_and_restores_the_app_over_localhost() {
     let s2 = p.started("demo");
     assert_ne!(s2.ip, s.ip);
     p.wait_for("restored 1 keys\" from=(saved)", Duration::from_secs(30));
-    let r = http_with(SocketAddr::from((s2.ip, 8443)), "GET", "/kv/board", AUTH, "").unwrap();
+    let r = http_with(
+        SocketAddr::from((s2.ip, 8443)),
+        "GET",
+        "/kv/board",
+        AUTH,
+        "",
+    )
+    .unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "pi\n"));
     assert!(p.terminate().success());
 }

@@ -225,3 +225,54 @@ fn newest(dir: &std::path::Path) -> Option<String> {
     names.sort();
     std::fs::read_to_string(names.last()?).ok()
 }
+
+/// The walk-through of docs/sidecars.md: `peapod new sidecar`, built for wasm32-wasip2, runs next
+/// to the demo app with its own `pod.toml`; it asks the app and stops on the pre-stop hook.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn a_new_sidecar_runs_next_to_the_demo_app() {
+    let env = Env::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let dir = env.dir.path().join("pinger");
+    env.ctl_ok(&[
+        "new",
+        "sidecar",
+        "pinger",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--peapod",
+        root.to_str().unwrap(),
+    ]);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+            "target/wasm",
+        ])
+        .current_dir(&dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .unwrap();
+    assert!(built.success());
+    // Its pod file as `peapod new` wrote it (module paths relative to it).
+    let mut p = env.start(&dir.join("pod.toml"));
+    p.wait_for("pod pinger-demo started", Duration::from_secs(60));
+    p.wait_for(
+        "pinger-demo/pinger: level=info msg=\"app answered\" status=200",
+        Duration::from_secs(30),
+    );
+    assert!(p.terminate().success(), "{}", p.output());
+    assert!(
+        p.output().contains("msg=\"pinger stopping\""),
+        "stopped by its pre-stop hook: {}",
+        p.output()
+    );
+}
