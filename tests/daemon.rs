@@ -871,9 +871,11 @@ fn a_peapod_run_pod_is_named_as_such_not_just_missing() {
     let spec = env.spec("solo.toml", &env.kv_spec("solo", ""));
     let mut run = env.start(&spec);
     run.started("solo");
+    // inspect (and logs, get) read it; the verbs that act on the daemon's pods say whose it is.
+    let v: serde_json::Value = serde_json::from_str(&env.ctl_ok(&["inspect", "solo"])).unwrap();
+    assert_eq!(v["source"], "run", "{v}");
     for args in [
-        &["inspect", "solo"][..],
-        &["ps", "solo"],
+        &["ps", "solo"][..],
         &["delete", "solo"],
         &["restart", "solo"],
     ] {

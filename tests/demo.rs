@@ -154,3 +154,86 @@ fn the_example_wasip1_job_succeeds() {
     assert!(out.contains("hello-job/hello: env GREETING=hi"), "{out}");
     assert!(env.leases().is_empty());
 }
+
+/// `configs/sidecars.toml`, the four sidecars beside the app, as it is but for its paths (the
+/// test's own), without its published port, and with the sync's remote on the pod's own
+/// loopback (nothing listens: its changes wait in the queue; no packet leaves the machine):
+/// every container runs, the proxy is the door, the backup writes, the queue fills, and the
+/// scheduler answers its status.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn the_example_pod_of_the_four_sidecars_runs() {
+    let env = Env::new();
+    let text = std::fs::read_to_string(config("sidecars.toml")).unwrap();
+    let root = env.dir.path();
+    std::fs::write(root.join("edge-token"), TOKEN).unwrap();
+    let published = "ports = [{ container_port = 8443, host_port = 18443 }]";
+    let remote = "REMOTE = \"192.0.2.10:80\"";
+    for must in [published, remote] {
+        assert!(text.contains(must), "sidecars.toml changed: no {must}");
+    }
+    let edited = text
+        .replace("../target/guests/kv-server.wasm", KV_SERVER)
+        .replace("../target/guests/auth-proxy.wasm", AUTH_PROXY)
+        .replace("../target/guests/backup.wasm", BACKUP)
+        .replace("../target/guests/sync.wasm", SYNC)
+        .replace("../target/guests/scheduler.wasm", SCHEDULER)
+        .replace(
+            "/etc/peapod/secrets/edge-token",
+            root.join("edge-token").to_str().unwrap(),
+        )
+        .replace("/var/lib/peapod-edge", root.join("edge").to_str().unwrap())
+        .replace(published, "")
+        .replace(remote, "REMOTE = \"127.0.0.1:9\"")
+        .replace("INTERVAL = \"30s\"", "INTERVAL = \"200ms\"")
+        .replace("INTERVAL = \"10s\"", "INTERVAL = \"200ms\"");
+    let settings: Vec<&str> = edited.lines().filter(|l| !l.starts_with('#')).collect();
+    for gone in [
+        "../target/guests/",
+        "/var/lib/peapod-edge",
+        "/etc/peapod",
+        "192.0.2.",
+    ] {
+        assert!(
+            !settings.iter().any(|l| l.contains(gone)),
+            "sidecars.toml changed: {gone} is left"
+        );
+    }
+    let spec = env.spec("sidecars.toml", &edited);
+    let mut p = env.start(&spec);
+    let s = p.started("edge");
+    let door = SocketAddr::from((s.ip, 8443));
+    wait_healthy_with(door, AUTH);
+    assert_eq!(http(door, "GET", "/kv", "").unwrap().status, 401);
+    assert_eq!(
+        http_with(door, "PUT", "/kv/site", AUTH, "field")
+            .unwrap()
+            .status,
+        201
+    );
+    p.wait_for(
+        "edge/backup: level=info msg=\"snapshot of 1 keys\"",
+        Duration::from_secs(30),
+    );
+    p.wait_for(
+        "edge/sync: level=warn msg=\"remote unreachable",
+        Duration::from_secs(30),
+    );
+    p.wait_for(
+        "edge/scheduler: level=info msg=\"scheduler started\"",
+        Duration::from_secs(30),
+    );
+    let queued = std::fs::read_dir(root.join("edge/queue"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".change"));
+    assert!(queued, "the change waits in the queue on the volume");
+    assert!(p.terminate().success(), "{}", p.output());
+    for c in ["app", "auth-proxy", "backup", "sync", "scheduler"] {
+        assert!(
+            p.output().contains(&format!("edge/{c}: stopped")),
+            "{c} ran to the stop: {}",
+            p.output()
+        );
+    }
+}

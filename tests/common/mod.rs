@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub(crate) use peapod_guests::{AUTH_PROXY, BACKUP, HELLO_P1, KV_SERVER, SYNC, TOOLBOX};
+pub(crate) use peapod_guests::{AUTH_PROXY, BACKUP, HELLO_P1, KV_SERVER, SCHEDULER, SYNC, TOOLBOX};
 
 /// A module (80 bytes) that grows a table by 16M entries and fills it, forever: past any memory
 /// limit, at once (OOMKilled).
