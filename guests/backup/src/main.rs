@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use peapod_sdk::http::{self, Request};
-use peapod_sdk::{Error, Result, config, fs, info, stop, warn};
+use peapod_sdk::{Result, config, fs, info, stop, warn};
 
 struct Settings {
     app: String,
@@ -40,18 +40,6 @@ struct Settings {
     max_age: Option<Duration>,
 }
 
-/// `METHOD /path` from variable `var`.
-fn request_setting(var: &str, default: &str) -> Result<(String, String)> {
-    let v = config::env_or(var, default);
-    match v.split_whitespace().collect::<Vec<_>>()[..] {
-        [m, p] if p.starts_with('/') => Ok((m.to_ascii_uppercase(), p.to_string())),
-        _ => Err(Error::Config {
-            var: var.into(),
-            why: format!("{v:?} is not `METHOD /path`"),
-        }),
-    }
-}
-
 impl Settings {
     fn from_env() -> Result<Self> {
         let max_age = match config::duration_or("MAX_AGE", Duration::ZERO)? {
@@ -60,8 +48,8 @@ impl Settings {
         };
         Ok(Settings {
             app: config::env_or("APP", "127.0.0.1:8080"),
-            export: request_setting("EXPORT", "GET /kv")?,
-            import: request_setting("IMPORT", "POST /import")?,
+            export: config::request_or("EXPORT", "GET /kv")?,
+            import: config::request_or("IMPORT", "POST /import")?,
             instance_header: config::env_or("INSTANCE_HEADER", "X-Instance"),
             dir: std::env::var("DIR")
                 .ok()

@@ -476,6 +476,15 @@ pub fn build_guest(dir: impl AsRef<Path>, name: &str) -> PathBuf {
         .join(format!("{name}.wasm"))
 }
 
+/// Waits until `ready` holds (checked every 25 ms); panics naming `what` after 20 s.
+pub fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// A free address on 127.0.0.1 (bound, then let go, for the guest to bind).
 pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("a free port");

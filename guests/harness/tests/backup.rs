@@ -2,10 +2,10 @@
 //! snapshots on change with retention, a restore into a restarted app and into a new one.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use peapod_guests::{BACKUP, KV_SERVER};
-use peapod_harness::{Running, Sidecar, free_addr, http};
+use peapod_harness::{Running, Sidecar, eventually, free_addr, http};
 
 fn app(addr: &str) -> Running {
     let a = Sidecar::new(KV_SERVER).arg("--listen").arg(addr).start();
@@ -48,14 +48,6 @@ fn snapshots(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "never: {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 #[test]

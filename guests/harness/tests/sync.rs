@@ -3,10 +3,10 @@
 //! restart of the sidecar, and arrive in order, each once, with its idempotency key.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use peapod_guests::{KV_SERVER, SYNC};
-use peapod_harness::{FakeApp, Running, Sidecar, free_addr, http};
+use peapod_harness::{FakeApp, Running, Sidecar, eventually, free_addr, http};
 
 fn sync(app: &str, remote: &str, queue: &Path, admin: &str) -> Running {
     let s = Sidecar::new(SYNC)
@@ -38,14 +38,6 @@ fn status(admin: &str) -> String {
     a.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "never: {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 #[test]

@@ -50,6 +50,16 @@ pub fn duration_or(var: &str, default: Duration) -> Result<Duration> {
     }
 }
 
+/// Variable `var` as a request, `METHOD /path` (e.g. `GET /kv`), or `default` when unset:
+/// (method upper-case, path).
+pub fn request_or(var: &str, default: &str) -> Result<(String, String)> {
+    let v = env_or(var, default);
+    match v.split_whitespace().collect::<Vec<_>>()[..] {
+        [m, p] if p.starts_with('/') => Ok((m.to_ascii_uppercase(), p.to_string())),
+        _ => Err(problem(var, &format!("{v:?} is not `METHOD /path`"))),
+    }
+}
+
 /// Variable `var` as a list split at commas (blank items dropped); empty when unset.
 pub fn list(var: &str) -> Vec<String> {
     std::env::var(var)

@@ -52,30 +52,18 @@ struct Settings {
     push_empty: bool,
 }
 
-/// `METHOD /path` from variable `var`.
-fn request_setting(var: &str, default: &str) -> Result<(String, String)> {
-    let v = config::env_or(var, default);
-    match v.split_whitespace().collect::<Vec<_>>()[..] {
-        [m, p] if p.starts_with('/') => Ok((m.to_ascii_uppercase(), p.to_string())),
-        _ => Err(Error::Config {
-            var: var.into(),
-            why: format!("{v:?} is not `METHOD /path`"),
-        }),
-    }
-}
-
 impl Settings {
     fn from_env() -> Result<Self> {
         Ok(Settings {
             app: config::env_or("APP", "127.0.0.1:8080"),
-            export: request_setting("EXPORT", "GET /kv")?,
+            export: config::request_or("EXPORT", "GET /kv")?,
             remote: config::env("REMOTE")?,
-            push: request_setting("PUSH", "POST /ingest")?,
+            push: config::request_or("PUSH", "POST /ingest")?,
             pull: match std::env::var("PULL") {
-                Ok(v) if !v.trim().is_empty() => Some(request_setting("PULL", "")?),
+                Ok(v) if !v.trim().is_empty() => Some(config::request_or("PULL", "")?),
                 _ => None,
             },
-            import: request_setting("IMPORT", "POST /import")?,
+            import: config::request_or("IMPORT", "POST /import")?,
             dir: std::env::var("QUEUE_DIR")
                 .ok()
                 .filter(|d| !d.is_empty())
