@@ -6,7 +6,9 @@
 //! A note that repeats an event of the last [`MERGE_WINDOW`] (same object, reason and message)
 //! counts it again instead of adding one: a crash loop is one `BackOff` event with a count, as in
 //! Kubernetes. Each change is appended to the file as a line; at load the later line of an event
-//! (same object, reason, message and first time) replaces the earlier.
+//! (same object, reason, message and first time) replaces the earlier. A repeat is written at
+//! most once per [`REPEAT_WRITE_EVERY`]: a probe failing every few seconds costs the SD card a
+//! line a minute, and a daemon killed meanwhile loses at most that minute of counting.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -29,6 +31,9 @@ pub(super) const MAX_MESSAGE: usize = 1024;
 /// A note within this of the same event's last time counts it again.
 pub(super) const MERGE_WINDOW: Duration = Duration::from_secs(3600);
 
+/// A repeat of an event (its count and last time) is written to the file at most this often.
+pub(super) const REPEAT_WRITE_EVERY: Duration = Duration::from_secs(60);
+
 /// The recorder. Cheap to share (`Arc`); every method takes `&self`.
 pub(crate) struct Recorder {
     state: Mutex<State>,
@@ -41,6 +46,8 @@ struct State {
     events: VecDeque<Event>,
     /// Lines in the file (it is compacted at twice [`MEMORY`]).
     lines: usize,
+    /// When each event (by object, reason and first time) was last written.
+    written: std::collections::HashMap<(String, String, SystemTime), SystemTime>,
 }
 
 fn same(e: &Event, n: &Note) -> bool {
@@ -74,7 +81,11 @@ impl Recorder {
         }
         let (tx, _) = broadcast::channel(256);
         Recorder {
-            state: Mutex::new(State { events, lines }),
+            state: Mutex::new(State {
+                events,
+                lines,
+                written: Default::default(),
+            }),
             path,
             tx,
         }
@@ -124,7 +135,18 @@ impl Recorder {
         if st.events.len() > MEMORY {
             st.events.pop_front();
         }
-        self.persist(&mut st, &event);
+        let key = (event.object.clone(), event.reason.clone(), event.first_time);
+        let due = st.written.get(&key).is_none_or(|t| {
+            now.duration_since(*t)
+                .is_ok_and(|d| d >= REPEAT_WRITE_EVERY)
+        });
+        if due {
+            if st.written.len() >= 2 * MEMORY {
+                st.written.clear();
+            }
+            st.written.insert(key, now);
+            self.persist(&mut st, &event);
+        }
         let _ = self.tx.send(event);
     }
 
@@ -207,21 +229,21 @@ mod tests {
         );
         r.record_at(backoff.clone(), t0);
         r.record_at(note("pod/db/db", "Started", "started container db"), t0);
-        r.record_at(backoff.clone(), t0 + Duration::from_secs(10));
-        r.record_at(backoff.clone(), t0 + Duration::from_secs(20));
+        r.record_at(backoff.clone(), t0 + Duration::from_secs(70));
+        r.record_at(backoff.clone(), t0 + Duration::from_secs(140));
         let all = r.list(None);
         assert_eq!(all.len(), 2, "{all:?}");
         let last = all.last().unwrap();
         assert_eq!((last.reason.as_str(), last.count), ("BackOff", 3));
         assert_eq!(last.first_time, t0);
-        assert_eq!(last.last_time, t0 + Duration::from_secs(20));
+        assert_eq!(last.last_time, t0 + Duration::from_secs(140));
         assert_eq!(r.list(Some("db")).len(), 1);
         assert!(r.list(Some("we")).is_empty(), "a pod is named whole");
 
         // The next daemon reads the same record; a repeat long after is a new event.
         let again = Recorder::load(dir.path());
         assert_eq!(again.list(None), all);
-        again.record_at(backoff, t0 + MERGE_WINDOW + Duration::from_secs(30));
+        again.record_at(backoff, t0 + MERGE_WINDOW + Duration::from_secs(170));
         assert_eq!(again.list(Some("web")).len(), 2);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("events.jsonl"))
@@ -229,6 +251,43 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// A probe failing every 5 s writes a line a minute, not one a failure; the count reaches
+    /// the file with the next line.
+    #[test]
+    fn repeats_are_written_once_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::load(dir.path());
+        let t0 = millis(SystemTime::now());
+        let failing = note(
+            "pod/web/app",
+            "Unhealthy",
+            "readiness probe failed: HTTP 404",
+        );
+        for i in 0..13 {
+            r.record_at(failing.clone(), t0 + Duration::from_secs(5 * i));
+        }
+        assert_eq!(r.list(None)[0].count, 13);
+        let lines = || {
+            std::fs::read_to_string(dir.path().join("events.jsonl"))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        assert_eq!(lines(), 2, "the first at 0 s, a repeat at 60 s");
+        let on_disk = Recorder::load(dir.path()).list(None);
+        assert_eq!(
+            on_disk[0].count, 13,
+            "the 13th failure came at 60 s: written"
+        );
+        r.record_at(failing, t0 + Duration::from_secs(65));
+        assert_eq!(lines(), 2);
+        assert_eq!(
+            Recorder::load(dir.path()).list(None)[0].count,
+            13,
+            "a minute behind at most"
+        );
     }
 
     /// A guest's text in a message (a trap, a probe's answer) is cut: the record stays bounded
