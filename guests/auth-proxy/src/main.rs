@@ -12,6 +12,9 @@
 //! |                |                    | it gets 429 without its token being looked at         |
 //! | `ADMIN`        | `127.0.0.1:9901`   | `/healthz`, `/readyz`, `/prestop` for peapod          |
 //! | `IDLE_TIMEOUT` | `60s`              | a kept-alive connection with no request is closed     |
+//! | `TOKEN_RELOAD` | `5s`               | how often the token file is looked at (a rotated      |
+//! |                |                    | token applies without a restart: with a directory     |
+//! |                |                    | `secret`, or a file one edited in place)              |
 //!
 //! The token is never logged; a refusal is logged with its source and reason. Bodies stream
 //! both ways (chunked stays chunked) and connections are kept alive on both sides. The
@@ -35,8 +38,6 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const WINDOW: Duration = Duration::from_secs(60);
 /// Source addresses remembered at most (older windows go first).
 const MAX_SOURCES: usize = 10_000;
-/// The token file is looked at again after this long.
-const TOKEN_RECHECK: Duration = Duration::from_secs(5);
 
 struct Settings {
     listen: String,
@@ -45,6 +46,7 @@ struct Settings {
     max_failures: u32,
     admin: String,
     idle: Duration,
+    reload: Duration,
 }
 
 impl Settings {
@@ -56,6 +58,7 @@ impl Settings {
             max_failures: config::parse_or("MAX_FAILURES", 10)?,
             admin: config::env_or("ADMIN", "127.0.0.1:9901"),
             idle: config::duration_or("IDLE_TIMEOUT", Duration::from_secs(60))?,
+            reload: config::duration_or("TOKEN_RELOAD", Duration::from_secs(5))?,
         })
     }
 }
@@ -65,19 +68,21 @@ struct Token {
     file: String,
     value: String,
     checked: Instant,
+    every: Duration,
 }
 
 impl Token {
-    fn load(file: &str) -> Result<Self> {
+    fn load(file: &str, every: Duration) -> Result<Self> {
         Ok(Token {
             file: file.to_string(),
             value: config::secret(file)?,
             checked: Instant::now(),
+            every,
         })
     }
 
     fn matches(&mut self, offered: &str) -> bool {
-        if self.checked.elapsed() >= TOKEN_RECHECK {
+        if self.checked.elapsed() >= self.every {
             self.checked = Instant::now();
             match config::secret(&self.file) {
                 Ok(v) => self.value = v,
@@ -124,7 +129,7 @@ struct Proxy {
 fn main() {
     peapod_sdk::run(async {
         let settings = Settings::from_env()?;
-        let token = Token::load(&settings.token_file)?;
+        let token = Token::load(&settings.token_file, settings.reload)?;
         http::serve_admin(&settings.admin).await?;
         let listener = Listener::bind(&settings.listen).await?;
         info!(

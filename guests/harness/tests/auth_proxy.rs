@@ -13,7 +13,7 @@ struct Setup {
     app: FakeApp,
     listen: String,
     proxy: Running,
-    _secrets: tempfile::TempDir,
+    secrets: tempfile::TempDir,
 }
 
 fn setup(max_failures: u32) -> Setup {
@@ -27,6 +27,7 @@ fn setup(max_failures: u32) -> Setup {
         .env("TOKEN_FILE", "/secrets/token")
         .env("ADMIN", &free_addr())
         .env("MAX_FAILURES", &max_failures.to_string())
+        .env("TOKEN_RELOAD", "100ms")
         .mount_read_only(secrets.path(), "/secrets")
         .start();
     proxy.wait_for_log("auth-proxy listening", Duration::from_secs(30));
@@ -34,7 +35,7 @@ fn setup(max_failures: u32) -> Setup {
         app,
         listen,
         proxy,
-        _secrets: secrets,
+        secrets,
     }
 }
 
@@ -192,4 +193,26 @@ fn a_missing_token_file_ends_the_proxy_with_its_name() {
         .wait(Duration::from_secs(30));
     assert_eq!(ended.exit_code, Some(1), "{ended:?}");
     assert!(ended.logs.contains("/secrets/token"), "{}", ended.logs);
+}
+
+#[test]
+fn a_rotated_token_applies_without_a_restart() {
+    let s = setup(100);
+    let ask = |token: &str| {
+        status(&http(
+            &s.listen,
+            &format!("GET /kv HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"),
+        ))
+    };
+    assert_eq!(ask(TOKEN), 200);
+    // Replaced as a secret is rotated: a new file renamed over the old.
+    let dir = s.secrets.path();
+    std::fs::write(dir.join("token.new"), "tok-rotated-77\n").unwrap();
+    std::fs::rename(dir.join("token.new"), dir.join("token")).unwrap();
+    let t0 = std::time::Instant::now();
+    while ask("tok-rotated-77") != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", s.proxy.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ask(TOKEN), 401, "the old token is refused");
 }
