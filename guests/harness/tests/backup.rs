@@ -4,14 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use peapod_guests::{BACKUP, KV_SERVER};
-use peapod_harness::{Running, Sidecar, eventually, free_addr, http};
+mod common;
 
-fn app(addr: &str) -> Running {
-    let a = Sidecar::new(KV_SERVER).arg("--listen").arg(addr).start();
-    a.wait_for_log("kv-server listening", Duration::from_secs(30));
-    a
-}
+use common::{body, kv_app as app, put};
+use peapod_guests::BACKUP;
+use peapod_harness::{Running, Sidecar, eventually, free_addr, http};
 
 fn backup(app: &str, dir: &Path, keep: u32) -> Running {
     Sidecar::new(BACKUP)
@@ -22,21 +19,6 @@ fn backup(app: &str, dir: &Path, keep: u32) -> Running {
         .env("ADMIN", &free_addr())
         .mount(dir, "/backups")
         .start()
-}
-
-fn put(app: &str, key: &str, value: &str) {
-    let a = http(
-        app,
-        &format!(
-            "PUT /kv/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{value}",
-            value.len()
-        ),
-    );
-    assert!(a.starts_with("HTTP/1.1 201"), "{a}");
-}
-
-fn body(answer: &str) -> &str {
-    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
 fn snapshots(dir: &Path) -> Vec<String> {

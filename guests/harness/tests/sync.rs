@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use peapod_guests::{KV_SERVER, SYNC};
+mod common;
+
+use common::{body, kv_app, put};
+use peapod_guests::SYNC;
 use peapod_harness::{FakeApp, Running, Sidecar, eventually, free_addr, http};
 
 fn sync(app: &str, remote: &str, queue: &Path, admin: &str) -> Running {
@@ -22,29 +25,14 @@ fn sync(app: &str, remote: &str, queue: &Path, admin: &str) -> Running {
     s
 }
 
-fn put(app: &str, key: &str, value: &str) {
-    let a = http(
-        app,
-        &format!(
-            "PUT /kv/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{value}",
-            value.len()
-        ),
-    );
-    assert!(a.starts_with("HTTP/1.1 201"), "{a}");
-}
-
 fn status(admin: &str) -> String {
-    let a = http(admin, "GET /status HTTP/1.1\r\nHost: x\r\n\r\n");
-    a.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    body(&http(admin, "GET /status HTTP/1.1\r\nHost: x\r\n\r\n")).to_string()
 }
 
 #[test]
 fn changes_wait_offline_survive_a_restart_and_arrive_once_in_order() {
     let app = free_addr();
-    let kv = Sidecar::new(KV_SERVER).arg("--listen").arg(&app).start();
-    kv.wait_for_log("kv-server listening", Duration::from_secs(30));
+    let _kv = kv_app(&app);
     let queue = tempfile::tempdir().unwrap();
     let remote = free_addr(); // nothing listens there yet: the link is down
     let admin = free_addr();
@@ -104,8 +92,7 @@ fn changes_wait_offline_survive_a_restart_and_arrive_once_in_order() {
 #[test]
 fn a_remote_that_refuses_is_retried_and_pull_reaches_the_app() {
     let app = free_addr();
-    let kv = Sidecar::new(KV_SERVER).arg("--listen").arg(&app).start();
-    kv.wait_for_log("kv-server listening", Duration::from_secs(30));
+    let _kv = kv_app(&app);
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = refused.clone();
     // The remote answers 503 twice, then takes changes; its config is pulled into the app.

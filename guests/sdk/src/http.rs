@@ -498,15 +498,20 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// `Ok` when httparse read a whole head.
+fn whole(parsed: httparse::Result<usize>) -> Result<(), HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        Ok(httparse::Status::Partial) => Err(HeadError::Truncated),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
 /// A request head (no body).
 pub fn parse_request(head: &[u8]) -> Result<Request, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HeadError::Truncated),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
-    }
+    whole(req.parse(head))?;
     Ok(Request {
         method: req.method.unwrap_or_default().to_string(),
         target: req.path.unwrap_or_default().to_string(),
@@ -521,11 +526,7 @@ pub fn parse_request(head: &[u8]) -> Result<Request, HeadError> {
 pub fn parse_response(head: &[u8]) -> Result<Response, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HeadError::Truncated),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
-    }
+    whole(resp.parse(head))?;
     Ok(Response {
         status: resp.code.unwrap_or(0),
         headers: owned(resp.headers),
