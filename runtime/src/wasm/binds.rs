@@ -32,10 +32,15 @@ impl Transport {
     }
 }
 
-/// The binds of one pod's containers: who bound each port last.
+/// A taken port is said at most this often per container and port: a guest that retries its
+/// bind in a loop cannot flood the daemon's log or the events.
+const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The binds of one pod's containers: who bound each port last, and when a taken one was said.
 #[derive(Debug, Clone, Default)]
 pub struct Binds {
     owners: Arc<Mutex<HashMap<(Transport, u16), String>>>,
+    said: Arc<Mutex<HashMap<(String, Transport, u16), std::time::Instant>>>,
     events: Events,
     /// `pod/NAME`
     pod: String,
@@ -45,13 +50,15 @@ impl Binds {
     pub fn new(pod: &str, events: Events) -> Self {
         Binds {
             owners: Arc::default(),
+            said: Arc::default(),
             events,
             pod: format!("pod/{pod}"),
         }
     }
 
     /// Container `container` is about to bind `addr`: when the port is taken in the pod, says
-    /// so (and by which container, when one of the pod's bound it). Returns what was said.
+    /// so (and by which container, when one of the pod's bound it), at most once per
+    /// [`SAY_EVERY`] for the same container and port. Returns what was said.
     pub fn check(&self, container: &str, addr: SocketAddr, transport: Transport) -> Option<String> {
         if addr.port() == 0 {
             return None;
@@ -62,6 +69,12 @@ impl Binds {
             owners.insert(key, container.to_string());
             return None;
         }
+        let said_key = (container.to_string(), transport, addr.port());
+        let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+        if said.get(&said_key).is_some_and(|t| t.elapsed() < SAY_EVERY) {
+            return None;
+        }
+        said.insert(said_key, std::time::Instant::now());
         let by = match owners.get(&key) {
             Some(o) if o != container => format!("container {o:?} of the pod holds it"),
             Some(_) => "this container's previous run holds it still".to_string(),
@@ -123,10 +136,17 @@ mod tests {
             said.contains("container \"a\" of the pod holds it"),
             "{said}"
         );
-        let notes = notes.lock().unwrap();
-        assert_eq!(notes.len(), 1);
-        assert_eq!(notes[0].reason, "PortInUse");
-        assert_eq!(notes[0].object, "pod/web/b");
+        {
+            let notes = notes.lock().unwrap();
+            assert_eq!(notes.len(), 1);
+            assert_eq!(notes[0].reason, "PortInUse");
+            assert_eq!(notes[0].object, "pod/web/b");
+        }
+        // A guest retrying in a loop is told once a minute, not once a try.
+        for _ in 0..100 {
+            assert_eq!(binds.check("b", addr, Transport::Tcp), None);
+        }
+        assert_eq!(notes.lock().unwrap().len(), 1);
         drop(held);
         // Free again: no word.
         assert_eq!(binds.check("b", addr, Transport::Tcp), None);
