@@ -36,11 +36,14 @@ impl Transport {
 /// bind in a loop cannot flood the daemon's log or the events.
 const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// (container, transport, port) of a taken port that was said.
+type Said = (String, Transport, u16);
+
 /// The binds of one pod's containers: who bound each port last, and when a taken one was said.
 #[derive(Debug, Clone, Default)]
 pub struct Binds {
     owners: Arc<Mutex<HashMap<(Transport, u16), String>>>,
-    said: Arc<Mutex<HashMap<(String, Transport, u16), std::time::Instant>>>,
+    said: Arc<Mutex<HashMap<Said, std::time::Instant>>>,
     events: Events,
     /// `pod/NAME`
     pod: String,
