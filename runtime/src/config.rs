@@ -37,6 +37,11 @@
 //! api_connections = 16           # API connections one user holds open (a quarter of
 //!                                # limits.api_connections is root's alone)
 //! follow_streams = 4             # `peapod logs -f` streams one user holds open
+//! [images]                       # modules from OCI registries (`module = "oci://..."`)
+//! registries = []                # when not empty: the only registries pulled from
+//! insecure = []                  # registries spoken to in plain HTTP (e.g. "127.0.0.1:5000")
+//! auth_file = "/etc/peapod/registry-auth.json"  # docker-style config.json (root's, 0600),
+//!                                # used when it exists
 //! ```
 
 use std::net::Ipv4Addr;
@@ -88,6 +93,35 @@ pub struct Config {
     /// address reads the figures (pod names, addresses, use): bind it to 127.0.0.1 or a
     /// management network.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[images]`: where modules may be pulled from, and how.
+    pub images: ImageSettings,
+}
+
+/// Where `oci://` modules may come from (`[images]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSettings {
+    /// When not empty, the only registries (`HOST` or `HOST:PORT`) pulled from; any other is
+    /// an unknown registry.
+    pub registries: Vec<String>,
+    /// Registries spoken to in plain HTTP; every other one in HTTPS, checked against the
+    /// system's CAs.
+    pub insecure: Vec<String>,
+    /// Registry credentials in docker's `config.json` form; used when the file exists, and
+    /// only when it is root's and no one else may read it.
+    pub auth_file: PathBuf,
+}
+
+/// The default of `images.auth_file`.
+pub const DEFAULT_AUTH_FILE: &str = "/etc/peapod/registry-auth.json";
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            registries: Vec::new(),
+            insecure: Vec::new(),
+            auth_file: DEFAULT_AUTH_FILE.into(),
+        }
+    }
 }
 
 /// Bounds on what pods and API clients may take (see [`crate::wasm::limits`]).
@@ -201,6 +235,7 @@ impl Default for Config {
             limits: Limits::default(),
             quotas: Quotas::default(),
             metrics_listen: None,
+            images: ImageSettings::default(),
         }
     }
 }
@@ -234,6 +269,16 @@ struct RawConfig {
     quotas: RawQuotas,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    images: RawImages,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawImages {
+    registries: Option<Vec<String>>,
+    insecure: Option<Vec<String>>,
+    auth_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -460,6 +505,25 @@ impl Config {
                 ))
             })?),
         };
+        let di = ImageSettings::default();
+        let images = ImageSettings {
+            registries: raw.images.registries.unwrap_or(di.registries),
+            insecure: raw.images.insecure.unwrap_or(di.insecure),
+            auth_file: raw.images.auth_file.unwrap_or(di.auth_file),
+        };
+        for (field, list) in [
+            ("images.registries", &images.registries),
+            ("images.insecure", &images.insecure),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .find(|r| r.is_empty() || r.contains(['/', ' ', '@']) || r.contains("://"))
+            {
+                return Err(invalid(format!(
+                    "{field}: {bad:?} is not a registry (HOST or HOST:PORT, no scheme or path)"
+                )));
+            }
+        }
         let log_level = raw.logs.level.unwrap_or(d.log_level);
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(format!(
@@ -486,6 +550,7 @@ impl Config {
             limits,
             quotas,
             metrics_listen,
+            images,
             egress: overrides.egress.or(raw.network.egress).unwrap_or(d.egress),
             run_dir,
             state_dir,

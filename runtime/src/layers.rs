@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The layer of a unit (a top-level module, or a module of `host`, `wasm` or `run`).
 fn layer(unit: &str) -> u8 {
     match unit.split("::").next().unwrap_or(unit) {
-        "host" | "wasm" => 2,
+        "host" | "wasm" | "images" => 2,
         "run" => 3,
         "admission" | "loader" | "daemon" | "client" => 4,
         _ => 1,

@@ -12,6 +12,7 @@
 //!    all through rtnetlink), IPAM, the firewall, published ports, volumes on the host.
 //!    [`wasm`], the engine: wasmtime, compiled modules and the compile cache, what a run may
 //!    grow, its CPU meter, name lookups, reading untrusted module files. Neither uses the other.
+//!    [`images`]: modules from OCI registries, kept by digest.
 //! 3. [`run`]: a pod's containers supervised (restart policy, backoff, probes) on the pod thread
 //!    inside its sandbox: where `host` and `wasm` meet.
 //! 4. `admission` (what a pod may ask of the board), [`loader`] (a pod's modules checked
@@ -37,6 +38,7 @@ mod durable;
 pub mod event;
 mod hash;
 pub mod host;
+pub mod images;
 #[cfg(test)]
 mod layers;
 pub mod loader;

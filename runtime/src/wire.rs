@@ -119,6 +119,10 @@ pub struct ContainerSpecView {
     pub name: String,
     pub kind: Kind,
     pub module: PathBuf,
+    /// `oci://REGISTRY/REPO:TAG@sha256:...`: the registry's module it runs, pinned to the
+    /// manifest its tag resolved to when the pod was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     pub restart_policy: String,
@@ -285,6 +289,45 @@ impl std::fmt::Display for Action {
 pub struct Applied {
     pub action: Action,
     pub pod: PodView,
+}
+
+/// `POST /v1/images/pull`: a reference (`oci://` or not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub reference: String,
+}
+
+/// One stored module from a registry (`GET /v1/images`, and `pull`'s answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageView {
+    /// As pulled, without `oci://`.
+    pub reference: String,
+    /// The manifest's digest.
+    pub manifest: String,
+    /// The module layer's digest (what the board stores and runs).
+    pub module: String,
+    pub media_type: String,
+    /// Bytes.
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub pulled_at: u64,
+    /// The pods whose containers run it.
+    #[serde(default)]
+    pub pods: Vec<String>,
+}
+
+/// `GET /v1/images`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageList {
+    pub images: Vec<ImageView>,
+}
+
+/// `POST /v1/images/prune`: what went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pruned {
+    pub removed: Vec<ImageView>,
+    /// Bytes of blobs removed.
+    pub freed: u64,
 }
 
 /// `DELETE /v1/pods/NAME`.

@@ -32,12 +32,14 @@ mod env;
 mod http;
 mod observe;
 mod process;
+mod registry;
 
 pub(crate) use dns::*;
 pub(crate) use env::*;
 pub(crate) use http::*;
 pub(crate) use observe::*;
 pub(crate) use process::*;
+pub(crate) use registry::*;
 
 pub(crate) const PEAPOD: &str = env!("CARGO_BIN_EXE_peapod");
 

@@ -101,6 +101,9 @@ enum Command {
     Logs(ctl::Logs),
     Restart(ctl::Restart),
     Delete(ctl::Delete),
+    Pull(ctl::Pull),
+    Images(ctl::Images),
+    Image(ctl::Image),
     Completion(generate::Completion),
     Man(generate::Man),
     /// (podman's and docker's words: a tip to `delete`)
@@ -115,8 +118,9 @@ enum Command {
 const SANDBOX_ONLY: [&str; 4] = ["bridge", "subnet", "egress", "pods_dir"];
 
 /// The verbs that talk to the daemon.
-const CLIENT_VERBS: [&str; 10] = [
+const CLIENT_VERBS: [&str; 13] = [
     "apply", "get", "describe", "events", "ps", "top", "inspect", "logs", "restart", "delete",
+    "pull", "images", "image",
 ];
 
 /// The CLI's definition as it parses and as its help, completions and man pages show it:
@@ -188,6 +192,9 @@ pub(crate) fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(c) => c.exec(config),
         Command::Restart(c) => c.exec(config),
         Command::Delete(c) => c.exec(config),
+        Command::Pull(c) => c.exec(config),
+        Command::Images(c) => c.exec(config),
+        Command::Image(c) => c.exec(config),
         Command::Completion(c) => c.exec(),
         Command::Man(c) => c.exec(),
         Command::Stop(_) | Command::Rm(_) => {

@@ -11,6 +11,7 @@
 //! | `POST /v1/pods/{pod}/containers/{c}/restart`  | restart one container in place (same IP)  |
 //! | `GET /v1/pods/{pod}/logs?container=C&tail=N&follow=true` | CRI log lines, text/plain      |
 //! | `POST /v1/reload`                             | re-read the pods directory (as SIGHUP)    |
+//! | `GET /v1/images`, `POST /v1/images/pull`, `POST /v1/images/prune` | modules from registries ([`super::images`]) |
 //!
 //! Errors are JSON, `{"error": message, "problems": [...]}` (problems for an invalid spec), with
 //! 400 (bad request), 403 (a pod of another user), 404 (no such pod or container), 408 (the
@@ -85,6 +86,9 @@ pub(super) fn router(
         )
         .route("/v1/pods/{pod}/logs", get(logs))
         .route("/v1/reload", post(reload))
+        .route("/v1/images", get(super::images::list))
+        .route("/v1/images/pull", post(super::images::pull))
+        .route("/v1/images/prune", post(super::images::prune))
         .route("/v1/events", get(events))
         .route("/v1/daemon", get(daemon_status))
         .route("/metrics", get(metrics))
@@ -145,7 +149,7 @@ impl Drop for Following {
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     let body = wire::ApiError {
         error: message.into(),
         problems: Vec::new(),
@@ -189,40 +193,51 @@ async fn inspect(State(pods): State<Shared>, Path(pod): Path<String>) -> Respons
     }
 }
 
-/// The body is read as JSON whatever its content type says (so `curl -d` works).
+/// A request body of JSON `T` (whatever its content type says, so `curl -d` works), within
+/// [`BODY_TIMEOUT`] and [`MAX_BODY`]; else the answer to give (naming the `form` expected).
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    form: &str,
+) -> Result<T, Response> {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("reading the body (at most {MAX_BODY} bytes): {e}"),
+            ));
+        }
+        Ok(Ok(b)) => b,
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("body must be JSON {form}: {e}"),
+        )
+    })
+}
+
 async fn apply(
     State(pods): State<Shared>,
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
-    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
-    {
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
-            );
-        }
-        Ok(Err(e)) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("reading the body (at most {MAX_BODY} bytes): {e}"),
-            );
-        }
-        Ok(Ok(b)) => b,
-    };
     // `source` is the spec file's path on the client's machine: relative module paths are
     // resolved against it, and messages name it.
-    let body: wire::ApplyRequest = match serde_json::from_slice(&body) {
+    let body: wire::ApplyRequest = match read_json(
+        body,
+        "{\"source\": \"/abs/pod.toml\", \"spec\": \"<toml text>\"}",
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "body must be JSON {{\"source\": \"/abs/pod.toml\", \"spec\": \"<toml text>\"}}: {e}"
-                ),
-            );
-        }
+        Err(resp) => return resp,
     };
     if !body.source.is_absolute() {
         return error(StatusCode::BAD_REQUEST, "source: must be an absolute path");

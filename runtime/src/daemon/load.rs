@@ -12,7 +12,7 @@ use crate::caller::Caller;
 use crate::config::Config;
 use crate::loader;
 use crate::module_file::{self, Read};
-use crate::spec::{PodSpec, Problem, SpecError};
+use crate::spec::{PodSpec, Problem, ResolvedImage, SpecError};
 use crate::wasm::executor::{Executor, Prepared};
 
 /// Where a pod's spec comes from.
@@ -59,17 +59,31 @@ pub(super) struct Parsed {
     pub root_asks: bool,
 }
 
-/// Validates spec text from `source`; `modules` replaces the module paths (stored copies).
-/// Module files are read with the rights of `caller` (see [`crate::module_file`]).
+/// What a stored pod ran: its modules' stored copies, and what its `oci://` modules resolved
+/// to (not resolved again: a stored pod starts offline, as it was applied).
+pub(super) struct Stored<'a> {
+    pub modules: &'a [PathBuf],
+    pub images: &'a [Option<ResolvedImage>],
+}
+
+/// Validates spec text from `source`; `stored` replaces the module paths (stored copies) and
+/// resolutions, else `oci://` modules are resolved now ([`loader::resolve_images`]).
+/// Module files are read with the rights of `caller` (see [`crate::module_file`]); a stored
+/// copy must still hash to the name it was stored under.
 pub(super) fn parse(
     source: &Path,
     text: &str,
-    modules: Option<&[PathBuf]>,
+    stored: Option<Stored<'_>>,
     caller: Caller,
     cfg: &Config,
 ) -> Result<Parsed, SpecError> {
     let mut spec = PodSpec::parse(source, text)?;
-    if let Some(paths) = modules {
+    let from_store = stored.is_some();
+    if let Some(Stored {
+        modules: paths,
+        images,
+    }) = stored
+    {
         if paths.len() != spec.containers.len() {
             return Err(SpecError::invalid(
                 source,
@@ -80,19 +94,57 @@ pub(super) fn parse(
                 }],
             ));
         }
-        for (c, p) in spec.containers.iter_mut().zip(paths) {
+        for (i, (c, p)) in spec.containers.iter_mut().zip(paths).enumerate() {
             c.module = p.clone();
+            if let (Some(image), Some(Some(r))) = (c.image.as_mut(), images.get(i)) {
+                image.resolved = Some(r.clone());
+            }
         }
+    } else {
+        loader::resolve_images(&mut spec, cfg)?;
     }
     let read = loader::read_modules(&spec, cfg, caller)?;
+    if from_store {
+        check_copies(&spec, &read)?;
+    }
     let sums: Vec<[u8; 32]> = read.iter().map(|r| r.sha256).collect();
     let digest = digest(text, &sums);
     Ok(Parsed {
         spec,
         modules: read,
         digest,
-        root_asks: caller.is_root() && modules.is_none(),
+        root_asks: caller.is_root() && !from_store,
     })
+}
+
+/// A stored copy is named by its SHA-256 (`<sha256>.wasm`): bytes that no longer hash to it were
+/// changed on disk, and are not run. (Registry blobs are checked as they are read.)
+fn check_copies(spec: &PodSpec, read: &[Read]) -> Result<(), SpecError> {
+    let problems: Vec<Problem> = spec
+        .containers
+        .iter()
+        .zip(read)
+        .filter(|(c, _)| c.image.is_none())
+        .filter_map(|(c, r)| {
+            let stem = c.module.file_stem()?.to_str()?;
+            let actual = crate::hash::hex(&r.sha256);
+            (stem.len() == 64 && stem != actual).then(|| {
+                spec.problem(
+                    c,
+                    "module",
+                    format!(
+                        "the stored copy {} is damaged (its bytes hash to {actual}): apply the pod again",
+                        c.module.display()
+                    ),
+                )
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecError::invalid(&spec.source, problems))
+    }
 }
 
 /// Compiles what [`parse`] returned.

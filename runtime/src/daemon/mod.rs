@@ -13,6 +13,7 @@ mod api;
 mod crashguard;
 mod events;
 mod host;
+mod images;
 mod load;
 mod metrics;
 mod pods;

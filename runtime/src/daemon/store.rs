@@ -24,6 +24,11 @@ pub(super) struct Record {
     /// before owners were kept read as root's.
     #[serde(default)]
     pub owner: u32,
+    /// For each container, what its `oci://` module resolved to when applied (its module is
+    /// then the image store's blob, not a copy); `None` for a file module. Older records have
+    /// none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Option<crate::spec::ResolvedImage>>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +149,7 @@ mod tests {
             text: "[pod]\n".into(),
             modules: vec![m.clone()],
             owner: 1000,
+            images: Vec::new(),
         };
         s.save("a", &r(&m1)).unwrap();
         let m2 = s

@@ -140,6 +140,9 @@ pub struct ContainerSpec {
     pub module: PathBuf,
     /// Line of the `module` field, so module problems found later point at it.
     pub module_line: Option<usize>,
+    /// `module = "oci://..."`: the module comes from a registry (then `module` is the stored
+    /// blob once the reference is resolved, see `crate::images`).
+    pub image: Option<Image>,
     /// `argv[1..]`; `argv[0]` is the container name.
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -171,6 +174,73 @@ impl ContainerSpec {
             Kind::Init | Kind::Sidecar => "init_containers",
         }
     }
+}
+
+/// A module named by an OCI reference (`module = "oci://REGISTRY/REPO:TAG"` or
+/// `...@sha256:DIGEST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The reference as written, without `oci://`.
+    pub reference: String,
+    /// What it resolved to when the pod was applied: the manifest's digest and the module
+    /// layer's (`sha256:...`); `None` until then.
+    pub resolved: Option<ResolvedImage>,
+}
+
+/// The digests an [`Image`] resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResolvedImage {
+    pub manifest: String,
+    pub module: String,
+}
+
+impl Image {
+    /// `module = "oci://..."` text: `None` when it is a file path; the reference or why it is
+    /// not one.
+    pub fn parse(module: &str) -> Option<Result<Image, String>> {
+        let rest = module.strip_prefix(IMAGE_SCHEME)?;
+        Some(check_reference(rest).map(|()| Image {
+            reference: rest.to_string(),
+            resolved: None,
+        }))
+    }
+
+    /// The reference pinned to the manifest it resolved to (`REGISTRY/REPO:TAG@sha256:...`),
+    /// or as written.
+    pub fn pinned(&self) -> String {
+        match &self.resolved {
+            Some(r) if !self.reference.contains('@') => {
+                format!("{}@{}", self.reference, r.manifest)
+            }
+            _ => self.reference.clone(),
+        }
+    }
+}
+
+/// The scheme of a module from a registry.
+pub const IMAGE_SCHEME: &str = "oci://";
+
+/// A reference names its registry (a host with a dot or a port, or `localhost`: no registry
+/// is assumed) and a tag or a digest (no `latest` is assumed either: what a board runs must
+/// not change under it without an apply).
+fn check_reference(r: &str) -> Result<(), String> {
+    const FORM: &str = "write oci://REGISTRY/REPO:TAG or oci://REGISTRY/REPO@sha256:DIGEST";
+    let parsed = oci_client::Reference::try_from(r)
+        .map_err(|e| format!("{r:?} is not an OCI reference ({e}); {FORM}"))?;
+    let first = r.split('/').next().unwrap_or_default();
+    if !r.contains('/') || !(first.contains('.') || first.contains(':') || first == "localhost") {
+        return Err(format!(
+            "{r:?} names no registry (no registry is assumed); {FORM}"
+        ));
+    }
+    // (The parser fills in `latest` for a reference without a tag: look at the text.)
+    let last = r.rsplit('/').next().unwrap_or_default();
+    if !last.contains(':') && parsed.digest().is_none() {
+        return Err(format!(
+            "{r:?} has no tag or digest (\"latest\" is not assumed); {FORM}"
+        ));
+    }
+    Ok(())
 }
 
 /// One thing wrong with a spec file.
@@ -473,6 +543,14 @@ impl PodSpec {
             if c.module.as_os_str().is_empty() {
                 problem(&at("module"), "must name a .wasm file".into());
             }
+            let image = match c.module.to_str().and_then(Image::parse) {
+                Some(Ok(image)) => Some(image),
+                Some(Err(e)) => {
+                    problem(&at("module"), e);
+                    None
+                }
+                None => None,
+            };
             for key in c.env.keys() {
                 if key.is_empty() || key.contains('=') || key.contains('\0') {
                     problem(
@@ -528,8 +606,13 @@ impl PodSpec {
                 supervision::pre_stop(c.lifecycle, &[Key::F(list), Key::I(i)], &mut problem);
             let ports = ports::ports((list, i), c.ports, &mut published, &line_of, &mut problem);
             containers.push(ContainerSpec {
-                module: dir.join(&c.module),
+                module: if image.is_some() {
+                    c.module.clone()
+                } else {
+                    dir.join(&c.module)
+                },
                 module_line: line_of(&at("module")),
+                image,
                 name: c.name,
                 kind,
                 args: c.args,

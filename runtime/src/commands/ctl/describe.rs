@@ -162,7 +162,10 @@ fn container(s: &mut String, c: &ContainerStatus, spec: Option<&peapod::wire::Co
         let _ = writeln!(s, "    {:<16}{v}", format!("{k}:"));
     };
     if let Some(spec) = spec {
-        field("Module", spec.module.display().to_string());
+        match &spec.image {
+            Some(image) => field("Image", image.clone()),
+            None => field("Module", spec.module.display().to_string()),
+        }
         if !spec.args.is_empty() {
             field("Args", spec.args.join(" "));
         }

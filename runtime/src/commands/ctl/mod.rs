@@ -1,5 +1,5 @@
 //! The commands that talk to the daemon: `apply`, `ps`, `top`, `inspect`, `logs`, `restart`,
-//! `delete`.
+//! `delete`, `pull`, `images`, `image`.
 //!
 //! Exit status: 0 done; 1 the daemon refused (no such pod, conflict, failure); 2 invalid input
 //! (a spec that does not validate, bad arguments); 3 the daemon cannot be reached. One file a
@@ -23,6 +23,7 @@ mod delete;
 mod describe;
 mod events;
 mod get;
+mod images;
 mod inspect;
 mod logs;
 mod restart;
@@ -33,6 +34,7 @@ pub(super) use delete::Delete;
 pub(super) use describe::Describe;
 pub(super) use events::Events;
 pub(super) use get::{Get, Ps};
+pub(super) use images::{Image, Images, Pull};
 pub(super) use inspect::Inspect;
 pub(super) use logs::Logs;
 pub(super) use restart::Restart;

@@ -247,7 +247,11 @@ impl Pods {
         }
         let me = Caller::myself();
         for (name, r) in records {
-            let loaded = parse(&r.source, &r.text, Some(&r.modules), me, &self.cfg)
+            let stored = super::load::Stored {
+                modules: &r.modules,
+                images: &r.images,
+            };
+            let loaded = parse(&r.source, &r.text, Some(stored), me, &self.cfg)
                 .and_then(|p| compile(&self.exec, p));
             match loaded {
                 Ok(l) if l.spec.name == name => self.start(Origin::Api, r.owner, l).await,
@@ -595,6 +599,28 @@ impl Pods {
         crate::admission::admit(&self.cfg, caller, spec, &others)
     }
 
+    /// Module digest -> the pods that run it, of every `oci://` module the pods (and the stored
+    /// records) name: what `images` shows and `image prune` keeps.
+    pub(super) fn image_users(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (name, e) in &self.entries {
+            for c in &e.spec.containers {
+                if let Some(r) = c.image.as_ref().and_then(|i| i.resolved.as_ref()) {
+                    users
+                        .entry(r.module.clone())
+                        .or_default()
+                        .insert(name.clone());
+                }
+            }
+        }
+        for (name, r) in self.store.load_all().0 {
+            for i in r.images.into_iter().flatten() {
+                users.entry(i.module).or_default().insert(name.clone());
+            }
+        }
+        users
+    }
+
     /// The settings and the engine, for [`plan`] outside the lock.
     pub(super) fn planner(&self) -> (Config, Executor) {
         (self.cfg.clone(), self.exec.clone())
@@ -625,12 +651,20 @@ impl Pods {
         }
         self.admit(caller, &l.spec)
             .map_err(|u| OpError::Unfit(u.to_string()))?;
+        // A registry's module is kept in the image store already; a file's is copied.
         let stored = l
             .read
             .iter()
-            .map(|m| self.store.put_module(m))
+            .zip(&l.spec.containers)
+            .map(|(m, c)| match c.image {
+                Some(_) => Ok(c.module.clone()),
+                None => self.store.put_module(m),
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| OpError::Failed(format!("storing modules: {e}")))?;
+        let images = (l.spec.containers.iter())
+            .map(|c| c.image.as_ref().and_then(|i| i.resolved.clone()))
+            .collect::<Vec<_>>();
         self.store
             .save(
                 &name,
@@ -639,6 +673,11 @@ impl Pods {
                     text: text.to_string(),
                     modules: stored.clone(),
                     owner: caller.uid,
+                    images: if images.iter().any(Option::is_some) {
+                        images
+                    } else {
+                        Vec::new()
+                    },
                 },
             )
             .map_err(|e| OpError::Failed(format!("storing pod: {e}")))?;

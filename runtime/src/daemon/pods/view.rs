@@ -150,6 +150,7 @@ fn spec_view(c: &crate::spec::ContainerSpec) -> crate::wire::ContainerSpecView {
         name: c.name.clone(),
         kind: c.kind,
         module: c.module.clone(),
+        image: c.image.as_ref().map(|i| format!("oci://{}", i.pinned())),
         args: c.args.clone(),
         restart_policy: format!("{:?}", c.restart_policy),
         memory_limit: c.memory_limit,

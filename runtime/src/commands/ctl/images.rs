@@ -1,0 +1,128 @@
+//! `peapod pull`, `peapod images`, `peapod image prune`: modules from OCI registries, kept by
+//! the daemon in its state dir.
+
+use super::*;
+use peapod::wire::{ImageList, ImageView, Pruned, PullRequest};
+
+/// Pull a module from an OCI registry into the board's store (a tag is asked for again)
+#[derive(clap::Args, Debug)]
+pub(crate) struct Pull {
+    /// oci://REGISTRY/REPO:TAG or oci://REGISTRY/REPO@sha256:DIGEST (the scheme may be left out)
+    reference: String,
+}
+
+/// List the modules pulled from registries: reference, digest, size and the pods that run them
+#[derive(clap::Args, Debug)]
+pub(crate) struct Images {
+    /// Show the module layer's digest and media type too
+    #[arg(long)]
+    digests: bool,
+}
+
+/// Manage the modules pulled from registries
+#[derive(clap::Args, Debug)]
+pub(crate) struct Image {
+    #[command(subcommand)]
+    verb: ImageVerb,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ImageVerb {
+    /// Remove every stored module no pod runs (root only)
+    Prune,
+    /// As `peapod images`
+    #[command(alias = "list")]
+    Ls(Images),
+    /// As `peapod pull`
+    Pull(Pull),
+}
+
+impl Pull {
+    pub(crate) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let client = Client::new(&config.socket);
+        let req = PullRequest {
+            reference: self.reference,
+        };
+        let r = runtime()?.block_on(client.json::<ImageView>(
+            Method::POST,
+            "/v1/images/pull",
+            Some(&req),
+        ));
+        Ok(done(r, |v| {
+            outln!(
+                "pulled oci://{} ({}, {}): module {}",
+                v.reference,
+                v.manifest,
+                binary_size(v.size),
+                v.module
+            )
+        }))
+    }
+}
+
+impl Images {
+    pub(crate) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let client = Client::new(&config.socket);
+        let r = runtime()?.block_on(client.get::<ImageList>("/v1/images"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(done(r, |list| {
+            let mut header = vec!["REFERENCE", "DIGEST", "SIZE", "PULLED", "PODS"];
+            if self.digests {
+                header.extend(["MODULE", "MEDIA TYPE"]);
+            }
+            let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+            for i in list.images {
+                let mut row = vec![
+                    format!("oci://{}", i.reference),
+                    short(&i.manifest),
+                    binary_size(i.size),
+                    format!("{} ago", age(now.saturating_sub(i.pulled_at))),
+                    if i.pods.is_empty() {
+                        "-".into()
+                    } else {
+                        i.pods.join(",")
+                    },
+                ];
+                if self.digests {
+                    row.extend([i.module, i.media_type]);
+                }
+                rows.push(row);
+            }
+            print_table(&rows);
+        }))
+    }
+}
+
+/// `sha256:0123456789ab`: enough of a digest to tell images apart, as `docker images` prints.
+fn short(digest: &str) -> String {
+    digest.chars().take("sha256:".len() + 12).collect()
+}
+
+impl Image {
+    pub(crate) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        match self.verb {
+            ImageVerb::Ls(i) => i.exec(config),
+            ImageVerb::Pull(p) => p.exec(config),
+            ImageVerb::Prune => {
+                let client = Client::new(&config.socket);
+                let r = runtime()?.block_on(client.json::<Pruned>(
+                    Method::POST,
+                    "/v1/images/prune",
+                    None::<&()>,
+                ));
+                Ok(done(r, |p| {
+                    for i in &p.removed {
+                        outln!("removed oci://{} ({})", i.reference, short(&i.manifest));
+                    }
+                    outln!(
+                        "{} image(s) removed, {} freed",
+                        p.removed.len(),
+                        binary_size(p.freed)
+                    );
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The API's images (`peapod pull`, `peapod images`, `peapod image prune`): the modules of
+//! [`crate::images`]' store, and which pods run them.
+//!
+//! | method and path                              | does                                        |
+//! |----------------------------------------------|---------------------------------------------|
+//! | `POST /v1/images/pull` `{"reference":REF}`   | pull now (a tag is asked for again)         |
+//! | `GET /v1/images`                             | what is stored, with the pods that run it   |
+//! | `POST /v1/images/prune`                      | remove what no pod runs (root only)         |
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::api::{Shared, error, read_json};
+use crate::caller::Caller;
+use crate::images::{ImageError, ImageStore, Pulled};
+use crate::spec::Image;
+use crate::wire;
+
+fn view(p: Pulled, users: &BTreeMap<String, BTreeSet<String>>) -> wire::ImageView {
+    wire::ImageView {
+        pods: users
+            .get(&p.module)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+        reference: p.reference,
+        manifest: p.manifest,
+        module: p.module,
+        media_type: p.media_type,
+        size: p.size,
+        pulled_at: p.pulled_at,
+    }
+}
+
+fn status(e: &ImageError) -> StatusCode {
+    match e {
+        ImageError::UnknownRegistry { .. } => StatusCode::BAD_REQUEST,
+        ImageError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ImageError::Denied { .. } => StatusCode::FORBIDDEN,
+        ImageError::NotWasm { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ImageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ImageError::AuthFile { .. } | ImageError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ImageError::Unreachable { .. }
+        | ImageError::DigestMismatch { .. }
+        | ImageError::Other { .. } => StatusCode::BAD_GATEWAY,
+    }
+}
+
+pub(super) async fn pull(State(pods): State<Shared>, body: Body) -> Response {
+    let req: wire::PullRequest =
+        match read_json(body, "{\"reference\": \"oci://REGISTRY/REPO:TAG\"}").await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+    let text = req.reference.trim();
+    let full = if text.starts_with(crate::spec::IMAGE_SCHEME) {
+        text.to_string()
+    } else {
+        format!("{}{text}", crate::spec::IMAGE_SCHEME)
+    };
+    let image = match Image::parse(&full) {
+        Some(Ok(i)) => i,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("reference: {e}")),
+        None => unreachable!("the scheme was added"),
+    };
+    let (cfg, users) = {
+        let pods = pods.lock().await;
+        (pods.planner().0, pods.image_users())
+    };
+    match crate::images::pull(&cfg, &image.reference).await {
+        Ok(p) => Json(view(p, &users)).into_response(),
+        Err(e) => error(status(&e), e.to_string()),
+    }
+}
+
+pub(super) async fn list(State(pods): State<Shared>) -> Response {
+    let (cfg, users) = {
+        let pods = pods.lock().await;
+        (pods.planner().0, pods.image_users())
+    };
+    let images = ImageStore::new(&cfg.state_dir)
+        .list()
+        .into_iter()
+        .map(|p| view(p, &users))
+        .collect();
+    Json(wire::ImageList { images }).into_response()
+}
+
+pub(super) async fn prune(
+    State(pods): State<Shared>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if !caller.is_root() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "only root may prune the board's images (other users' pods may need them again)",
+        );
+    }
+    // Under the lock: no apply commits a pod on a module being removed.
+    let pods = pods.lock().await;
+    let users = pods.image_users();
+    let in_use: BTreeSet<String> = users.keys().cloned().collect();
+    let (removed, freed) = ImageStore::new(&pods.planner().0.state_dir).prune(&in_use);
+    let removed = removed.into_iter().map(|p| view(p, &users)).collect();
+    Json(wire::Pruned { removed, freed }).into_response()
+}
