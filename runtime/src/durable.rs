@@ -19,6 +19,20 @@ use nix::fcntl::{Flock, FlockArg};
 /// A temp file is `.<name>.<pid>.tmp`, beside the file it replaces.
 const TEMP_SUFFIX: &str = ".tmp";
 
+/// Test hook for crash recovery: with `PEAPOD_CRASH_AT=<point>` in its environment the process
+/// kills itself with SIGKILL at that point, as a power cut or the OOM killer would. Only in
+/// builds with the `test-hooks` feature (the tests'); a release build has no such hook.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn crash_point(point: &str) {
+    if std::env::var("PEAPOD_CRASH_AT").is_ok_and(|v| v == point) {
+        tracing::warn!("PEAPOD_CRASH_AT={point}: killing myself");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn crash_point(_: &str) {}
+
 /// Replaces `path` with `bytes` atomically and durably.
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     swap(path, bytes, true)?;

@@ -291,6 +291,61 @@ pub struct Applied {
     pub pod: PodView,
 }
 
+/// Where a revision of a pod stands in its rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevisionState {
+    /// Applied; not proven ready yet (the daemon watches it until `update.deadline`).
+    Progressing,
+    /// Was ready for `update.min_ready`: a version to roll back to.
+    Ready,
+    /// Replaced by a later apply.
+    Superseded,
+    /// Failed its rollout; the daemon went back to the revision before.
+    RolledBack,
+}
+
+impl std::fmt::Display for RevisionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RevisionState::Progressing => "progressing",
+            RevisionState::Ready => "ready",
+            RevisionState::Superseded => "superseded",
+            RevisionState::RolledBack => "rolled-back",
+        })
+    }
+}
+
+/// One revision of a pod (`GET /v1/pods/NAME/rollout`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionView {
+    pub revision: u64,
+    pub state: RevisionState,
+    /// Seconds since the epoch.
+    pub applied_at: u64,
+    /// What it runs, a line a container.
+    pub change: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The revision the pod runs now.
+    pub current: bool,
+}
+
+/// `GET /v1/pods/NAME/rollout`: its revisions, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutHistory {
+    pub pod: String,
+    pub revisions: Vec<RevisionView>,
+}
+
+/// `POST /v1/pods/NAME/rollout/undo`: the revision to go back to (default: the last ready one
+/// before the current).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UndoRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_revision: Option<u64>,
+}
+
 /// `POST /v1/images/pull`: a reference (`oci://` or not).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PullRequest {

@@ -104,6 +104,7 @@ enum Command {
     Pull(ctl::Pull),
     Images(ctl::Images),
     Image(ctl::Image),
+    Rollout(ctl::Rollout),
     Completion(generate::Completion),
     Man(generate::Man),
     /// (podman's and docker's words: a tip to `delete`)
@@ -118,9 +119,9 @@ enum Command {
 const SANDBOX_ONLY: [&str; 4] = ["bridge", "subnet", "egress", "pods_dir"];
 
 /// The verbs that talk to the daemon.
-const CLIENT_VERBS: [&str; 13] = [
+const CLIENT_VERBS: [&str; 14] = [
     "apply", "get", "describe", "events", "ps", "top", "inspect", "logs", "restart", "delete",
-    "pull", "images", "image",
+    "pull", "images", "image", "rollout",
 ];
 
 /// The CLI's definition as it parses and as its help, completions and man pages show it:
@@ -195,6 +196,7 @@ pub(crate) fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(c) => c.exec(config),
         Command::Images(c) => c.exec(config),
         Command::Image(c) => c.exec(config),
+        Command::Rollout(c) => c.exec(config),
         Command::Completion(c) => c.exec(),
         Command::Man(c) => c.exec(),
         Command::Stop(_) | Command::Rm(_) => {

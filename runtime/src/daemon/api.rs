@@ -11,6 +11,8 @@
 //! | `POST /v1/pods/{pod}/containers/{c}/restart`  | restart one container in place (same IP)  |
 //! | `GET /v1/pods/{pod}/logs?container=C&tail=N&follow=true` | CRI log lines, text/plain      |
 //! | `POST /v1/reload`                             | re-read the pods directory (as SIGHUP)    |
+//! | `GET /v1/pods/{pod}/rollout`                  | its revisions (`rollout history`)         |
+//! | `POST /v1/pods/{pod}/rollout/undo` `{"to_revision":N}` | apply an earlier revision again  |
 //! | `GET /v1/images`, `POST /v1/images/pull`, `POST /v1/images/prune` | modules from registries ([`super::images`]) |
 //!
 //! Errors are JSON, `{"error": message, "problems": [...]}` (problems for an invalid spec), with
@@ -85,6 +87,8 @@ pub(super) fn router(
             post(restart_container),
         )
         .route("/v1/pods/{pod}/logs", get(logs))
+        .route("/v1/pods/{pod}/rollout", get(rollout_history))
+        .route("/v1/pods/{pod}/rollout/undo", post(rollout_undo))
         .route("/v1/reload", post(reload))
         .route("/v1/images", get(super::images::list))
         .route("/v1/images/pull", post(super::images::pull))
@@ -223,6 +227,24 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// [`read_json`], an empty body being `T::default()`.
+async fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: Body,
+    form: &str,
+) -> Result<T, Response> {
+    let value: serde_json::Value = match read_json::<Option<serde_json::Value>>(body, form).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(T::default()),
+        Err(resp) => return Err(resp),
+    };
+    serde_json::from_value(value).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("body must be JSON {form}: {e}"),
+        )
+    })
+}
+
 async fn apply(
     State(pods): State<Shared>,
     Extension(caller): Extension<Caller>,
@@ -256,19 +278,26 @@ async fn apply(
             return error(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling: {e}"));
         }
     };
+    commit(&pods, &body.source, &body.spec, loaded, caller).await
+}
+
+/// An apply's second half (also `rollout undo`'s): what was planned becomes the pod, and the
+/// answer says what came of it once it settled.
+async fn commit(
+    pods: &Shared,
+    source: &std::path::Path,
+    text: &str,
+    loaded: super::pods::Loaded,
+    caller: Caller,
+) -> Response {
     let name = loaded.spec.name.clone();
-    let action = match pods
-        .lock()
-        .await
-        .commit(&body.source, &body.spec, loaded, caller)
-        .await
-    {
+    let action = match pods.lock().await.commit(source, text, loaded, caller).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
     // A re-created pod waits for its old sandbox to stop (pre_stop hooks, grace period): not
     // under the lock, so `ps` and the others go on.
-    super::pods::settle(&pods, Some(&name)).await;
+    super::pods::settle(pods, Some(&name)).await;
     let (outcome, cleanup) = pods.lock().await.committed(&name, action);
     if let Some(stop) = cleanup {
         stop.wait().await;
@@ -283,6 +312,48 @@ async fn apply(
             (status, Json(wire::Applied { action, pod: view })).into_response()
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// `rollout history`: 404 for a pod with neither a record nor a history.
+async fn rollout_history(State(pods): State<Shared>, Path(pod): Path<String>) -> Response {
+    let revisions = pods.lock().await.history(&pod);
+    if revisions.is_empty() {
+        return OpError::NotFound(pod).into_response();
+    }
+    Json(wire::RolloutHistory { pod, revisions }).into_response()
+}
+
+/// `rollout undo`: the revision asked for (or the last ready one before the current) applied
+/// again, as a new revision (watched like any update).
+async fn rollout_undo(
+    State(pods): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(pod): Path<String>,
+    body: Body,
+) -> Response {
+    let req: wire::UndoRequest = match read_json_or_default(body, "{\"to_revision\": N}").await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let (record, cfg, exec) = {
+        let p = pods.lock().await;
+        if let Err(e) = p.owned_by(&pod, caller) {
+            return e.into_response();
+        }
+        let (cfg, exec) = p.planner();
+        match p.undo_target(&pod, req.to_revision) {
+            Ok(r) => (r, cfg, exec),
+            Err(e) => return e.into_response(),
+        }
+    };
+    let r = record.clone();
+    let planned =
+        tokio::task::spawn_blocking(move || super::pods::plan_stored(&cfg, &exec, &r)).await;
+    match planned {
+        Ok(Ok(loaded)) => commit(&pods, &record.source, &record.text, loaded, caller).await,
+        Ok(Err(e)) => OpError::from(e).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("loading: {e}")),
     }
 }
 

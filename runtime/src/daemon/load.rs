@@ -170,6 +170,22 @@ pub(super) fn plan(
     compile(exec, parse(source, text, None, caller, cfg)?)
 }
 
+/// [`plan`] for a stored record (`rollout undo`): its modules and resolutions as stored.
+pub(super) fn plan_stored(
+    cfg: &Config,
+    exec: &Executor,
+    r: &super::store::Record,
+) -> Result<Loaded, SpecError> {
+    let stored = Stored {
+        modules: &r.modules,
+        images: &r.images,
+    };
+    compile(
+        exec,
+        parse(&r.source, &r.text, Some(stored), Caller::myself(), cfg)?,
+    )
+}
+
 /// The `*.toml` files of the pods directory, sorted, each with its text or why it cannot be read.
 pub(super) fn pod_files(cfg: &Config) -> Vec<(PathBuf, Result<String, String>)> {
     let dir = &cfg.pods_dir;

@@ -164,20 +164,6 @@ fn lock_pod(cfg: &Config, pod: &str) -> Result<PodLock, SandboxError> {
     }
 }
 
-/// Test hook for crash recovery: with `PEAPOD_CRASH_AT=<point>` in its environment the process
-/// kills itself with SIGKILL at that point, as a power cut or the OOM killer would. Only in
-/// builds with the `test-hooks` feature (the tests'); a release build has no such hook.
-#[cfg(feature = "test-hooks")]
-fn crash_point(point: &str) {
-    if std::env::var("PEAPOD_CRASH_AT").is_ok_and(|v| v == point) {
-        tracing::warn!("PEAPOD_CRASH_AT={point}: killing myself");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-#[cfg(not(feature = "test-hooks"))]
-fn crash_point(_: &str) {}
-
 /// Runs `work` on a thread inside the namespace `fd` ([`netns::spawn`]), so netlink requests it
 /// makes act in that namespace.
 pub async fn in_netns<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, SandboxError>
@@ -368,7 +354,7 @@ impl Sandbox {
             })
         })
         .await?;
-        crash_point("sandbox-after-lease");
+        crate::durable::crash_point("sandbox-after-lease");
         tracing::debug!(
             pod = self.pod,
             "sandbox: lease persisted in {:.1?}",

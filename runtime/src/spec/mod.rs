@@ -113,9 +113,38 @@ pub struct PodSpec {
     pub containers: Vec<ContainerSpec>,
     /// `[[volumes]]`: what containers may mount (see [`volumes`]).
     pub volumes: Vec<VolumeSpec>,
+    /// `[update]`: how an apply that replaces this pod is proven, or undone.
+    pub update: UpdatePolicy,
     /// Values that were accepted but changed (e.g. a backoff raised to [`MIN_BACKOFF`]), in the
     /// form of problems: whoever loads the spec shows them.
     pub warnings: Vec<Problem>,
+}
+
+/// `[update]`: an apply that replaces a running pod (a new module, a new spec) is a rollout. The
+/// new version is proven once it has been ready (every container running and passing its
+/// readiness probe) for `min_ready` without a restart; if that has not happened `deadline`
+/// after the apply, or it restarts [`CRASH_LOOP_RESTARTS`] times first, the daemon rolls back
+/// to the version before by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdatePolicy {
+    pub deadline: Duration,
+    pub min_ready: Duration,
+}
+
+/// Restarts of one container within a rollout's deadline that roll it back (a crash loop).
+pub const CRASH_LOOP_RESTARTS: u32 = 3;
+/// `[update] deadline` unless set.
+pub const DEFAULT_UPDATE_DEADLINE: Duration = Duration::from_secs(60);
+/// `[update] min_ready` unless set.
+pub const DEFAULT_MIN_READY: Duration = Duration::from_secs(5);
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        UpdatePolicy {
+            deadline: DEFAULT_UPDATE_DEADLINE,
+            min_ready: DEFAULT_MIN_READY,
+        }
+    }
 }
 
 /// What part a container plays in its pod.
@@ -304,6 +333,15 @@ struct RawFile {
     containers: Vec<RawContainer>,
     #[serde(default)]
     volumes: Vec<volumes::RawVolume>,
+    #[serde(default)]
+    update: RawUpdate,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    deadline: Option<supervision::RawDuration>,
+    min_ready: Option<supervision::RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -508,6 +546,30 @@ impl PodSpec {
             &[Key::F("pod"), Key::F("termination_grace_period")],
             &mut problem,
         );
+        let update = UpdatePolicy {
+            deadline: supervision::duration(
+                raw.update.deadline.as_ref(),
+                DEFAULT_UPDATE_DEADLINE,
+                &[Key::F("update"), Key::F("deadline")],
+                &mut problem,
+            ),
+            min_ready: supervision::duration(
+                raw.update.min_ready.as_ref(),
+                DEFAULT_MIN_READY,
+                &[Key::F("update"), Key::F("min_ready")],
+                &mut problem,
+            ),
+        };
+        if update.deadline <= update.min_ready {
+            problem(
+                &[Key::F("update"), Key::F("deadline")],
+                format!(
+                    "{} must be longer than update.min_ready ({}): a version must have time to prove itself",
+                    humantime::format_duration(update.deadline),
+                    humantime::format_duration(update.min_ready)
+                ),
+            );
+        }
         let pod_volumes = volumes::volumes(raw.volumes, &line_of, &mut problem);
 
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -658,6 +720,7 @@ impl PodSpec {
             termination_grace_period,
             containers,
             volumes: pod_volumes,
+            update,
             warnings,
         })
     }

@@ -1,5 +1,5 @@
 //! The commands that talk to the daemon: `apply`, `ps`, `top`, `inspect`, `logs`, `restart`,
-//! `delete`, `pull`, `images`, `image`.
+//! `delete`, `pull`, `images`, `image`, `rollout`.
 //!
 //! Exit status: 0 done; 1 the daemon refused (no such pod, conflict, failure); 2 invalid input
 //! (a spec that does not validate, bad arguments); 3 the daemon cannot be reached. One file a
@@ -27,6 +27,7 @@ mod images;
 mod inspect;
 mod logs;
 mod restart;
+mod rollout;
 mod top;
 
 pub(super) use apply::Apply;
@@ -38,6 +39,7 @@ pub(super) use images::{Image, Images, Pull};
 pub(super) use inspect::Inspect;
 pub(super) use logs::Logs;
 pub(super) use restart::Restart;
+pub(super) use rollout::Rollout;
 pub(super) use top::Top;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+mod rollout;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -30,7 +31,7 @@ pub(super) use view::PodView;
 
 use super::crashguard::CrashGuard;
 use super::host::{Host, Kernel, Running};
-pub(super) use super::load::{Loaded, Origin, ReloadPlan, plan, plan_reload};
+pub(super) use super::load::{Loaded, Origin, ReloadPlan, plan, plan_reload, plan_stored};
 use super::load::{compile, parse, pod_files};
 use super::store::{Record, Store};
 use crate::admission::Admitted;
@@ -114,6 +115,8 @@ struct Entry {
     error: Option<String>,
     /// Held back by the crash guard until then.
     delayed: Option<Instant>,
+    /// An applied revision not proven yet ([`rollout`]).
+    rollout: Option<rollout::Rollout>,
 }
 
 pub(super) use crate::wire::Action;
@@ -247,6 +250,17 @@ impl Pods {
         }
         let me = Caller::myself();
         for (name, r) in records {
+            // After a power cut mid-update: the history agrees with what ran.
+            let r = match self.store.reconcile(&name, r) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("stored pod {name}: its history: {e}");
+                    continue;
+                }
+            };
+            let progressing = self.store.history(&name).iter().any(|h| {
+                h.revision == r.revision && h.state == crate::wire::RevisionState::Progressing
+            });
             let stored = super::load::Stored {
                 modules: &r.modules,
                 images: &r.images,
@@ -254,7 +268,14 @@ impl Pods {
             let loaded = parse(&r.source, &r.text, Some(stored), me, &self.cfg)
                 .and_then(|p| compile(&self.exec, p));
             match loaded {
-                Ok(l) if l.spec.name == name => self.start(Origin::Api, r.owner, l).await,
+                Ok(l) if l.spec.name == name => {
+                    // A revision the stop interrupted before it was proven: watched again.
+                    let watch = progressing.then(|| rollout::Rollout::new(r.revision, &l.spec));
+                    self.start(Origin::Api, r.owner, l).await;
+                    if let Some(e) = self.entries.get_mut(&name) {
+                        e.rollout = watch;
+                    }
+                }
                 Ok(l) => tracing::error!(
                     "stored pod {name}: its spec names pod {:?}; not started",
                     l.spec.name
@@ -419,6 +440,7 @@ impl Pods {
                 running: None,
                 error: None,
                 delayed,
+                rollout: None,
             },
         );
         if delayed.is_none() {
@@ -503,8 +525,9 @@ impl Pods {
             tracing::info!("pod {name}: crash-guard delay over; starting");
             self.launch(&name).await;
         }
+        self.watch_rollouts().await;
         // Pods left pending when the request that re-created them went away before their old
-        // sandbox was gone.
+        // sandbox was gone (and those a rollback re-created).
         self.launch_pending(None).await;
     }
 
@@ -613,7 +636,7 @@ impl Pods {
                 }
             }
         }
-        for (name, r) in self.store.load_all().0 {
+        for (name, r) in self.store.all_records() {
             for i in r.images.into_iter().flatten() {
                 users.entry(i.module).or_default().insert(name.clone());
             }
@@ -665,21 +688,20 @@ impl Pods {
         let images = (l.spec.containers.iter())
             .map(|c| c.image.as_ref().and_then(|i| i.resolved.clone()))
             .collect::<Vec<_>>();
-        self.store
-            .save(
-                &name,
-                &Record {
-                    source: source.to_path_buf(),
-                    text: text.to_string(),
-                    modules: stored.clone(),
-                    owner: caller.uid,
-                    images: if images.iter().any(Option::is_some) {
-                        images
-                    } else {
-                        Vec::new()
-                    },
-                },
-            )
+        let mut record = Record {
+            source: source.to_path_buf(),
+            text: text.to_string(),
+            modules: stored.clone(),
+            owner: caller.uid,
+            images: if images.iter().any(Option::is_some) {
+                images
+            } else {
+                Vec::new()
+            },
+            revision: 0,
+        };
+        self.begin_revision(&name, &mut record, &l.spec)
+            .and_then(|()| self.store.save(&name, &record))
             .map_err(|e| OpError::Failed(format!("storing pod: {e}")))?;
         let action = if self.entries.contains_key(&name) {
             self.remove(&name, Logs::Keep);
@@ -691,7 +713,11 @@ impl Pods {
         for (c, p) in l.spec.containers.iter_mut().zip(stored) {
             c.module = p;
         }
+        let watch = rollout::Rollout::new(record.revision, &l.spec);
         self.start(Origin::Api, caller.uid, l).await;
+        if let Some(e) = self.entries.get_mut(&name) {
+            e.rollout = Some(watch);
+        }
         Ok(action)
     }
 

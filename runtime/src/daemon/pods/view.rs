@@ -13,7 +13,7 @@ pub(crate) use crate::wire::PodView;
 
 /// A pod is ready when every container that stays (apps and sidecars; plain init containers
 /// end by design) is, and it has one.
-fn pod_ready(containers: &[Status]) -> bool {
+pub(super) fn pod_ready(containers: &[Status]) -> bool {
     let mut live = containers
         .iter()
         .filter(|c| c.kind != Kind::Init)
