@@ -276,9 +276,41 @@ fn a_pod_runs_a_registry_module_and_keeps_running_it_offline() {
 
     // A new version under the same tag: the next apply resolves it and re-creates the pod.
     registry.resume();
+    // (Pushed by `peapod push`, as a build machine would.)
     let kv2 = variant(&kv, "v2");
-    let m2 = registry.push_module("demo/kv:1", &kv2);
-    assert_ne!(m1, m2);
+    let file = env.dir.path().join("kv2.wasm");
+    std::fs::write(&file, &kv2).unwrap();
+    let out = env
+        .peapod(&[
+            "push",
+            file.to_str().unwrap(),
+            &format!("oci://{host}/demo/kv:1"),
+        ])
+        .env("PEAPOD_CONFIG", &conf)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m2 = said.trim().rsplit('@').next().unwrap().to_string();
+    assert!(m2.starts_with("sha256:") && m2 != m1, "{said}");
+    // A .cwasm (native code) is never pushed.
+    std::fs::write(&file, b"\x7fELF native").unwrap();
+    let out = env
+        .peapod(&[
+            "push",
+            file.to_str().unwrap(),
+            &format!("oci://{host}/demo/native:2"),
+        ])
+        .env("PEAPOD_CONFIG", &conf)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not WebAssembly")
+    );
     let out = env.ctl_ok(&["apply", "-f", spec]);
     assert!(
         out.contains("re-created") || out.contains("recreated"),
@@ -292,6 +324,13 @@ fn a_pod_runs_a_registry_module_and_keeps_running_it_offline() {
         format!("oci://{host}/demo/kv:1@{m2}")
     );
 
+    // The old version is still listed (its tag moved on): kept by the pod's history.
+    let out = env.ctl_ok(&["images"]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&m1[..19]) && l.ends_with("(kept by reg)")),
+        "{out}"
+    );
     // Prune keeps what a pod runs and what its history may go back to (the old version is a
     // rollback's target); after the delete, nothing is kept.
     let out = env.ctl_ok(&["image", "prune"]);

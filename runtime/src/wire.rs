@@ -369,6 +369,9 @@ pub struct ImageView {
     /// The pods whose containers run it.
     #[serde(default)]
     pub pods: Vec<String>,
+    /// The pods whose history keeps it, for a rollback or `rollout undo`.
+    #[serde(default)]
+    pub kept_by: Vec<String>,
 }
 
 /// `GET /v1/images`.

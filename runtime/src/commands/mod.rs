@@ -102,6 +102,7 @@ enum Command {
     Restart(ctl::Restart),
     Delete(ctl::Delete),
     Pull(ctl::Pull),
+    Push(ctl::Push),
     Images(ctl::Images),
     Image(ctl::Image),
     Rollout(ctl::Rollout),
@@ -118,10 +119,10 @@ enum Command {
 /// daemon still accept them (one environment may serve both) but leave them out of their help.
 const SANDBOX_ONLY: [&str; 4] = ["bridge", "subnet", "egress", "pods_dir"];
 
-/// The verbs that talk to the daemon.
-const CLIENT_VERBS: [&str; 14] = [
+/// The verbs that make no sandbox (they talk to the daemon, or to a registry).
+const CLIENT_VERBS: [&str; 15] = [
     "apply", "get", "describe", "events", "ps", "top", "inspect", "logs", "restart", "delete",
-    "pull", "images", "image", "rollout",
+    "pull", "images", "image", "rollout", "push",
 ];
 
 /// The CLI's definition as it parses and as its help, completions and man pages show it:
@@ -194,6 +195,7 @@ pub(crate) fn exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restart(c) => c.exec(config),
         Command::Delete(c) => c.exec(config),
         Command::Pull(c) => c.exec(config),
+        Command::Push(c) => c.exec(config),
         Command::Images(c) => c.exec(config),
         Command::Image(c) => c.exec(config),
         Command::Rollout(c) => c.exec(config),

@@ -21,14 +21,16 @@ use crate::images::{ImageError, ImageStore, Pulled};
 use crate::spec::Image;
 use crate::wire;
 
-fn view(p: Pulled, users: &BTreeMap<String, BTreeSet<String>>) -> wire::ImageView {
+type Uses = BTreeMap<String, super::pods::ImageUse>;
+
+fn view(p: Pulled, uses: &Uses) -> wire::ImageView {
+    let u = uses.get(&p.module);
     wire::ImageView {
-        pods: users
-            .get(&p.module)
+        pods: u
             .into_iter()
-            .flatten()
-            .cloned()
+            .flat_map(|u| u.running.iter().cloned())
             .collect(),
+        kept_by: u.into_iter().flat_map(|u| u.kept.iter().cloned()).collect(),
         reference: p.reference,
         manifest: p.manifest,
         module: p.module,
@@ -58,16 +60,9 @@ pub(super) async fn pull(State(pods): State<Shared>, body: Body) -> Response {
             Ok(r) => r,
             Err(resp) => return resp,
         };
-    let text = req.reference.trim();
-    let full = if text.starts_with(crate::spec::IMAGE_SCHEME) {
-        text.to_string()
-    } else {
-        format!("{}{text}", crate::spec::IMAGE_SCHEME)
-    };
-    let image = match Image::parse(&full) {
-        Some(Ok(i)) => i,
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("reference: {e}")),
-        None => unreachable!("the scheme was added"),
+    let image = match Image::reference(&req.reference) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reference: {e}")),
     };
     let (cfg, users) = {
         let pods = pods.lock().await;
@@ -84,9 +79,37 @@ pub(super) async fn list(State(pods): State<Shared>) -> Response {
         let pods = pods.lock().await;
         (pods.planner().0, pods.image_users())
     };
-    let images = ImageStore::new(&cfg.state_dir)
-        .list()
+    let store = ImageStore::new(&cfg.state_dir);
+    let pulled = store.list();
+    // A module a pod runs or keeps whose tag has moved on (its reference now names another
+    // module) is listed too, by the reference it was pinned as.
+    let unlisted: Vec<Pulled> = users
+        .iter()
+        .filter(|(module, _)| !pulled.iter().any(|p| &p.module == *module))
+        .filter_map(|(module, u)| {
+            let meta = std::fs::metadata(store.blob_path(module).ok()?).ok()?;
+            let pinned = u.pinned.clone().unwrap_or_default();
+            let manifest = pinned
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_string())
+                .unwrap_or_default();
+            Some(Pulled {
+                reference: pinned,
+                manifest,
+                module: module.clone(),
+                media_type: String::new(),
+                size: meta.len(),
+                pulled_at: meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs()),
+            })
+        })
+        .collect();
+    let images = pulled
         .into_iter()
+        .chain(unlisted)
         .map(|p| view(p, &users))
         .collect();
     Json(wire::ImageList { images }).into_response()

@@ -59,6 +59,25 @@ pub async fn pull(cfg: &Config, reference: &str) -> Result<Pulled, ImageError> {
     registry::pull(&cfg.images, &store, cfg.limits.max_module_size, reference).await
 }
 
+/// Pushes a module file to `reference` (without `oci://`) as a WASM artifact
+/// (`application/wasm`): `peapod push`. Returns the manifest's digest.
+pub async fn push(
+    cfg: &Config,
+    file: &std::path::Path,
+    reference: &str,
+) -> Result<String, ImageError> {
+    let read = crate::module_file::read(
+        file,
+        cfg.limits.max_module_size,
+        crate::caller::Caller::myself(),
+    )
+    .map_err(|e| ImageError::Other {
+        reference: reference.into(),
+        message: e.to_string(),
+    })?;
+    registry::push(&cfg.images, read.bytes, reference).await
+}
+
 /// What `reference` (without `oci://`) runs as now: pulled (see the module's comment for
 /// when the store answers instead).
 pub async fn resolve_async(cfg: &Config, reference: &str) -> Result<Pulled, ImageError> {

@@ -209,6 +209,44 @@ pub(crate) async fn pull(
     Ok(pulled)
 }
 
+/// The media types `peapod push` writes: the CNCF TAG Runtime's WASM artifact layout.
+pub(crate) const PUSH_LAYER_TYPE: &str = "application/wasm";
+pub(crate) const PUSH_CONFIG_TYPE: &str = "application/vnd.wasm.config.v0+json";
+
+/// Pushes `module` (bytes of a `.wasm`) as `reference`; returns the manifest's digest.
+pub(crate) async fn push(
+    settings: &ImageSettings,
+    module: Vec<u8>,
+    reference: &str,
+) -> Result<String, ImageError> {
+    let r: Reference = reference.parse().map_err(|e| ImageError::Other {
+        reference: reference.into(),
+        message: format!("not an OCI reference: {e}"),
+    })?;
+    if !module.starts_with(b"\0asm") {
+        return Err(ImageError::NotWasm {
+            reference: reference.into(),
+            why: "the file is not WebAssembly (no \\0asm magic; a .cwasm is native code and never pushed)".into(),
+        });
+    }
+    let registry = r.registry().to_string();
+    let auth = auth::for_registry(&settings.auth_file, &registry)?;
+    let client = client(settings);
+    let fail = |e| classify(e, &registry, reference);
+    let layers = [oci_client::client::ImageLayer::new(
+        module,
+        PUSH_LAYER_TYPE.to_string(),
+        None,
+    )];
+    let config =
+        oci_client::client::Config::new(b"{}".to_vec(), PUSH_CONFIG_TYPE.to_string(), None);
+    client
+        .push(&r, &layers, config, &auth, None)
+        .await
+        .map_err(fail)?;
+    client.fetch_manifest_digest(&r, &auth).await.map_err(fail)
+}
+
 /// What a failed registry call means for the user.
 fn classify(e: OciDistributionError, registry: &str, reference: &str) -> ImageError {
     let not_found = || ImageError::NotFound {

@@ -234,6 +234,16 @@ impl Image {
         }))
     }
 
+    /// A reference as a command line or an API body gives it: `oci://` or not.
+    pub fn reference(text: &str) -> Result<Image, String> {
+        let text = text.trim();
+        let rest = text.strip_prefix(IMAGE_SCHEME).unwrap_or(text);
+        check_reference(rest).map(|()| Image {
+            reference: rest.to_string(),
+            resolved: None,
+        })
+    }
+
     /// The reference pinned to the manifest it resolved to (`REGISTRY/REPO:TAG@sha256:...`),
     /// or as written.
     pub fn pinned(&self) -> String {

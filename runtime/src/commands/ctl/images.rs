@@ -11,6 +11,48 @@ pub(crate) struct Pull {
     reference: String,
 }
 
+/// Push a module file to an OCI registry as a WASM artifact (no daemon: from a build machine too)
+#[derive(clap::Args, Debug)]
+pub(crate) struct Push {
+    /// The .wasm file (a component or a core module)
+    file: PathBuf,
+    /// oci://REGISTRY/REPO:TAG (the scheme may be left out)
+    reference: String,
+}
+
+impl Push {
+    pub(crate) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        let image = match reference(&self.reference) {
+            Ok(i) => i,
+            Err(code) => return Ok(code),
+        };
+        let pushed =
+            runtime()?.block_on(peapod::images::push(&config, &self.file, &image.reference));
+        Ok(match pushed {
+            Ok(digest) => {
+                outln!(
+                    "pushed {} as oci://{}@{digest}",
+                    self.file.display(),
+                    image.reference
+                );
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("peapod: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        })
+    }
+}
+
+/// `oci://REF` or `REF`, checked as a spec's `module` is; exit 2 when it is not one.
+fn reference(text: &str) -> Result<peapod::spec::Image, ExitCode> {
+    peapod::spec::Image::reference(text).map_err(|e| {
+        eprintln!("peapod: reference: {e}");
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
 /// List the modules pulled from registries: reference, digest, size and the pods that run them
 #[derive(clap::Args, Debug)]
 pub(crate) struct Images {
@@ -39,6 +81,9 @@ enum ImageVerb {
 
 impl Pull {
     pub(crate) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
+        if let Err(code) = reference(&self.reference) {
+            return Ok(code);
+        }
         let client = Client::new(&config.socket);
         let req = PullRequest {
             reference: self.reference,
@@ -79,10 +124,13 @@ impl Images {
                     short(&i.manifest),
                     binary_size(i.size),
                     format!("{} ago", age(now.saturating_sub(i.pulled_at))),
-                    if i.pods.is_empty() {
-                        "-".into()
-                    } else {
-                        i.pods.join(",")
+                    match (i.pods.is_empty(), i.kept_by.is_empty()) {
+                        (true, true) => "-".into(),
+                        (false, true) => i.pods.join(","),
+                        (true, false) => format!("(kept by {})", i.kept_by.join(",")),
+                        (false, false) => {
+                            format!("{} (kept by {})", i.pods.join(","), i.kept_by.join(","))
+                        }
                     },
                 ];
                 if self.digests {

@@ -35,7 +35,7 @@ pub(super) use delete::Delete;
 pub(super) use describe::Describe;
 pub(super) use events::Events;
 pub(super) use get::{Get, Ps};
-pub(super) use images::{Image, Images, Pull};
+pub(super) use images::{Image, Images, Pull, Push};
 pub(super) use inspect::Inspect;
 pub(super) use logs::Logs;
 pub(super) use restart::Restart;

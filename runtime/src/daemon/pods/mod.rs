@@ -121,6 +121,17 @@ struct Entry {
 
 pub(super) use crate::wire::Action;
 
+/// Who uses one stored module of a registry.
+#[derive(Debug, Default)]
+pub(super) struct ImageUse {
+    /// The pods running it.
+    pub running: BTreeSet<String>,
+    /// The pods whose history keeps it (a rollback or `rollout undo` may need it).
+    pub kept: BTreeSet<String>,
+    /// A reference pinned to it (`REG/REPO:TAG@sha256:...`), as a pod resolved it.
+    pub pinned: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(super) enum OpError {
     #[error("no pod named {0:?}")]
@@ -622,26 +633,41 @@ impl Pods {
         crate::admission::admit(&self.cfg, caller, spec, &others)
     }
 
-    /// Module digest -> the pods that run it, of every `oci://` module the pods (and the stored
-    /// records) name: what `images` shows and `image prune` keeps.
-    pub(super) fn image_users(&self) -> BTreeMap<String, BTreeSet<String>> {
-        let mut users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    /// Every `oci://` module the pods run or keep (module digest -> who): what `images` shows
+    /// and `image prune` keeps.
+    pub(super) fn image_users(&self) -> BTreeMap<String, ImageUse> {
+        let mut uses: BTreeMap<String, ImageUse> = BTreeMap::new();
         for (name, e) in &self.entries {
             for c in &e.spec.containers {
-                if let Some(r) = c.image.as_ref().and_then(|i| i.resolved.as_ref()) {
-                    users
-                        .entry(r.module.clone())
-                        .or_default()
-                        .insert(name.clone());
+                if let Some(image) = &c.image
+                    && let Some(r) = &image.resolved
+                {
+                    let u = uses.entry(r.module.clone()).or_default();
+                    u.running.insert(name.clone());
+                    u.pinned.get_or_insert_with(|| image.pinned());
                 }
             }
         }
-        for (name, r) in self.store.all_records() {
+        let (records, _) = self.store.load_all();
+        for (name, r) in records {
             for i in r.images.into_iter().flatten() {
-                users.entry(i.module).or_default().insert(name.clone());
+                uses.entry(i.module).or_default();
+            }
+            for h in self.store.history(&name) {
+                for (i, change) in h.record.images.iter().zip(&h.change) {
+                    if let Some(i) = i {
+                        let u = uses.entry(i.module.clone()).or_default();
+                        if !u.running.contains(&name) {
+                            u.kept.insert(name.clone());
+                        }
+                        if let Some((_, pinned)) = change.split_once("=oci://") {
+                            u.pinned.get_or_insert_with(|| pinned.to_string());
+                        }
+                    }
+                }
             }
         }
-        users
+        uses
     }
 
     /// The settings and the engine, for [`plan`] outside the lock.
