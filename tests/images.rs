@@ -212,6 +212,29 @@ fn every_way_a_pull_fails_is_named_and_stores_nothing() {
     assert!(e.contains("damaged"), "{e}");
 }
 
+/// HTTPS is checked against the system's CAs: a registry (or a machine in the middle) with a
+/// certificate no CA signed is refused, and listing it as insecure does not turn the check off
+/// (it only allows plain HTTP, which a TLS port does not speak).
+#[test]
+#[ignore = "needs docker-registry (scripts/setup installs it): scripts/test runs it"]
+fn a_certificate_no_system_ca_signed_is_refused() {
+    let registry = Registry::start_self_signed();
+    let host = registry.host();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut cfg = config(&state, &registry);
+    cfg.images.insecure.clear();
+    let e = pull(&cfg, &format!("{host}/demo/kv:1")).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, ImageError::Unreachable { .. }) && text.contains("certificate"),
+        "{text}"
+    );
+    cfg.images.insecure = vec![host.clone()];
+    assert!(pull(&cfg, &format!("{host}/demo/kv:1")).is_err());
+    assert!(stored_blobs(&state).is_empty());
+}
+
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn a_pod_runs_a_registry_module_and_keeps_running_it_offline() {

@@ -72,7 +72,17 @@ fn a_churn_of_pods_leaves_nothing_behind() {
     };
     // One cycle first: whatever the daemon makes once (the cache, thread pools) is made.
     cycle(0);
-    let before = counts(&env, d.pid());
+    // The baseline once it holds still (an API connection the last command closed may take a
+    // moment to close on the daemon's side too).
+    let mut before = counts(&env, d.pid());
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        let again = counts(&env, d.pid());
+        if again == before {
+            break;
+        }
+        before = again;
+    }
     let t0 = std::time::Instant::now();
     for i in 1..=cycles {
         cycle(i);

@@ -17,10 +17,21 @@ pub(crate) struct Registry {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Serves HTTPS with a self-signed certificate (no system trusts it).
+    tls: bool,
 }
 
 impl Registry {
     pub(crate) fn start() -> Registry {
+        Self::start_with(false)
+    }
+
+    /// A registry serving HTTPS with a certificate of its own, for 127.0.0.1, that no CA signed.
+    pub(crate) fn start_self_signed() -> Registry {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: run scripts/setup (it installs docker-registry)"
@@ -29,10 +40,34 @@ impl Registry {
             .prefix("peapod-registry")
             .tempdir()
             .unwrap();
+        if tls {
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(dir.path().join("key.pem"))
+                .arg("-out")
+                .arg(dir.path().join("cert.pem"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut r = Registry {
             child: None,
             dir,
             port: free_port(),
+            tls,
         };
         r.resume();
         r
@@ -47,11 +82,20 @@ impl Registry {
     pub(crate) fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
         let config = self.dir.path().join("config.yml");
+        let tls = if self.tls {
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                self.dir.path().join("cert.pem").display(),
+                self.dir.path().join("key.pem").display()
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{}\n",
+                 http:\n  addr: 127.0.0.1:{}\n{tls}",
                 self.dir.path().join("data").display(),
                 self.port
             ),

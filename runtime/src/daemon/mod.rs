@@ -207,6 +207,10 @@ async fn worker(
     reports: UnboundedSender<Report>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // While an update is watched or a pod waits for its old sandbox to go: a rollback (or a
+    // proof) at its moment, not up to a second late.
+    let mut rollouts = tokio::time::interval(Duration::from_millis(100));
+    rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the last report said: pods, and pods ready (none yet: Ready said pods only).
     let mut readiness = None;
     loop {
@@ -217,6 +221,7 @@ async fn worker(
                 // Problems are logged and shown by `ps`.
                 let _ = pods::reload_beside(&pods).await;
             }
+            _ = rollouts.tick() => pods.lock().await.rollout_tick().await,
             _ = tick.tick() => {
                 let mut p = pods.lock().await;
                 p.tick().await;

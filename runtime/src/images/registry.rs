@@ -47,7 +47,30 @@ fn wasm_platform(entries: &[ImageIndexEntry]) -> Option<String> {
         .map(|e| e.digest.clone())
 }
 
+/// The client for `settings`, made once per process while the settings and the credentials
+/// file stay the same: making one loads the system's CAs (tens of milliseconds on a board), and
+/// it keeps its connections and tokens (and the first credentials it was given per registry:
+/// a changed file makes a new client).
 fn client(settings: &ImageSettings) -> Client {
+    type Key = (Vec<String>, Option<(i64, i64, u64, u64)>);
+    static MADE: std::sync::Mutex<Option<(Key, Client)>> = std::sync::Mutex::new(None);
+    use std::os::unix::fs::MetadataExt;
+    let auth = std::fs::metadata(&settings.auth_file)
+        .ok()
+        .map(|m| (m.mtime(), m.mtime_nsec(), m.ino(), m.len()));
+    let key = (settings.insecure.clone(), auth);
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    match &*made {
+        Some((k, c)) if *k == key => c.clone(),
+        _ => {
+            let c = new_client(settings);
+            *made = Some((key, c.clone()));
+            c
+        }
+    }
+}
+
+fn new_client(settings: &ImageSettings) -> Client {
     // TLS on ring (see Cargo.toml); installed once per process, a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::new(ClientConfig {
@@ -79,10 +102,13 @@ pub(crate) async fn pull(
             why: "not one of images.registries".into(),
         });
     }
+    let t0 = std::time::Instant::now();
     let auth = auth::for_registry(&settings.auth_file, &registry)?;
     let client = client(settings);
+    let t_client = t0.elapsed();
     let fail = |e| classify(e, &registry, reference);
     let (manifest, digest) = client.pull_image_manifest(&r, &auth).await.map_err(fail)?;
+    let t_manifest = t0.elapsed();
     let modules: Vec<_> = manifest
         .layers
         .iter()
@@ -206,6 +232,12 @@ pub(crate) async fn pull(
             .map_or(0, |d| d.as_secs()),
     };
     store.record(&pulled).map_err(ImageError::Store)?;
+    tracing::info!(
+        "pulled {reference} ({}, {size} bytes) in {:?} (client {t_client:?}, manifest {:?})",
+        pulled.manifest,
+        t0.elapsed(),
+        t_manifest - t_client
+    );
     Ok(pulled)
 }
 

@@ -156,6 +156,18 @@ impl Pods {
         Ok(())
     }
 
+    /// Every tenth of a second: when a revision is watched or a stop is under way, the
+    /// rollouts are looked at and the pods that waited for their old sandbox are started.
+    pub(in crate::daemon) async fn rollout_tick(&mut self) {
+        let watched = self.entries.values().any(|e| e.rollout.is_some());
+        if watched {
+            self.watch_rollouts().await;
+        }
+        if watched || !self.stopping.is_empty() {
+            self.launch_pending(None).await;
+        }
+    }
+
     /// Every tick: proves or rolls back the revisions being watched.
     pub(super) async fn watch_rollouts(&mut self) {
         let now = Instant::now();
