@@ -352,20 +352,29 @@ pub struct PullRequest {
     pub reference: String,
 }
 
-/// One stored module from a registry (`GET /v1/images`, and `pull`'s answer).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ImageView {
-    /// As pulled, without `oci://`.
+/// What a reference resolved to when it was pulled: kept in the image store
+/// (`<state_dir>/images/refs/`) and shown by `pull` and `images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulled {
+    /// As written, without `oci://`.
     pub reference: String,
-    /// The manifest's digest.
+    /// The manifest's digest (`sha256:...`).
     pub manifest: String,
     /// The module layer's digest (what the board stores and runs).
     pub module: String,
+    /// The module layer's media type.
     pub media_type: String,
     /// Bytes.
     pub size: u64,
-    /// Seconds since the epoch.
+    /// When (seconds since the epoch).
     pub pulled_at: u64,
+}
+
+/// One stored module from a registry (`GET /v1/images`, and `pull`'s answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageView {
+    #[serde(flatten)]
+    pub pulled: Pulled,
     /// The pods whose containers run it.
     #[serde(default)]
     pub pods: Vec<String>,

@@ -31,12 +31,7 @@ fn view(p: Pulled, uses: &Uses) -> wire::ImageView {
             .flat_map(|u| u.running.iter().cloned())
             .collect(),
         kept_by: u.into_iter().flat_map(|u| u.kept.iter().cloned()).collect(),
-        reference: p.reference,
-        manifest: p.manifest,
-        module: p.module,
-        media_type: p.media_type,
-        size: p.size,
-        pulled_at: p.pulled_at,
+        pulled: p,
     }
 }
 

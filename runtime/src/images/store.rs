@@ -13,26 +13,10 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::durable;
 
-/// What a reference resolved to when it was pulled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pulled {
-    /// As written (without `oci://`).
-    pub reference: String,
-    /// The manifest's digest (`sha256:...`).
-    pub manifest: String,
-    /// The module layer's digest.
-    pub module: String,
-    /// The module layer's media type.
-    pub media_type: String,
-    /// Bytes.
-    pub size: u64,
-    /// When (seconds since the epoch).
-    pub pulled_at: u64,
-}
+/// What a reference resolved to when it was pulled (the API shows the same record).
+pub use crate::wire::Pulled;
 
 /// The store under a state dir.
 #[derive(Debug, Clone)]

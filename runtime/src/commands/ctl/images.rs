@@ -94,12 +94,13 @@ impl Pull {
             Some(&req),
         ));
         Ok(done(r, |v| {
+            let p = v.pulled;
             outln!(
                 "pulled oci://{} ({}, {}): module {}",
-                v.reference,
-                v.manifest,
-                binary_size(v.size),
-                v.module
+                p.reference,
+                p.manifest,
+                binary_size(p.size),
+                p.module
             )
         }))
     }
@@ -119,11 +120,12 @@ impl Images {
             }
             let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
             for i in list.images {
+                let p = &i.pulled;
                 let mut row = vec![
-                    format!("oci://{}", i.reference),
-                    short(&i.manifest),
-                    binary_size(i.size),
-                    format!("{} ago", age(now.saturating_sub(i.pulled_at))),
+                    format!("oci://{}", p.reference),
+                    short(&p.manifest),
+                    binary_size(p.size),
+                    format!("{} ago", age(now.saturating_sub(p.pulled_at))),
                     match (i.pods.is_empty(), i.kept_by.is_empty()) {
                         (true, true) => "-".into(),
                         (false, true) => i.pods.join(","),
@@ -134,7 +136,7 @@ impl Images {
                     },
                 ];
                 if self.digests {
-                    row.extend([i.module, i.media_type]);
+                    row.extend([p.module.clone(), p.media_type.clone()]);
                 }
                 rows.push(row);
             }
@@ -162,7 +164,8 @@ impl Image {
                 ));
                 Ok(done(r, |p| {
                     for i in &p.removed {
-                        outln!("removed oci://{} ({})", i.reference, short(&i.manifest));
+                        let p = &i.pulled;
+                        outln!("removed oci://{} ({})", p.reference, short(&p.manifest));
                     }
                     outln!(
                         "{} image(s) removed, {} freed",
