@@ -109,6 +109,10 @@ fn every_way_a_pull_fails_is_named_and_stores_nothing() {
         stored_blobs(&state),
         [p.module["sha256:".len()..].to_string()]
     );
+    // The same by digest: the manifest is checked against it, the blob is not fetched again.
+    let pinned = pull(&cfg, &format!("{host}/demo/kv@{manifest}")).unwrap();
+    assert_eq!(pinned.manifest, manifest);
+    assert_eq!(pinned.module, p.module);
     let before = stored_blobs(&state);
 
     let e = pull(&cfg, &format!("{host}/demo/kv:2")).unwrap_err();
@@ -183,7 +187,10 @@ fn every_way_a_pull_fails_is_named_and_stores_nothing() {
             .iter()
             .map(|p| p.reference.as_str())
             .collect::<Vec<_>>(),
-        [format!("{host}/demo/kv:1")],
+        [
+            format!("{host}/demo/kv:1"),
+            format!("{host}/demo/kv@{manifest}")
+        ],
         "only what was pulled whole is recorded"
     );
 
@@ -191,8 +198,13 @@ fn every_way_a_pull_fails_is_named_and_stores_nothing() {
     registry.stop();
     let offline = images::resolve(&cfg, &format!("{host}/demo/kv:1")).unwrap();
     assert_eq!(offline.module, p.module);
-    let pinned = images::resolve(&cfg, &format!("{host}/demo/kv@{manifest}"));
-    assert!(pinned.is_err(), "a digest never pulled is not in the store");
+    let pinned = images::resolve(&cfg, &format!("{host}/demo/kv@{manifest}")).unwrap();
+    assert_eq!(pinned.module, p.module, "a stored digest needs no registry");
+    let never = format!("{host}/demo/kv@sha256:{}", "0".repeat(64));
+    assert!(
+        images::resolve(&cfg, &never).is_err(),
+        "a digest never pulled is not in the store"
+    );
     let e = images::resolve(&cfg, &format!("{host}/demo/never:1"))
         .unwrap_err()
         .to_string();

@@ -343,8 +343,7 @@ struct RawFile {
     containers: Vec<RawContainer>,
     #[serde(default)]
     volumes: Vec<volumes::RawVolume>,
-    #[serde(default)]
-    update: RawUpdate,
+    update: Option<RawUpdate>,
 }
 
 #[derive(Deserialize, Default)]
@@ -365,6 +364,8 @@ struct RawPod {
     #[serde(default)]
     restart_backoff: RawBackoff,
     termination_grace_period: Option<supervision::RawDuration>,
+    /// `[pod.update]`: the same as a top-level `[update]`.
+    update: Option<RawUpdate>,
 }
 
 #[derive(Deserialize, Default)]
@@ -556,23 +557,36 @@ impl PodSpec {
             &[Key::F("pod"), Key::F("termination_grace_period")],
             &mut problem,
         );
+        let (raw_update, update_keys): (RawUpdate, &[Key]) = match (raw.update, raw.pod.update) {
+            (Some(_), Some(_)) => {
+                problem(
+                    &[Key::F("pod"), Key::F("update")],
+                    "say [update] once: either at the top or as [pod.update]".into(),
+                );
+                (RawUpdate::default(), &[Key::F("update")])
+            }
+            (Some(u), None) => (u, &[Key::F("update")]),
+            (None, Some(u)) => (u, &[Key::F("pod"), Key::F("update")]),
+            (None, None) => (RawUpdate::default(), &[Key::F("update")]),
+        };
+        let at = |field: &'static str| [update_keys, &[Key::F(field)]].concat();
         let update = UpdatePolicy {
             deadline: supervision::duration(
-                raw.update.deadline.as_ref(),
+                raw_update.deadline.as_ref(),
                 DEFAULT_UPDATE_DEADLINE,
-                &[Key::F("update"), Key::F("deadline")],
+                &at("deadline"),
                 &mut problem,
             ),
             min_ready: supervision::duration(
-                raw.update.min_ready.as_ref(),
+                raw_update.min_ready.as_ref(),
                 DEFAULT_MIN_READY,
-                &[Key::F("update"), Key::F("min_ready")],
+                &at("min_ready"),
                 &mut problem,
             ),
         };
         if update.deadline <= update.min_ready {
             problem(
-                &[Key::F("update"), Key::F("deadline")],
+                &at("deadline"),
                 format!(
                     "{} must be longer than update.min_ready ({}): a version must have time to prove itself",
                     humantime::format_duration(update.deadline),
@@ -1055,6 +1069,63 @@ memory_limit_mib = 16
             .unwrap_err();
         assert_eq!(p[0].field, "pod.restart_backoff.initial");
         assert_eq!(p[0].line, Some(4));
+    }
+
+    #[test]
+    fn update_policies_and_registry_references() {
+        const C: &str = "[[containers]]\nname = \"x\"\nmodule = \"m\"\n";
+        let s = parse(&format!("[pod]\nname = \"a\"\n{C}")).unwrap();
+        assert_eq!(s.update, UpdatePolicy::default());
+        let s = parse(&format!(
+            "[pod]\nname = \"a\"\n[update]\ndeadline = \"20s\"\nmin_ready = \"1s\"\n{C}"
+        ))
+        .unwrap();
+        assert_eq!(
+            (s.update.deadline, s.update.min_ready),
+            (Duration::from_secs(20), Duration::from_secs(1))
+        );
+        let s = parse(&format!(
+            "[pod]\nname = \"a\"\n[pod.update]\ndeadline = \"9s\"\n{C}"
+        ))
+        .unwrap();
+        assert_eq!(s.update.deadline, Duration::from_secs(9));
+        let p = parse(&format!(
+            "[pod]\nname = \"a\"\n[pod.update]\ndeadline = \"9s\"\n[update]\ndeadline = \"9s\"\n{C}"
+        ))
+        .unwrap_err();
+        assert_eq!(p[0].field, "pod.update");
+        let p = parse(&format!(
+            "[pod]\nname = \"a\"\n[update]\ndeadline = \"2s\"\nmin_ready = \"5s\"\n{C}"
+        ))
+        .unwrap_err();
+        assert!(
+            p[0].field == "update.deadline"
+                && p[0].message.contains("longer than update.min_ready"),
+            "{p:?}"
+        );
+        let image = |m: &str| {
+            parse(&format!(
+                "[pod]\nname = \"a\"\n[[containers]]\nname = \"x\"\nmodule = \"{m}\"\n"
+            ))
+            .map(|s| s.containers[0].image.clone())
+        };
+        let i = image("oci://r.example:5000/a/b:1").unwrap().unwrap();
+        assert_eq!(i.reference, "r.example:5000/a/b:1");
+        assert_eq!(i.pinned(), "r.example:5000/a/b:1", "not resolved yet");
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(image(&format!("oci://localhost/a@{d}")).unwrap().is_some());
+        assert!(image("app.wasm").unwrap().is_none());
+        for (bad, says) in [
+            ("oci://a/b:1", "names no registry"),
+            ("oci://r.example/a/b", "no tag or digest"),
+            ("oci://r.example/A:1", "not an OCI reference"),
+        ] {
+            let p = image(bad).unwrap_err();
+            assert!(
+                p[0].field == "containers[0].module" && p[0].message.contains(says),
+                "{bad}: {p:?}"
+            );
+        }
     }
 
     #[test]

@@ -81,9 +81,7 @@ enum ImageVerb {
 
 impl Pull {
     pub(crate) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
-        if let Err(code) = reference(&self.reference) {
-            return Ok(code);
-        }
+        // (The daemon checks the reference: a bad one is invalid input, exit 2, as here.)
         let client = Client::new(&config.socket);
         let req = PullRequest {
             reference: self.reference,
