@@ -352,6 +352,12 @@ pub struct PullRequest {
     pub reference: String,
 }
 
+/// `t` in seconds since the epoch, as `pulled_at` and `applied_at` say times (0 before it).
+pub fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// What a reference resolved to when it was pulled: kept in the image store
 /// (`<state_dir>/images/refs/`) and shown by `pull` and `images`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -94,11 +94,7 @@ pub(super) async fn list(State(pods): State<Shared>) -> Response {
                 module: module.clone(),
                 media_type: String::new(),
                 size: meta.len(),
-                pulled_at: meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs()),
+                pulled_at: meta.modified().map_or(0, wire::epoch_secs),
             })
         })
         .collect();

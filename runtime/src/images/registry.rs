@@ -31,6 +31,9 @@ pub const MODULE_MEDIA_TYPES: [&str; 4] = [
     "application/vnd.module.wasm.content.layer.v1+wasm",
 ];
 
+/// What every WebAssembly module and component starts with (a `.cwasm` is an ELF file).
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+
 /// How long a registry may take to accept a connection, and to send the next bytes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -208,7 +211,7 @@ pub(crate) async fn pull(
                 ),
             });
         }
-        if head != b"\0asm" {
+        if head != WASM_MAGIC {
             return Err(ImageError::NotWasm {
                 reference: reference.into(),
                 why: format!(
@@ -227,9 +230,7 @@ pub(crate) async fn pull(
         module: layer.digest.clone(),
         media_type: layer.media_type.clone(),
         size,
-        pulled_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        pulled_at: crate::wire::epoch_secs(std::time::SystemTime::now()),
     };
     store.record(&pulled).map_err(ImageError::Store)?;
     tracing::info!(
@@ -255,7 +256,7 @@ pub(crate) async fn push(
         reference: reference.into(),
         message: format!("not an OCI reference: {e}"),
     })?;
-    if !module.starts_with(b"\0asm") {
+    if !module.starts_with(WASM_MAGIC) {
         return Err(ImageError::NotWasm {
             reference: reference.into(),
             why: "the file is not WebAssembly (no \\0asm magic; a .cwasm is native code and never pushed)".into(),

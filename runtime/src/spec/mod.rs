@@ -227,19 +227,19 @@ impl Image {
     /// `module = "oci://..."` text: `None` when it is a file path; the reference or why it is
     /// not one.
     pub fn parse(module: &str) -> Option<Result<Image, String>> {
-        let rest = module.strip_prefix(IMAGE_SCHEME)?;
-        Some(check_reference(rest).map(|()| Image {
-            reference: rest.to_string(),
-            resolved: None,
-        }))
+        module.strip_prefix(IMAGE_SCHEME).map(Image::checked)
     }
 
     /// A reference as a command line or an API body gives it: `oci://` or not.
     pub fn reference(text: &str) -> Result<Image, String> {
         let text = text.trim();
-        let rest = text.strip_prefix(IMAGE_SCHEME).unwrap_or(text);
-        check_reference(rest).map(|()| Image {
-            reference: rest.to_string(),
+        Image::checked(text.strip_prefix(IMAGE_SCHEME).unwrap_or(text))
+    }
+
+    /// `reference` (without the scheme), if [`check_reference`] takes it.
+    fn checked(reference: &str) -> Result<Image, String> {
+        check_reference(reference).map(|()| Image {
+            reference: reference.to_string(),
             resolved: None,
         })
     }

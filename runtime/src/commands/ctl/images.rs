@@ -108,9 +108,7 @@ impl Images {
     pub(crate) fn exec(self, config: Config) -> anyhow::Result<ExitCode> {
         let client = Client::new(&config.socket);
         let r = runtime()?.block_on(client.get::<ImageList>("/v1/images"));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = peapod::wire::epoch_secs(std::time::SystemTime::now());
         Ok(done(r, |list| {
             let mut header = vec!["REFERENCE", "DIGEST", "SIZE", "PULLED", "PODS"];
             if self.digests {

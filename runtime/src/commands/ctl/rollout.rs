@@ -49,9 +49,7 @@ impl Rollout {
                     Ok(p) => p,
                     Err(code) => return Ok(code),
                 };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = peapod::wire::epoch_secs(std::time::SystemTime::now());
                 Ok(done(history(&client, &rt, pod), |h| {
                     let mut rows = vec![
                         ["REVISION", "STATE", "APPLIED", "CHANGE", "REASON"]

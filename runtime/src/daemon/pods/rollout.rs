@@ -48,9 +48,7 @@ impl Rollout {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::wire::epoch_secs(SystemTime::now())
 }
 
 /// What each container of `spec` runs, a line each.
