@@ -42,6 +42,15 @@
 //! insecure = []                  # registries spoken to in plain HTTP (e.g. "127.0.0.1:5000")
 //! auth_file = "/etc/peapod/registry-auth.json"  # docker-style config.json (root's, 0600),
 //!                                # used when it exists
+//! [kubernetes]                   # the board as a node of a cluster (off unless kubeconfig is set)
+//! kubeconfig = "/etc/peapod/kubeconfig"  # the node's credentials (system:node:<name>)
+//! node_name = "pi-1"             # [default: the host name]
+//! node_ip = "192.168.1.20"       # the address the API server reaches the kubelet port at
+//!                                # [default: the host's first non-loopback IPv4 address]
+//! kubelet_port = 10250           # `kubectl logs` arrives here, over TLS
+//! labels = { "site" = "barn" }   # added to kubernetes.io/arch, peapod.dev/runtime=wasm, ...
+//! taints = ["peapod.dev/wasm=true:NoSchedule"]  # the default: only pods that tolerate it
+//! host_paths = []                # where a cluster's pods may mount hostPath volumes (none)
 //! ```
 
 use std::net::Ipv4Addr;
@@ -95,7 +104,28 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[images]`: where modules may be pulled from, and how.
     pub images: ImageSettings,
+    /// `[kubernetes]`: the board as a node of a cluster; `None`: off.
+    pub kubernetes: Option<NodeSettings>,
 }
+
+/// `[kubernetes]`: how the board joins a cluster as a node (see `crate::node`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    pub kubeconfig: PathBuf,
+    pub node_name: String,
+    /// The node's address (InternalIP); `None`: found at start.
+    pub node_ip: Option<std::net::IpAddr>,
+    pub kubelet_port: u16,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `KEY[=VALUE]:EFFECT`.
+    pub taints: Vec<String>,
+    /// Prefixes under which a cluster's pods may mount `hostPath` volumes.
+    pub host_paths: Vec<PathBuf>,
+}
+
+/// The taint a node has unless `[kubernetes] taints` says otherwise: only pods that tolerate
+/// it (they name WASM modules as images) are placed on the board.
+pub const DEFAULT_TAINT: &str = "peapod.dev/wasm=true:NoSchedule";
 
 /// Where `oci://` modules may come from (`[images]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +266,7 @@ impl Default for Config {
             quotas: Quotas::default(),
             metrics_listen: None,
             images: ImageSettings::default(),
+            kubernetes: None,
         }
     }
 }
@@ -271,6 +302,21 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     images: RawImages,
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    kubeconfig: PathBuf,
+    node_name: Option<String>,
+    node_ip: Option<String>,
+    kubelet_port: Option<u16>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    taints: Option<Vec<String>>,
+    #[serde(default)]
+    host_paths: Vec<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -524,6 +570,10 @@ impl Config {
                 )));
             }
         }
+        let kubernetes = match raw.kubernetes {
+            None => None,
+            Some(k) => Some(node_settings(k).map_err(invalid)?),
+        };
         let log_level = raw.logs.level.unwrap_or(d.log_level);
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(format!(
@@ -551,6 +601,7 @@ impl Config {
             quotas,
             metrics_listen,
             images,
+            kubernetes,
             egress: overrides.egress.or(raw.network.egress).unwrap_or(d.egress),
             run_dir,
             state_dir,
@@ -601,6 +652,67 @@ fn parse_subnet(s: &str) -> Result<Ipv4Net, String> {
         ));
     }
     Ok(net)
+}
+
+/// `[kubernetes]` checked: every problem names its field.
+fn node_settings(k: RawKubernetes) -> Result<NodeSettings, String> {
+    let node_name = match k.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+            .to_lowercase(),
+    };
+    let subdomain = !node_name.is_empty()
+        && node_name.len() <= 253
+        && node_name.split('.').all(crate::labels::is_dns1123_label);
+    if !subdomain {
+        return Err(format!(
+            "kubernetes.node_name: {node_name:?} is not a node name (DNS names: a-z, 0-9, '-' and '.')"
+        ));
+    }
+    let node_ip = match k.node_ip {
+        None => None,
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| format!("kubernetes.node_ip: {a:?} is not an IP address"))?,
+        ),
+    };
+    let taints = k.taints.unwrap_or_else(|| vec![DEFAULT_TAINT.to_string()]);
+    for t in &taints {
+        let effect = t.rsplit_once(':').map(|(_, e)| e);
+        if !matches!(
+            effect,
+            Some("NoSchedule" | "PreferNoSchedule" | "NoExecute")
+        ) {
+            return Err(format!(
+                "kubernetes.taints: {t:?} is not KEY[=VALUE]:EFFECT (EFFECT NoSchedule, PreferNoSchedule or NoExecute)"
+            ));
+        }
+    }
+    for (key, value) in &k.labels {
+        if let Some(p) =
+            crate::labels::key_problem(key).or_else(|| crate::labels::value_problem(key, value))
+        {
+            return Err(format!("kubernetes.labels: {p}"));
+        }
+    }
+    if let Some(p) = k.host_paths.iter().find(|p| !p.is_absolute()) {
+        return Err(format!(
+            "kubernetes.host_paths: {} is not an absolute path",
+            p.display()
+        ));
+    }
+    Ok(NodeSettings {
+        kubeconfig: k.kubeconfig,
+        node_name,
+        node_ip,
+        kubelet_port: k.kubelet_port.unwrap_or(10250),
+        labels: k.labels,
+        taints,
+        host_paths: k.host_paths,
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ fn layer(unit: &str) -> u8 {
     match unit.split("::").next().unwrap_or(unit) {
         "host" | "wasm" | "images" => 2,
         "run" => 3,
-        "admission" | "loader" | "daemon" | "client" => 4,
+        "admission" | "loader" | "daemon" | "client" | "node" => 4,
         _ => 1,
     }
 }

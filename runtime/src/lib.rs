@@ -18,7 +18,8 @@
 //! 4. `admission` (what a pod may ask of the board), [`loader`] (a pod's modules checked
 //!    against the board, read and compiled: the one loader of `peapod run` and the daemon) and
 //!    [`daemon`] (`peapod daemon`: its pods,
-//!    its API, its seam in front of `host` and `run`); [`client`], the API's client.
+//!    its API, its seam in front of `host` and `run`); [`client`], the API's client; [`node`],
+//!    the board as a Kubernetes node (a client of the daemon's API).
 //!
 //! Public are the modules the `peapod` binary, the integration tests and the bench use; the rest
 //! (and every item not used outside its module's crate) is `pub(crate)`, which the workspace's
@@ -39,11 +40,13 @@ pub mod event;
 mod hash;
 pub mod host;
 pub mod images;
+pub mod labels;
 #[cfg(test)]
 mod layers;
 pub mod loader;
 pub mod logs;
 pub mod module_file;
+pub mod node;
 mod once;
 pub mod run;
 pub mod spec;

@@ -27,6 +27,7 @@ pub(crate) const TABLE_HOG: &str = r#"(module
          (table.fill $t (i32.const 0) (ref.null func) (table.size $t))
          (br $l))))"#;
 
+mod cluster;
 mod dns;
 mod env;
 mod http;
@@ -34,6 +35,7 @@ mod observe;
 mod process;
 mod registry;
 
+pub(crate) use cluster::*;
 pub(crate) use dns::*;
 pub(crate) use env::*;
 pub(crate) use http::*;

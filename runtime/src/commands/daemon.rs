@@ -59,6 +59,10 @@ async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let _watcher = watch(&cfg.pods_dir, control_tx.clone())?;
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
     let told = tokio::spawn(tell_systemd(reports, cfg.socket.clone(), control_tx));
+    // The board as a Kubernetes node: a client of this daemon's API (ends with the runtime).
+    if let Some(node) = cfg.kubernetes.clone() {
+        tokio::spawn(peapod::node::run(node, cfg.clone()));
+    }
     let served = peapod::daemon::serve(cfg, exec, listener, control, reports_tx, t0).await;
     // The reports' channel closed with `serve`: what systemd was told ends with it.
     let told = told.await.context("the systemd notifier")?;

@@ -545,6 +545,10 @@ struct LogQuery {
     /// The logs of the pod's previous sandbox (before its last re-create).
     #[serde(default)]
     previous_sandbox: bool,
+    /// The container's current run only (what the kubelet's `containerLogs` shows), not the
+    /// runs before its restarts in place.
+    #[serde(default)]
+    current: bool,
 }
 
 async fn logs(
@@ -561,12 +565,13 @@ async fn logs(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "query: {e} (expected container=NAME, tail=N, follow=true|false, \
-                     previous=true|false, previous_sandbox=true|false)"
+                     previous=true|false, previous_sandbox=true|false, current=true|false)"
                 ),
             );
         }
     };
     let pods_lock = pods;
+    let max_files = pods_lock.lock().await.log_settings().max_files;
     let (path, previous_dir) = {
         let pods = pods_lock.lock().await;
         let containers = match pods.containers(&pod) {
@@ -674,16 +679,44 @@ async fn logs(
     };
     // The follower starts at the end now, so nothing between the tail and it is lost or doubled.
     let follower = q.follow.then(|| cri::Follower::from_end(&path));
-    let spans = match cri::tail_spans(&path, q.tail) {
-        Ok(spans) => spans,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{}: {e}", path.display()),
-            );
+    let head = if q.current && !q.previous && !q.previous_sandbox {
+        // The current run, read whole (as a previous run is) on a blocking thread.
+        let p = path.clone();
+        let lines = match tokio::task::spawn_blocking(move || cri::current_run(&p, max_files)).await
+        {
+            Ok(Ok(mut lines)) => {
+                if let Some(n) = q.tail {
+                    lines.drain(..lines.len().saturating_sub(n));
+                }
+                lines
+            }
+            Ok(Err(e)) => {
+                let message = format!("{}: {e}", path.display());
+                return error(StatusCode::INTERNAL_SERVER_ERROR, message);
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let mut text = lines.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
         }
+        futures::StreamExt::boxed(futures::stream::once(async move {
+            Ok(axum::body::Bytes::from(text))
+        }))
+    } else {
+        let spans = match cri::tail_spans(&path, q.tail) {
+            Ok(spans) => spans,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{}: {e}", path.display()),
+                );
+            }
+        };
+        futures::StreamExt::boxed(futures::StreamExt::flatten(futures::stream::iter(
+            spans.into_iter().map(span),
+        )))
     };
-    let head = futures::StreamExt::flatten(futures::stream::iter(spans.into_iter().map(span)));
     let body = match follower {
         None => Body::from_stream(head),
         Some(f) => {

@@ -254,6 +254,29 @@ pub fn previous_run(path: &Path, max_files: u32) -> io::Result<Option<Vec<String
     })
 }
 
+/// The records of a container's current run (after its last run mark; every record when it
+/// has not restarted), read whole as [`previous_run`] reads: what the kubelet's
+/// `containerLogs` shows.
+pub fn current_run(path: &Path, max_files: u32) -> io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for i in (1..max_files).rev() {
+        match std::fs::read_to_string(rotated(path, i)) {
+            Ok(text) => lines.extend(text.lines().map(str::to_string)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => lines.extend(text.lines().map(str::to_string)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let from = (lines.iter())
+        .rposition(|l| parse(l).is_some_and(|r| r.mark))
+        .map_or(0, |i| i + 1);
+    Ok(lines.split_off(from))
+}
+
 /// A piece of one log file to send: its open file and a byte range.
 #[derive(Debug)]
 pub struct Span {

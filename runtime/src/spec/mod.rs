@@ -42,7 +42,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub mod labels;
+pub use crate::labels;
+pub use crate::labels::is_dns1123_label;
+pub mod manifest;
 mod ports;
 mod read;
 mod supervision;
@@ -401,17 +403,6 @@ struct RawContainer {
     ports: Vec<ports::RawPort>,
 }
 
-/// Is `s` a DNS-1123 label (what Kubernetes requires of pod and container names)?
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
 const NAME_RULE: &str = "must be a DNS-1123 label: 1-63 characters of a-z, 0-9 and '-', \
                          starting and ending with a letter or digit";
 
@@ -430,8 +421,55 @@ impl PodSpec {
         PodSpec::parse(path, &text)
     }
 
-    /// Validates spec text that came from `path` (used to resolve module paths and in messages).
+    /// Validates spec text that came from `path` (used to resolve module paths and in messages):
+    /// the pod spec's TOML, or a Kubernetes Pod manifest (see [`manifest`]).
     pub fn parse(path: &Path, text: &str) -> Result<PodSpec, SpecError> {
+        if manifest::is_manifest(text) {
+            let ctx = manifest::Context {
+                relative_modules: true,
+                ..manifest::Context::default()
+            };
+            return PodSpec::from_manifest(path, text, &ctx);
+        }
+        PodSpec::parse_toml(path, text)
+    }
+
+    /// A Kubernetes Pod manifest, translated and then checked as the TOML would be; every
+    /// problem names the manifest's field.
+    pub fn from_manifest(
+        path: &Path,
+        text: &str,
+        ctx: &manifest::Context,
+    ) -> Result<PodSpec, SpecError> {
+        let pod = manifest::read(text).map_err(|p| SpecError::invalid(path, vec![p]))?;
+        PodSpec::from_pod(path, &pod, ctx).map(|(spec, _)| spec)
+    }
+
+    /// A Pod (as [`manifest::read`] gives it) as a spec, and the spec's TOML.
+    pub fn from_pod(
+        path: &Path,
+        pod: &serde_json::Value,
+        ctx: &manifest::Context,
+    ) -> Result<(PodSpec, String), SpecError> {
+        let toml =
+            manifest::translate(pod, ctx).map_err(|problems| SpecError::invalid(path, problems))?;
+        match PodSpec::parse_toml(path, &toml) {
+            Ok(spec) => Ok((spec, toml)),
+            Err(SpecError::Invalid { path, problems }) => Err(SpecError::Invalid {
+                path,
+                problems: (problems.into_iter())
+                    .map(|p| Problem {
+                        line: None,
+                        field: manifest::manifest_field(&p.field),
+                        message: p.message,
+                    })
+                    .collect(),
+            }),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn parse_toml(path: &Path, text: &str) -> Result<PodSpec, SpecError> {
         let lines = Lines::new(text);
         let parsed = match toml::de::DeTable::parse(text) {
             Err(e) => {

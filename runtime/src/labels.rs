@@ -1,7 +1,19 @@
 //! Pod labels (`[pod] labels = { app = "web" }`) and the selectors that pick pods by them
-//! (`-l app=web,tier!=db,canary`), as Kubernetes writes both.
+//! (`-l app=web,tier!=db,canary`), as Kubernetes writes both; and the DNS-1123 label that
+//! names pods, containers and volumes.
 
 use std::collections::BTreeMap;
+
+/// Is `s` a DNS-1123 label (what Kubernetes requires of pod and container names)?
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
 
 /// Why a label key or value is refused, or `None` if it is fine. A key is `[PREFIX/]NAME`: NAME
 /// 1-63 characters of a-z, A-Z, 0-9, `-`, `_`, `.`, starting and ending with a letter or digit;
@@ -12,7 +24,7 @@ pub fn key_problem(key: &str) -> Option<String> {
         None => (None, key),
     };
     if let Some(p) = prefix {
-        let ok = !p.is_empty() && p.len() <= 253 && p.split('.').all(crate::spec::is_dns1123_label);
+        let ok = !p.is_empty() && p.len() <= 253 && p.split('.').all(is_dns1123_label);
         if !ok {
             return Some(format!(
                 "label key {key:?}: its prefix must be a DNS subdomain (e.g. example.com/)"

@@ -1,0 +1,293 @@
+//! The board as a node of a real Kubernetes cluster (issue 26): etcd, kube-apiserver and
+//! kube-controller-manager built from the Go module proxy (scripts/k8s-build), started on
+//! 127.0.0.1 with certificates made here, driven with the real kubectl; peapod's daemon joins
+//! with a node certificate (`system:node:NAME`), under the Node authorizer and NodeRestriction.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+/// The daemon of `env` as node `node` of `cluster`, its kubelet port on 127.0.0.1.
+fn node_daemon(env: &Env, cluster: &Cluster, node: &str, kubelet_port: u16) -> Peapod {
+    let kubeconfig = cluster.node_kubeconfig(node);
+    let config = env.spec(
+        "peapod.toml",
+        &format!(
+            "[kubernetes]\nkubeconfig = {:?}\nnode_name = {node:?}\nnode_ip = \"127.0.0.1\"\n\
+             kubelet_port = {kubelet_port}\nlabels = {{ \"site\" = \"test\" }}\n",
+            kubeconfig.display().to_string()
+        ),
+    );
+    env.daemon_with(|c| {
+        c.env("PEAPOD_CONFIG", &config);
+    })
+}
+
+fn node_ready(cluster: &Cluster, node: &str) -> Option<String> {
+    cluster.jsonpath(
+        &["node", node],
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+    )
+}
+
+/// The pod of the test: a plain init container (wasip1, exits 0), a native sidecar (a second
+/// kv-server on :9090), the app (kv-server on :8080, published on `host_port`), probes, a
+/// config map volume, limits.
+fn web_pod(name: &str, node: &str, host_port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: {name}-config }}
+data: {{ app.conf: "mode=edge\n" }}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{ app: web }}
+spec:
+  nodeName: {node}
+  automountServiceAccountToken: false
+  tolerations: [{{ key: peapod.dev/wasm, operator: Exists, effect: NoSchedule }}]
+  initContainers:
+  - name: setup
+    image: file://{hello}
+    args: ["--exit", "0"]
+  - name: cache
+    image: file://{kv}
+    args: ["--listen", "0.0.0.0:9090"]
+    restartPolicy: Always
+    readinessProbe: {{ tcpSocket: {{ port: 9090 }}, periodSeconds: 1 }}
+  containers:
+  - name: app
+    image: file://{kv}
+    args: ["--listen", "0.0.0.0:8080"]
+    ports: [{{ name: http, containerPort: 8080, hostPort: {host_port} }}]
+    resources: {{ limits: {{ memory: 64Mi, cpu: 500m }} }}
+    readinessProbe: {{ httpGet: {{ path: /healthz, port: http }}, periodSeconds: 1 }}
+    livenessProbe: {{ httpGet: {{ path: /healthz, port: 8080 }}, periodSeconds: 2, failureThreshold: 3 }}
+    volumeMounts: [{{ name: cfg, mountPath: /etc/app }}]
+  volumes:
+  - {{ name: cfg, configMap: {{ name: {name}-config }} }}
+"#,
+        hello = HELLO_P1,
+        kv = KV_SERVER,
+    )
+}
+
+fn pod_field(cluster: &Cluster, pod: &str, path: &str) -> Option<String> {
+    cluster
+        .jsonpath(&["pod", pod], path)
+        .filter(|s| !s.is_empty())
+}
+
+fn serves(addr: SocketAddr) -> bool {
+    http(addr, "GET", "/healthz", "").is_ok_and(|r| r.status == 200)
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the test cluster (scripts/setup --k8s)"]
+fn a_board_joins_a_cluster_and_runs_its_pods() {
+    let mut cluster = Cluster::start();
+    let env = Env::new();
+    let node = unique("pp-node-");
+    let kubelet_port = free_port();
+    let mut daemon = node_daemon(&env, &cluster, &node, kubelet_port);
+
+    // The node: Ready, with its capacity, labels and taint.
+    eventually(Duration::from_secs(60), "node Ready", || {
+        (node_ready(&cluster, &node)? == "True").then_some(())
+    });
+    let labels = cluster
+        .jsonpath(&["node", &node], "{.metadata.labels}")
+        .unwrap();
+    for l in [
+        "\"peapod.dev/runtime\":\"wasm\"",
+        "\"site\":\"test\"",
+        "\"kubernetes.io/arch\":",
+    ] {
+        assert!(labels.contains(l), "{l} not in {labels}");
+    }
+    let pods_capacity = cluster
+        .jsonpath(&["node", &node], "{.status.capacity.pods}")
+        .unwrap();
+    assert!(pods_capacity.parse::<u32>().unwrap() > 0, "{pods_capacity}");
+    let taint = cluster
+        .jsonpath(&["node", &node], "{.spec.taints[0].key}")
+        .unwrap();
+    assert_eq!(taint, "peapod.dev/wasm");
+    let wide = cluster.kubectl_ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains(&node) && wide.contains("Ready"), "{wide}");
+
+    // A pod bound to it: Running, with its own IP, which serves; its hostPort too.
+    let host_port = free_port();
+    cluster.apply(&web_pod("web", &node, host_port));
+    let ip = eventually(Duration::from_secs(90), "pod web Running and ready", || {
+        let ready = pod_field(
+            &cluster,
+            "web",
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+        )?;
+        let phase = pod_field(&cluster, "web", "{.status.phase}")?;
+        (phase == "Running" && ready == "True")
+            .then(|| pod_field(&cluster, "web", "{.status.podIP}"))
+            .flatten()
+    });
+    let wide = cluster.kubectl_ok(&["get", "pod", "web", "-o", "wide"]);
+    assert!(
+        wide.contains("Running") && wide.contains(&ip) && wide.contains(&node),
+        "{wide}"
+    );
+    let app: SocketAddr = format!("{ip}:8080").parse().unwrap();
+    assert!(serves(app), "the pod's IP serves");
+    assert!(
+        serves(format!("{ip}:9090").parse().unwrap()),
+        "the sidecar serves"
+    );
+    assert!(
+        serves(format!("127.0.0.1:{host_port}").parse().unwrap()),
+        "the hostPort serves"
+    );
+    let local = "default-web".to_string();
+    let cfg = std::fs::read_to_string(
+        env.state_dir()
+            .join(format!("volumes/{local}/cfg/app.conf")),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg, "mode=edge\n",
+        "the config map's data is the volume's file"
+    );
+    let init = pod_field(
+        &cluster,
+        "web",
+        "{.status.initContainerStatuses[0].state.terminated.reason}",
+    );
+    assert_eq!(init.as_deref(), Some("Completed"));
+
+    // The app crashes: restarted in place, restartCount 1, the same IP; logs of both runs.
+    http(app, "PUT", "/kv/marker", "before").unwrap();
+    http(app, "POST", "/crash", "").unwrap();
+    eventually(Duration::from_secs(30), "restartCount 1", || {
+        let n = pod_field(
+            &cluster,
+            "web",
+            "{.status.containerStatuses[0].restartCount}",
+        )?;
+        let ready = pod_field(&cluster, "web", "{.status.containerStatuses[0].ready}")?;
+        (n == "1" && ready == "true").then_some(())
+    });
+    assert_eq!(
+        pod_field(&cluster, "web", "{.status.podIP}").as_deref(),
+        Some(ip.as_str())
+    );
+    let last = pod_field(
+        &cluster,
+        "web",
+        "{.status.containerStatuses[0].lastState.terminated.reason}",
+    );
+    assert!(last.is_some(), "lastState says how the run ended");
+    assert!(serves(app));
+    let logs = cluster.kubectl_ok(&["logs", "web", "-c", "app"]);
+    let previous = cluster.kubectl_ok(&["logs", "web", "-c", "app", "--previous"]);
+    assert!(
+        previous.contains("crash"),
+        "the previous run's logs: {previous}"
+    );
+    assert!(
+        !logs.contains("crash requested"),
+        "the current run's logs only: {logs}"
+    );
+    let tail = cluster.kubectl_ok(&["logs", "web", "-c", "setup", "--tail", "1"]);
+    assert!(tail.contains("hello from a wasip1 module"), "{tail}");
+    let events = cluster.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+    ]);
+    assert!(events.contains("Started"), "{events}");
+
+    // A field peapod cannot honour: Failed, with a reason naming it.
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{ name: bad }}\nspec:\n  nodeName: {node}\n  \
+         automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: file://{KV_SERVER}\n    \
+         stdin: true\n"
+    ));
+    let message = eventually(Duration::from_secs(30), "pod bad Failed", || {
+        (pod_field(&cluster, "bad", "{.status.phase}")? == "Failed")
+            .then(|| pod_field(&cluster, "bad", "{.status.message}"))
+            .flatten()
+    });
+    assert!(message.contains("spec.containers[0].stdin"), "{message}");
+    cluster.kubectl_ok(&["delete", "pod", "bad", "--wait=true", "--timeout=30s"]);
+
+    // The API server goes: the pod keeps serving, through a daemon restart too.
+    cluster.stop_apiserver();
+    assert!(serves(app), "serving with the API server gone");
+    daemon.terminate();
+    daemon = node_daemon(&env, &cluster, &node, kubelet_port);
+    let ip_after = eventually(
+        Duration::from_secs(30),
+        "the pod back after a restart",
+        || {
+            let p = env.ps().remove(&local)?;
+            (p["status"] == "running").then(|| p["ip"].as_str().unwrap().to_string())
+        },
+    );
+    assert_eq!(ip_after, ip, "recovered in place");
+    eventually(Duration::from_secs(30), "serving offline", || {
+        serves(app).then_some(())
+    });
+    let started = env.ps()[&local]["containers"].clone();
+
+    // The API server back: reconciled, nothing restarted.
+    cluster.resume_apiserver();
+    eventually(Duration::from_secs(60), "node Ready again", || {
+        (node_ready(&cluster, &node)? == "True").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        env.ps()[&local]["containers"][2]["started_at"],
+        started[2]["started_at"],
+        "the app was not restarted"
+    );
+    assert_eq!(
+        pod_field(&cluster, "web", "{.status.phase}").as_deref(),
+        Some("Running")
+    );
+
+    // Deleted while the board is offline: removed when it comes back.
+    daemon.terminate();
+    cluster.kubectl_ok(&["delete", "pod", "web", "--grace-period=0", "--force"]);
+    daemon = node_daemon(&env, &cluster, &node, kubelet_port);
+    eventually(
+        Duration::from_secs(60),
+        "the deleted pod gone from the board",
+        || (!env.ps().contains_key(&local)).then_some(()),
+    );
+
+    // `kubectl delete pod` of a running pod: gone from the board and from the cluster.
+    cluster.apply(&web_pod("web2", &node, free_port()));
+    eventually(Duration::from_secs(60), "web2 Running", || {
+        (pod_field(&cluster, "web2", "{.status.phase}")? == "Running").then_some(())
+    });
+    cluster.kubectl_ok(&["delete", "pod", "web2", "--wait=true", "--timeout=60s"]);
+    assert!(
+        !env.ps().contains_key("default-web2"),
+        "stopped on the board"
+    );
+
+    // peapod stops: the node goes NotReady within the grace period.
+    daemon.terminate();
+    let t0 = std::time::Instant::now();
+    eventually(
+        cluster.grace + Duration::from_secs(20),
+        "node NotReady",
+        || (node_ready(&cluster, &node)? != "True").then_some(()),
+    );
+    eprintln!("NotReady {:?} after the daemon stopped", t0.elapsed());
+}
