@@ -186,10 +186,10 @@ pub(super) fn plan_stored(
     )
 }
 
-/// The `*.toml` files of the pods directory, sorted, each with its text or why it cannot be read.
+/// The spec files of the pods directory (`*.toml`, `*.yaml`), sorted, each with its text or why it cannot be read.
 pub(super) fn pod_files(cfg: &Config) -> Vec<(PathBuf, Result<String, String>)> {
     let dir = &cfg.pods_dir;
-    let paths = match crate::spec::toml_files(dir) {
+    let paths = match crate::spec::spec_files(dir) {
         Ok(paths) => paths,
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {

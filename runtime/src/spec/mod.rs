@@ -958,8 +958,8 @@ impl Lines {
 
 /// The `*.toml` files under `dir` and its subdirectories (hidden ones left out), sorted by path:
 /// what `apply -f DIR` applies.
-pub fn toml_files_recursive(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut paths = toml_files(dir)?;
+pub fn spec_files_recursive(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = spec_files(dir)?;
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -968,18 +968,22 @@ pub fn toml_files_recursive(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     dirs.sort();
     for d in dirs {
-        paths.extend(toml_files_recursive(&d)?);
+        paths.extend(spec_files_recursive(&d)?);
     }
     Ok(paths)
 }
 
-/// The `*.toml` files of directory `dir` (pod specs), sorted by name: the pods directory the
+/// The pod specs of directory `dir`, sorted by name: `*.toml`, and Kubernetes Pod manifests
+/// (`*.yaml`, `*.yml`; static pods, as the kubelet's `staticPodPath`): the pods directory the
 /// daemon keeps, and `peapod apply -f DIR`.
-pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn spec_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "toml" || e == "yaml" || e == "yml")
+        })
         .collect();
     paths.sort();
     Ok(paths)

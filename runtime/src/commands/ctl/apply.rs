@@ -5,7 +5,8 @@ use super::*;
 /// Create or update pods from spec files (each re-created when its spec or modules changed).
 #[derive(clap::Args, Debug)]
 pub(crate) struct Apply {
-    /// A pod spec (TOML); a directory: every *.toml in it and its subdirectories; `-` reads one
+    /// A pod spec (TOML, or a Kubernetes Pod manifest in YAML or JSON); a directory: every
+    /// *.toml, *.yaml and *.yml in it and its subdirectories; `-` reads one
     /// spec from standard input (its module paths are relative to the current directory). May
     /// be repeated.
     #[arg(short = 'f', long = "filename", required = true)]

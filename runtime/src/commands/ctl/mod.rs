@@ -180,7 +180,7 @@ fn spec_texts(files: &[PathBuf]) -> anyhow::Result<Result<SpecTexts, ExitCode>> 
                 .join("(stdin)");
             specs.push((source, r.map(|_| text)));
         } else if f.is_dir() {
-            let paths = match peapod::spec::toml_files_recursive(f) {
+            let paths = match peapod::spec::spec_files_recursive(f) {
                 Ok(paths) => paths,
                 Err(e) => {
                     eprintln!("{}: {e}", f.display());
@@ -188,7 +188,10 @@ fn spec_texts(files: &[PathBuf]) -> anyhow::Result<Result<SpecTexts, ExitCode>> 
                 }
             };
             if paths.is_empty() {
-                eprintln!("{}: no *.toml pod specs in this directory", f.display());
+                eprintln!(
+                    "{}: no pod specs (*.toml, *.yaml) in this directory",
+                    f.display()
+                );
                 return Ok(Err(ExitCode::from(EXIT_INVALID)));
             }
             for p in paths {
