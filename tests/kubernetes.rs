@@ -230,6 +230,30 @@ fn a_board_joins_a_cluster_and_runs_its_pods() {
     ]);
     assert!(events.contains("Started"), "{events}");
 
+    // The kubelet port itself: another node's certificate may not read these logs (the API
+    // server says so), and a client without a certificate of the cluster gets no handshake.
+    cluster.node_kubeconfig("other");
+    let url = format!("https://127.0.0.1:{kubelet_port}/containerLogs/default/web/app");
+    let dir = cluster.dir.path();
+    let other = std::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--cert"])
+        .arg(dir.join("node-other.crt"))
+        .arg("--key")
+        .arg(dir.join("node-other.key"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&other.stdout),
+        "403",
+        "another node is refused"
+    );
+    let anyone = std::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", &url])
+        .status()
+        .unwrap();
+    assert!(!anyone.success(), "no certificate, no logs");
+
     // A field peapod cannot honour: Failed, with a reason naming it.
     cluster.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{ name: bad }}\nspec:\n  nodeName: {node}\n  \

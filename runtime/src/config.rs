@@ -812,6 +812,35 @@ mod tests {
     }
 
     #[test]
+    fn the_node_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("peapod.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Config::load(Some(&f), &Overrides::default())
+        };
+        let c =
+            load("[kubernetes]\nkubeconfig = \"/etc/peapod/kubeconfig\"\nnode_name = \"pi-1\"\n")
+                .unwrap();
+        let k = c.kubernetes.unwrap();
+        assert_eq!((k.node_name.as_str(), k.kubelet_port), ("pi-1", 10250));
+        assert_eq!(k.taints, [DEFAULT_TAINT]);
+        assert!(k.host_paths.is_empty(), "no hostPath unless said");
+        for (bad, field) in [
+            ("node_name = \"Pi_1\"", "kubernetes.node_name"),
+            ("node_ip = \"pi\"", "kubernetes.node_ip"),
+            ("taints = [\"a=b\"]", "kubernetes.taints"),
+            ("labels = { \"bad key!\" = \"x\" }", "kubernetes.labels"),
+            ("host_paths = [\"srv\"]", "kubernetes.host_paths"),
+        ] {
+            let text = format!("[kubernetes]\nkubeconfig = \"/k\"\n{bad}\n");
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("peapod.toml"), "{bad}: {e}");
+        }
+        assert!(Config::default().kubernetes.is_none(), "off by default");
+    }
+
+    #[test]
     fn limits_and_quotas() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("peapod.toml");

@@ -3,18 +3,23 @@
 //! `GET /containerLogs/{namespace}/{pod}/{container}` here through the API server's proxy;
 //! the lines come from the daemon's log API, as text (the CRI framing taken off).
 //!
-//! Who may ask: a client certificate signed by the cluster's CA (the one in the node's
-//! kubeconfig), which is what the API server presents (`--kubelet-client-certificate`); any
-//! other TLS client is refused in the handshake. The serving certificate is made at start,
-//! self-signed for the node's name and address (as a kubelet without one does).
+//! Who may ask, as the kubelet decides it: a client certificate signed by the cluster's CA (the
+//! one in the node's kubeconfig) gets past the handshake, any other TLS client is refused there;
+//! then the API server is asked whether that certificate's user (its CN) and groups (its O) may
+//! `get nodes/proxy` of this node (a SubjectAccessReview, which the Node authorizer lets a node
+//! make): the API server's `--kubelet-client-certificate` may, another node's certificate may
+//! not (403). Answers are kept a minute. The serving certificate is made at start, self-signed
+//! for the node's name and address (as a kubelet without one does).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -29,8 +34,33 @@ use super::names;
 use crate::client::{Client, ClientError};
 use crate::config::NodeSettings;
 
+/// A client, as its certificate names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Identity {
+    user: String,
+    groups: Vec<String>,
+}
+
+/// What the handlers share: the daemon's API, and who may read this node's logs.
+struct Kubelet {
+    daemon: Client,
+    client: kube::Client,
+    node: String,
+    /// Authorization answers by identity, with when they were given.
+    decided: Mutex<HashMap<Identity, (bool, Instant)>>,
+}
+
+/// How long an authorization answer is kept.
+const DECISION_TTL: Duration = Duration::from_secs(60);
+
 /// Serves the kubelet port until the agent stops. `roots`: the cluster's CA (DER).
-pub(super) async fn serve(node: NodeSettings, ip: IpAddr, socket: PathBuf, roots: Vec<Vec<u8>>) {
+pub(super) async fn serve(
+    client: kube::Client,
+    node: NodeSettings,
+    ip: IpAddr,
+    socket: PathBuf,
+    roots: Vec<Vec<u8>>,
+) {
     let tls = match tls_config(&node, ip, roots) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -51,7 +81,12 @@ pub(super) async fn serve(node: NodeSettings, ip: IpAddr, socket: PathBuf, roots
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
-        .with_state(Arc::new(Client::new(&socket)));
+        .with_state(Arc::new(Kubelet {
+            daemon: Client::new(&socket),
+            client,
+            node: node.node_name.clone(),
+            decided: Mutex::default(),
+        }));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -62,12 +97,79 @@ pub(super) async fn serve(node: NodeSettings, ip: IpAddr, socket: PathBuf, roots
             let Ok(stream) = acceptor.accept(tcp).await else {
                 return;
             };
+            // (The handshake required a certificate of the cluster's CA.)
+            let Some(identity) = (stream.get_ref().1.peer_certificates())
+                .and_then(|c| c.first())
+                .and_then(|c| identity(c))
+            else {
+                return;
+            };
+            let service = TowerToHyperService::new(router.layer(Extension(identity)));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
             let _ = conn.await;
         });
+    }
+}
+
+/// The user (CN) and groups (O) a client certificate names, as the API server reads them.
+fn identity(der: &CertificateDer<'_>) -> Option<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let subject = cert.subject();
+    let user = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = (subject.iter_organization())
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some(Identity { user, groups })
+}
+
+impl Kubelet {
+    /// May `who` read this node's logs (`get nodes/proxy`, the kubelet's check)?
+    async fn allowed(&self, who: &Identity) -> bool {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+        };
+        if let Some((ok, at)) = self.decided.lock().expect("lock").get(who)
+            && at.elapsed() < DECISION_TTL
+        {
+            return *ok;
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(who.user.clone()),
+                groups: Some(who.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some("get".into()),
+                    resource: Some("nodes".into()),
+                    subresource: Some("proxy".into()),
+                    name: Some(self.node.clone()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let api: kube::Api<SubjectAccessReview> = kube::Api::all(self.client.clone());
+        let ok = match api.create(&kube::api::PostParams::default(), &review).await {
+            Ok(r) => r.status.is_some_and(|s| s.allowed),
+            Err(e) => {
+                // Not kept: asked again next time.
+                tracing::warn!("kubernetes: authorizing {}: {e}", who.user);
+                return false;
+            }
+        };
+        self.decided
+            .lock()
+            .expect("lock")
+            .insert(who.clone(), (ok, Instant::now()));
+        ok
     }
 }
 
@@ -126,10 +228,19 @@ struct LogQuery {
 }
 
 async fn logs(
-    State(daemon): State<Arc<Client>>,
+    State(kubelet): State<Arc<Kubelet>>,
+    Extension(who): Extension<Identity>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Response {
+    if !kubelet.allowed(&who).await {
+        let message = format!(
+            "Forbidden (user={}, verb=get, resource=nodes, subresource=proxy)",
+            who.user
+        );
+        return (StatusCode::FORBIDDEN, message).into_response();
+    }
+    let daemon = &kubelet.daemon;
     let local = names::pod_name(&namespace, &pod);
     let mut query = format!("container={}", enc(&container));
     if let Some(n) = q.tail_lines {

@@ -57,7 +57,13 @@ pub async fn run(node: NodeSettings, cfg: Config) {
         }
     };
     let ip = node.node_ip.unwrap_or_else(register::host_ip);
-    let kubelet = tokio::spawn(kubelet::serve(node.clone(), ip, cfg.socket.clone(), roots));
+    let kubelet = tokio::spawn(kubelet::serve(
+        client.clone(),
+        node.clone(),
+        ip,
+        cfg.socket.clone(),
+        roots,
+    ));
     let registered = tokio::spawn(register::keep(
         client.clone(),
         node.clone(),

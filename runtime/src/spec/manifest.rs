@@ -1029,6 +1029,15 @@ spec:
     }
 
     #[test]
+    fn the_example_manifest_reads() {
+        let text = include_str!("../../../configs/k8s-pod.yaml");
+        let spec = super::super::PodSpec::parse(std::path::Path::new("/c/k8s-pod.yaml"), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.containers.len(), 2);
+        assert_eq!(spec.containers[0].kind, super::super::Kind::Sidecar);
+    }
+
+    #[test]
     fn only_a_v1_pod_is_read() {
         assert!(is_manifest("apiVersion: v1\nkind: Pod\n"));
         assert!(is_manifest("{\"apiVersion\": \"v1\", \"kind\": \"Pod\"}"));
