@@ -268,6 +268,32 @@ fn a_board_joins_a_cluster_and_runs_its_pods() {
     assert!(message.contains("spec.containers[0].stdin"), "{message}");
     cluster.kubectl_ok(&["delete", "pod", "bad", "--wait=true", "--timeout=30s"]);
 
+    // A cluster pod may not replace one of the board's own (here applied by hand) by its name.
+    let own = env.spec("own.toml", &env.kv_spec("default-taken", ""));
+    env.ctl_ok(&["apply", "-f", own.to_str().unwrap()]);
+    let before = env.ps()["default-taken"]["created"].clone();
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{ name: taken }}\nspec:\n  nodeName: {node}\n  \
+         automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: file://{KV_SERVER}\n"
+    ));
+    let message = eventually(Duration::from_secs(30), "pod taken Failed", || {
+        (pod_field(&cluster, "taken", "{.status.phase}")? == "Failed")
+            .then(|| pod_field(&cluster, "taken", "{.status.message}"))
+            .flatten()
+    });
+    assert!(message.contains("has a pod named"), "{message}");
+    assert_eq!(
+        env.ps()["default-taken"]["created"],
+        before,
+        "the board's pod untouched"
+    );
+    cluster.kubectl_ok(&["delete", "pod", "taken", "--wait=true", "--timeout=30s"]);
+    assert!(
+        env.ps().contains_key("default-taken"),
+        "deleting the cluster's pod leaves the board's"
+    );
+    env.ctl_ok(&["delete", "default-taken"]);
+
     // The API server goes: the pod keeps serving, through a daemon restart too.
     cluster.stop_apiserver();
     assert!(serves(app), "serving with the API server gone");

@@ -37,8 +37,8 @@ const STATUS_PERIOD: Duration = Duration::from_secs(1);
 /// What the agent knows of one cluster pod (by uid).
 struct Known {
     pod: Pod,
-    /// The spec last applied to the daemon.
-    applied: Option<String>,
+    /// The pod's `spec` (as JSON) when it was last applied to the daemon.
+    applied: Option<serde_json::Value>,
     /// The status last patched (as JSON), to patch only changes.
     reported: Option<serde_json::Value>,
     /// The daemon's view at the last status round, for events.
@@ -139,45 +139,67 @@ impl Agent {
             }
             return;
         }
-        let mut pods = self.pods.lock().await;
-        let known = pods.entry(uid.clone()).or_insert_with(|| Known {
-            pod: pod.clone(),
-            applied: None,
-            reported: None,
-            seen: None,
-        });
-        known.pod = pod.clone();
+        let spec = serde_json::to_value(&pod.spec).unwrap_or_default();
+        let applied = {
+            let mut pods = self.pods.lock().await;
+            let known = pods.entry(uid.clone()).or_insert_with(|| Known {
+                pod: pod.clone(),
+                applied: None,
+                reported: None,
+                seen: None,
+            });
+            known.pod = pod.clone();
+            known.applied.clone()
+        };
+        // Its spec as applied: left alone (config maps and secrets are read when a pod is
+        // placed or its spec changes, not at each of its status changes: a changed volume
+        // would re-create it, with a new IP).
+        if applied.as_ref() == Some(&spec) {
+            return;
+        }
         let done = matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Failed" | "Succeeded")
         );
+        // The name is this pod's, or free: never another pod of the board's (one applied
+        // by hand, or from the pods directory), which a cluster user must not replace.
+        let existing = self.daemon.pod(&local).await.ok();
+        if let Some(other) = &existing
+            && other.labels.get(UID_LABEL) != Some(&uid)
+        {
+            if !done {
+                let message = format!(
+                    "the board has a pod named {local:?} already, not this one: rename this pod"
+                );
+                self.fail(&pod, "CreatePodError", &message).await;
+            }
+            return;
+        }
+        // A pod that ended is not started again (a daemon restart lost nothing it needs).
+        if done && applied.is_none() && existing.is_none() {
+            return;
+        }
         let toml = match self.translate(&pod, &uid).await {
             Ok(t) => t,
             Err(problem) => {
-                drop(pods);
                 if !done {
                     self.fail(&pod, "Unsupported", &problem).await;
                 }
                 return;
             }
         };
-        if known.applied.as_deref() == Some(toml.as_str()) {
-            return;
-        }
-        // A pod that ended is not started again (a daemon restart lost nothing it needs).
-        if done && known.applied.is_none() && !self.exists(&local).await {
-            return;
-        }
         let req = wire::ApplyRequest {
             source: self
                 .state_dir
                 .join("kubernetes")
                 .join(format!("{local}.yaml")),
-            spec: toml.clone(),
+            spec: toml,
         };
         match self.daemon.apply(&req).await {
             Ok(a) => {
-                known.applied = Some(toml);
+                if let Some(k) = self.pods.lock().await.get_mut(&uid) {
+                    k.applied = Some(spec);
+                }
                 if a.action != wire::Action::Unchanged {
                     tracing::info!("kubernetes: pod {ns}/{name} {} as {local}", a.action);
                 }
@@ -185,7 +207,6 @@ impl Agent {
             Err(ClientError::Api {
                 message, problems, ..
             }) => {
-                drop(pods);
                 let message = if problems.is_empty() {
                     message
                 } else {
@@ -195,11 +216,6 @@ impl Agent {
             }
             Err(e) => tracing::warn!("kubernetes: applying pod {ns}/{name}: {e}"),
         }
-    }
-
-    /// Does the daemon have pod `local`?
-    async fn exists(&self, local: &str) -> bool {
-        self.daemon.pod(local).await.is_ok()
     }
 
     /// The pod's spec, with what it needs from the cluster fetched; or why it cannot run here.
@@ -317,13 +333,20 @@ impl Agent {
         self.event(pod, EventType::Warning, reason, message).await;
     }
 
-    /// A pod gone from the cluster (or being deleted): stopped and removed from the board.
+    /// A pod gone from the cluster (or being deleted): stopped and removed from the board, if
+    /// the board's pod of that name is this one (never one of the board's own).
     async fn gone(&self, pod: &Pod) {
         let (ns, name) = key(pod);
-        if let Some(uid) = &pod.metadata.uid {
-            self.pods.lock().await.remove(uid);
+        let Some(uid) = &pod.metadata.uid else {
+            return;
+        };
+        self.pods.lock().await.remove(uid);
+        let local = names::pod_name(&ns, &name);
+        let ours = (self.daemon.pod(&local).await)
+            .is_ok_and(|p| p.labels.get(UID_LABEL) == Some(uid));
+        if ours {
+            self.remove(&local).await;
         }
-        self.remove(&names::pod_name(&ns, &name)).await;
     }
 
     async fn remove(&self, local: &str) {
