@@ -228,19 +228,7 @@ pub fn parse(line: &str) -> Option<Record<'_>> {
 /// it, of at most `max_files`): from the run mark before the last one (or the oldest record,
 /// when the previous run is the first) to the last mark; `None` when the log holds one run only.
 pub fn previous_run(path: &Path, max_files: u32) -> io::Result<Option<Vec<String>>> {
-    let mut lines = Vec::new();
-    for i in (1..max_files).rev() {
-        match std::fs::read_to_string(rotated(path, i)) {
-            Ok(text) => lines.extend(text.lines().map(str::to_string)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    match std::fs::read_to_string(path) {
-        Ok(text) => lines.extend(text.lines().map(str::to_string)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    let lines = all_lines(path, max_files)?;
     let marks: Vec<usize> = (lines.iter().enumerate())
         .filter(|(_, l)| parse(l).is_some_and(|r| r.mark))
         .map(|(i, _)| i)
@@ -254,23 +242,26 @@ pub fn previous_run(path: &Path, max_files: u32) -> io::Result<Option<Vec<String
     })
 }
 
-/// The records of a container's current run (after its last run mark; every record when it
-/// has not restarted), read whole as [`previous_run`] reads: what the kubelet's
-/// `containerLogs` shows.
-pub fn current_run(path: &Path, max_files: u32) -> io::Result<Vec<String>> {
+/// Every record of a container's log `path` and its rotated files (of at most `max_files`),
+/// oldest first, read whole.
+fn all_lines(path: &Path, max_files: u32) -> io::Result<Vec<String>> {
     let mut lines = Vec::new();
-    for i in (1..max_files).rev() {
-        match std::fs::read_to_string(rotated(path, i)) {
+    let files = (1..max_files).rev().map(|i| rotated(path, i));
+    for f in files.chain([path.to_path_buf()]) {
+        match std::fs::read_to_string(&f) {
             Ok(text) => lines.extend(text.lines().map(str::to_string)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    match std::fs::read_to_string(path) {
-        Ok(text) => lines.extend(text.lines().map(str::to_string)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    Ok(lines)
+}
+
+/// The records of a container's current run (after its last run mark; every record when it
+/// has not restarted), read whole as [`previous_run`] reads: what the kubelet's
+/// `containerLogs` shows.
+pub fn current_run(path: &Path, max_files: u32) -> io::Result<Vec<String>> {
+    let mut lines = all_lines(path, max_files)?;
     let from = (lines.iter())
         .rposition(|l| parse(l).is_some_and(|r| r.mark))
         .map_or(0, |i| i + 1);
@@ -462,6 +453,42 @@ mod tests {
         );
         assert!(r.time.ends_with('Z') && humantime::parse_rfc3339(r.time).is_ok());
         assert_eq!(parse("garbage"), None);
+    }
+
+    #[test]
+    fn runs_are_told_apart_across_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 150, 5);
+        let f = s.open("p", "c").unwrap();
+        let path = s.path("p", "c");
+        f.write(Stream::Stdout, "first run", false).unwrap();
+        assert_eq!(previous_run(&path, 5).unwrap(), None, "one run only");
+        let text = |lines: Vec<String>| -> Vec<String> {
+            lines
+                .iter()
+                .filter_map(|l| parse(l))
+                .filter(|r| !r.mark)
+                .map(|r| r.text.to_string())
+                .collect()
+        };
+        assert_eq!(text(current_run(&path, 5).unwrap()), ["first run"]);
+        f.write_mark("run 2").unwrap();
+        for i in 0..4 {
+            f.write(Stream::Stdout, &format!("second run {i}"), false)
+                .unwrap();
+        }
+        assert!(rotated(&path, 1).exists(), "the second run spans files");
+        let current = text(current_run(&path, 5).unwrap());
+        assert_eq!(
+            current,
+            (0..4)
+                .map(|i| format!("second run {i}"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            text(previous_run(&path, 5).unwrap().unwrap()),
+            ["first run"]
+        );
     }
 
     #[test]

@@ -342,8 +342,8 @@ impl Agent {
         };
         self.pods.lock().await.remove(uid);
         let local = names::pod_name(&ns, &name);
-        let ours = (self.daemon.pod(&local).await)
-            .is_ok_and(|p| p.labels.get(UID_LABEL) == Some(uid));
+        let ours =
+            (self.daemon.pod(&local).await).is_ok_and(|p| p.labels.get(UID_LABEL) == Some(uid));
         if ours {
             self.remove(&local).await;
         }

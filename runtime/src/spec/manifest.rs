@@ -357,48 +357,40 @@ pub fn translate(pod: &Value, ctx: &Context) -> Result<String, Vec<Problem>> {
                 }
             }
             t.insert("empty_dir".into(), d.into());
-        } else if let Some(c) = v.get("configMap") {
-            let name = str_at(c, "name").unwrap_or_default();
-            match &ctx.config_maps {
-                None => problem(
-                    at("configMap"),
-                    "config maps live in a cluster: applied here, write the files into the \
-                     spec (a files volume, docs/spec.md) or run the pod through the node"
-                        .into(),
-                ),
-                Some(maps) => match maps.get(&name) {
-                    None => problem(
-                        at("configMap.name"),
-                        format!("config map {name:?} not found"),
-                    ),
-                    Some(data) => match files(c, data, &at("configMap")) {
-                        Ok(f) => {
-                            t.insert("files".into(), f.into());
-                        }
-                        Err((f, m)) => problem(f, m),
-                    },
-                },
-            }
-        } else if let Some(s) = v.get("secret") {
-            let name = str_at(s, "secretName").unwrap_or_default();
-            match &ctx.secrets {
-                None => problem(
-                    at("secret"),
+        } else if let Some((kind, src)) = ["configMap", "secret"]
+            .into_iter()
+            .find_map(|k| v.get(k).map(|src| (k, src)))
+        {
+            let (word, name_key, held, nowhere) = if kind == "configMap" {
+                (
+                    "config map",
+                    "name",
+                    &ctx.config_maps,
+                    "config maps live in a cluster: applied here, write the files into the spec \
+                     (a files volume, docs/spec.md) or run the pod through the node",
+                )
+            } else {
+                (
+                    "secret",
+                    "secretName",
+                    &ctx.secrets,
                     "secrets live in a cluster: applied here, use a secret volume of a host \
-                     file (docs/spec.md)"
-                        .into(),
+                     file (docs/spec.md)",
+                )
+            };
+            // A config map's or a secret's data, as a read-only `files` volume.
+            let name = str_at(src, name_key).unwrap_or_default();
+            match held.as_ref().map(|all| all.get(&name)) {
+                None => problem(at(kind), nowhere.into()),
+                Some(None) => problem(
+                    at(&format!("{kind}.{name_key}")),
+                    format!("{word} {name:?} not found"),
                 ),
-                Some(secrets) => match secrets.get(&name) {
-                    None => problem(
-                        at("secret.secretName"),
-                        format!("secret {name:?} not found"),
-                    ),
-                    Some(data) => match files(s, data, &at("secret")) {
-                        Ok(f) => {
-                            t.insert("files".into(), f.into());
-                        }
-                        Err((f, m)) => problem(f, m),
-                    },
+                Some(Some(data)) => match files(src, data, &at(kind)) {
+                    Ok(f) => {
+                        t.insert("files".into(), f.into());
+                    }
+                    Err((f, m)) => problem(f, m),
                 },
             }
         } else if let Some(h) = v.get("hostPath") {
