@@ -220,6 +220,38 @@ fn a_board_joins_a_cluster_and_runs_its_pods() {
         !logs.contains("crash requested"),
         "the current run's logs only: {logs}"
     );
+    // `kubectl logs -f`: the current run, then what comes (another crash, and the next run).
+    let mut follow = cluster.kubectl_command(&["logs", "-f", "web", "-c", "app"]);
+    let lines = {
+        let out = follow.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let mut seen = Vec::new();
+    let mut until = |needle: &str| {
+        while !seen.iter().any(|l: &String| l.contains(needle)) {
+            match lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("logs -f: no {needle:?} in {seen:?}"),
+            }
+        }
+    };
+    until("listening");
+    http(app, "POST", "/crash", "").unwrap();
+    until("crash requested");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    eventually(
+        Duration::from_secs(30),
+        "serving after the second crash",
+        || serves(app).then_some(()),
+    );
     let tail = cluster.kubectl_ok(&["logs", "web", "-c", "setup", "--tail", "1"]);
     assert!(tail.contains("hello from a wasip1 module"), "{tail}");
     let events = cluster.kubectl_ok(&[

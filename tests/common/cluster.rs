@@ -325,6 +325,21 @@ impl Cluster {
             .unwrap()
     }
 
+    /// `kubectl ARGS` started with its stdout piped (a stream: `logs -f`, `get -w`).
+    pub(crate) fn kubectl_command(&self, args: &[&str]) -> Child {
+        Command::new(self.bin.join("kubectl"))
+            .arg(format!(
+                "--kubeconfig={}",
+                self.path("admin.kubeconfig").display()
+            ))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// `kubectl ARGS`, which must succeed: its stdout.
     pub(crate) fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
