@@ -838,6 +838,9 @@ mod tests {
             assert!(e.contains(field) && e.contains("peapod.toml"), "{bad}: {e}");
         }
         assert!(Config::default().kubernetes.is_none(), "off by default");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/kubernetes.toml");
+        let c = Config::load(Some(&example), &Overrides::default()).unwrap();
+        assert_eq!(c.kubernetes.unwrap().node_name, "pi-1", "the example reads");
     }
 
     #[test]
