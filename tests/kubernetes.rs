@@ -13,12 +13,16 @@ use common::*;
 /// The daemon of `env` as node `node` of `cluster`, its kubelet port on 127.0.0.1.
 fn node_daemon(env: &Env, cluster: &Cluster, node: &str, kubelet_port: u16) -> Peapod {
     let kubeconfig = cluster.node_kubeconfig(node);
+    let (cert, key) = cluster.kubelet_serving(node);
     let config = env.spec(
         "peapod.toml",
         &format!(
             "[kubernetes]\nkubeconfig = {:?}\nnode_name = {node:?}\nnode_ip = \"127.0.0.1\"\n\
-             kubelet_port = {kubelet_port}\nlabels = {{ \"site\" = \"test\" }}\n",
-            kubeconfig.display().to_string()
+             kubelet_port = {kubelet_port}\nlabels = {{ \"site\" = \"test\" }}\n\
+             kubelet_cert = {:?}\nkubelet_key = {:?}\n",
+            kubeconfig.display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
         ),
     );
     env.daemon_with(|c| {

@@ -51,6 +51,9 @@
 //! labels = { "site" = "barn" }   # added to kubernetes.io/arch, peapod.dev/runtime=wasm, ...
 //! taints = ["peapod.dev/wasm=true:NoSchedule"]  # the default: only pods that tolerate it
 //! host_paths = []                # where a cluster's pods may mount hostPath volumes (none)
+//! kubelet_cert = "/etc/peapod/kubelet.crt"  # the kubelet port's certificate and key (PEM),
+//! kubelet_key = "/etc/peapod/kubelet.key"   # for an API server that checks it [default:
+//!                                # self-signed at each start]
 //! ```
 
 use std::net::Ipv4Addr;
@@ -121,6 +124,9 @@ pub struct NodeSettings {
     pub taints: Vec<String>,
     /// Prefixes under which a cluster's pods may mount `hostPath` volumes.
     pub host_paths: Vec<PathBuf>,
+    /// The kubelet port's serving certificate and key (PEM files); `None`: self-signed at
+    /// each start.
+    pub kubelet_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The taint a node has unless `[kubernetes] taints` says otherwise: only pods that tolerate
@@ -317,6 +323,8 @@ struct RawKubernetes {
     taints: Option<Vec<String>>,
     #[serde(default)]
     host_paths: Vec<PathBuf>,
+    kubelet_cert: Option<PathBuf>,
+    kubelet_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -704,7 +712,18 @@ fn node_settings(k: RawKubernetes) -> Result<NodeSettings, String> {
             p.display()
         ));
     }
+    let kubelet_tls = match (k.kubelet_cert, k.kubelet_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(
+                "kubernetes.kubelet_cert: give both kubelet_cert and kubelet_key, or neither"
+                    .into(),
+            );
+        }
+    };
     Ok(NodeSettings {
+        kubelet_tls,
         kubeconfig: k.kubeconfig,
         node_name,
         node_ip,

@@ -203,6 +203,21 @@ impl Cluster {
         self.kubeconfig(&name)
     }
 
+    /// A kubelet serving certificate for `node` at 127.0.0.1, signed by the cluster's CA (the
+    /// API server checks it: `--kubelet-certificate-authority`, as k3s does): (cert, key).
+    pub(crate) fn kubelet_serving(&self, node: &str) -> (PathBuf, PathBuf) {
+        let name = format!("kubelet-{node}");
+        self.issue(
+            &name,
+            &format!("/O=system:nodes/CN=system:node:{node}"),
+            &format!("subjectAltName=IP:127.0.0.1,DNS:{node}\nextendedKeyUsage=serverAuth\n"),
+        );
+        (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        )
+    }
+
     fn log(&self, name: &str) -> std::fs::File {
         std::fs::File::create(self.path(&format!("{name}.log"))).unwrap()
     }
@@ -269,6 +284,7 @@ impl Cluster {
             ))
             .arg(format!("--kubelet-client-key={}", p("kubelet-client.key")))
             .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg(format!("--kubelet-certificate-authority={}", p("ca.crt")))
             .arg("--endpoint-reconciler-type=none")
             .arg("-v=0")
             .stdin(Stdio::null())

@@ -8,8 +8,10 @@
 //! then the API server is asked whether that certificate's user (its CN) and groups (its O) may
 //! `get nodes/proxy` of this node (a SubjectAccessReview, which the Node authorizer lets a node
 //! make): the API server's `--kubelet-client-certificate` may, another node's certificate may
-//! not (403). Answers are kept a minute. The serving certificate is made at start, self-signed
-//! for the node's name and address (as a kubelet without one does).
+//! not (403). Answers are kept a minute. The serving certificate is `[kubernetes]
+//! kubelet_cert` (for an API server that checks it: `--kubelet-certificate-authority`, as k3s
+//! sets), else made at start, self-signed for the node's name and address (as a kubelet
+//! without one does).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -196,19 +198,31 @@ fn tls_config(
     )
     .build()
     .context("client certificate verifier")?;
-    let mut params = rcgen::CertificateParams::new(vec![node.node_name.clone()])
-        .context("serving certificate")?;
-    params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
-    let key = rcgen::KeyPair::generate().context("serving key")?;
-    let cert = params.self_signed(&key).context("serving certificate")?;
+    let (chain, key) = match &node.kubelet_tls {
+        Some((cert, key)) => {
+            use rustls::pki_types::pem::PemObject;
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("kubernetes.kubelet_cert {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("kubernetes.kubelet_key {}", key.display()))?;
+            (chain, key)
+        }
+        None => {
+            let mut params = rcgen::CertificateParams::new(vec![node.node_name.clone()])
+                .context("serving certificate")?;
+            params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
+            let key = rcgen::KeyPair::generate().context("serving key")?;
+            let cert = params.self_signed(&key).context("serving certificate")?;
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (vec![cert.der().clone()], key)
+        }
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
+        .with_single_cert(chain, key)
         .context("serving certificate")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
@@ -320,6 +334,40 @@ fn enc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::plain;
+
+    #[test]
+    fn a_serving_certificate_is_made_when_none_is_given() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = rcgen::CertificateParams::new(vec!["ca".to_string()]).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let node = crate::config::NodeSettings {
+            kubeconfig: "/k".into(),
+            node_name: "pi-1".into(),
+            node_ip: None,
+            kubelet_port: 10250,
+            labels: Default::default(),
+            taints: vec![],
+            host_paths: vec![],
+            kubelet_tls: None,
+        };
+        let ip = "127.0.0.1".parse().unwrap();
+        assert!(super::tls_config(&node, ip, vec![ca.der().to_vec()]).is_ok());
+        let e = super::tls_config(&node, ip, vec![]).unwrap_err();
+        assert!(e.to_string().contains("no certificate authority"), "{e}");
+        let missing = crate::config::NodeSettings {
+            kubelet_tls: Some(("/nonexistent.crt".into(), "/nonexistent.key".into())),
+            ..node
+        };
+        let e = format!(
+            "{:#}",
+            super::tls_config(&missing, ip, vec![ca.der().to_vec()]).unwrap_err()
+        );
+        assert!(
+            e.contains("kubernetes.kubelet_cert /nonexistent.crt"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn cri_lines_become_text() {
