@@ -376,10 +376,31 @@ fn a_board_joins_a_cluster_and_runs_its_pods() {
     );
 
     // `kubectl delete pod` of a running pod: gone from the board and from the cluster.
-    cluster.apply(&web_pod("web2", &node, free_port()));
+    // This one mounts its service account's token, as pods do by default: the node makes the
+    // projected volume (a token bound to the pod, the cluster's CA, the namespace).
+    let plain =
+        web_pod("web2", &node, free_port()).replace("  automountServiceAccountToken: false\n", "");
+    cluster.apply(&plain);
     eventually(Duration::from_secs(60), "web2 Running", || {
         (pod_field(&cluster, "web2", "{.status.phase}")? == "Running").then_some(())
     });
+    let volumes = env.state_dir().join("volumes/default-web2");
+    let access = std::fs::read_dir(&volumes)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("kube-api-access")
+        })
+        .expect("the service account volume");
+    let read = |f: &str| std::fs::read_to_string(access.join(f)).unwrap();
+    assert_eq!(read("namespace"), "default");
+    assert!(read("ca.crt").contains("BEGIN CERTIFICATE"));
+    let token = read("token");
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     cluster.kubectl_ok(&["delete", "pod", "web2", "--wait=true", "--timeout=60s"]);
     assert!(
         !env.ps().contains_key("default-web2"),

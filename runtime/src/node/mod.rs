@@ -11,6 +11,8 @@
 //!   and released; pods of this node the cluster no longer has are removed when the watch
 //!   (re)starts; each pod's status reported back when it changes.
 //! - [`status`]: a peapod pod's view as a v1 `PodStatus`.
+//! - [`projected`]: projected volumes (the service account token the API server adds to
+//!   every pod), made as the kubelet makes them.
 //! - [`kubelet`]: the kubelet port (TLS): `/containerLogs` for `kubectl logs`, proxied by the
 //!   API server.
 //! - [`names`]: which peapod pod is which cluster pod.
@@ -26,6 +28,7 @@ use crate::config::{Config, NodeSettings};
 
 mod kubelet;
 mod names;
+mod projected;
 mod register;
 mod status;
 mod sync;

@@ -25,7 +25,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, watcher};
 use tokio::sync::Mutex;
 
-use super::{NAME_LABEL, NAMESPACE_LABEL, UID_LABEL, names, status};
+use super::{NAME_LABEL, NAMESPACE_LABEL, UID_LABEL, names, projected, status};
 use crate::client::{Client, ClientError};
 use crate::config::{Config, NodeSettings};
 use crate::spec::{PodSpec, SpecError, manifest};
@@ -229,7 +229,9 @@ impl Agent {
             }
         }
         let (config_maps, secrets) = self.volumes_of(pod, &ns).await?;
+        let projected = projected::files(&self.client, pod, &self.state_dir).await?;
         let ctx = manifest::Context {
+            projected: Some(projected),
             name: Some(names::pod_name(&ns, &name)),
             labels,
             config_maps: Some(config_maps),
@@ -341,6 +343,7 @@ impl Agent {
             return;
         };
         self.pods.lock().await.remove(uid);
+        projected::forget(&self.state_dir, uid);
         let local = names::pod_name(&ns, &name);
         let ours =
             (self.daemon.pod(&local).await).is_ok_and(|p| p.labels.get(UID_LABEL) == Some(uid));
@@ -373,6 +376,16 @@ impl Agent {
         }
         let mut pods = self.pods.lock().await;
         pods.retain(|uid, _| listed.contains(uid));
+        // Tokens of pods the cluster no longer has.
+        if let Ok(entries) = std::fs::read_dir(projected::tokens_dir(&self.state_dir)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let uid = name.split('.').next().unwrap_or_default();
+                if !listed.contains(uid) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     /// Every [`STATUS_PERIOD`]: the status of each pod of the node, patched when it changed.

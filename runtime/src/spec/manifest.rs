@@ -26,6 +26,10 @@ pub struct Context {
     pub config_maps: Option<BTreeMap<String, BTreeMap<String, String>>>,
     /// Secrets by name (their decoded `data`), for `secret` volumes.
     pub secrets: Option<BTreeMap<String, BTreeMap<String, String>>>,
+    /// The files of `projected` volumes, by volume name (the node makes them: a service
+    /// account token, config map and secret keys, the pod's namespace and name); `None`: no
+    /// cluster to make them.
+    pub projected: Option<BTreeMap<String, BTreeMap<String, String>>>,
     /// Where `hostPath` volumes may point (prefixes); `None`: anywhere the spec's own checks
     /// allow (a local apply, whose caller's rights decide).
     pub host_paths: Option<Vec<std::path::PathBuf>>,
@@ -105,6 +109,8 @@ const ACCEPTED: &[&str] = &[
     "spec.volumes[].secret.defaultMode",
     "spec.volumes[].hostPath.path",
     "spec.volumes[].hostPath.type",
+    // (Read by the node, which makes its files: see `Context::projected`.)
+    "spec.volumes[].projected",
     "@.name",
     "@.image",
     "@.imagePullPolicy",
@@ -245,10 +251,6 @@ fn why(general: &str) -> String {
             "variables come from env values (or env_from_files of a TOML spec)"
         }
         "@.volumeMounts[].subPath" => "mount the whole volume (no subPath)",
-        "spec.volumes[].projected" => {
-            "projected volumes (and the service account token the API server adds) are not \
-             supported: set automountServiceAccountToken: false on the pod or its service account"
-        }
         _ => "not supported by peapod",
     };
     format!("{reason} (docs/kubernetes.md lists what is)")
@@ -392,6 +394,23 @@ pub fn translate(pod: &Value, ctx: &Context) -> Result<String, Vec<Problem>> {
                     }
                     Err((f, m)) => problem(f, m),
                 },
+            }
+        } else if v.get("projected").is_some() {
+            let name = str_at(v, "name").unwrap_or_default();
+            match ctx.projected.as_ref().map(|p| p.get(&name)) {
+                Some(Some(f)) => {
+                    let f: toml::Table = (f.iter())
+                        .map(|(k, v)| (k.clone(), v.clone().into()))
+                        .collect();
+                    t.insert("files".into(), f.into());
+                }
+                _ => problem(
+                    at("projected"),
+                    "a projected volume (where the API server puts a service account token) \
+                     is made by a node of a cluster: applied here, set \
+                     automountServiceAccountToken: false, or write the files into the spec"
+                        .into(),
+                ),
             }
         } else if let Some(h) = v.get("hostPath") {
             let path = str_at(h, "path").unwrap_or_default();
@@ -986,6 +1005,29 @@ spec:
         };
         let yaml = yaml.replace("/etc", "/srv/site");
         assert!(translate(&pod(&yaml), &allowed).is_ok());
+    }
+
+    #[test]
+    fn projected_volumes_come_from_the_node() {
+        let yaml = WEB.replace(
+            "configMap: { name: web-config }",
+            "projected: { sources: [{ serviceAccountToken: { path: token } }] }",
+        );
+        let problems = translate(&pod(&yaml), &cluster()).unwrap_err();
+        assert_eq!(
+            problems[0].field, "spec.volumes[0].projected",
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("automountServiceAccountToken"));
+        let made = Context {
+            projected: Some(BTreeMap::from([(
+                "cfg".to_string(),
+                BTreeMap::from([("token".to_string(), "t0k3n".to_string())]),
+            )])),
+            ..cluster()
+        };
+        let toml = translate(&pod(&yaml), &made).unwrap();
+        assert!(toml.contains("t0k3n"), "{toml}");
     }
 
     #[test]
