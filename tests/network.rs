@@ -42,10 +42,14 @@ impl World {
             outside.name
         ));
         // As on a board without docker: bridged packets do not pass through the IP hooks
-        // (br_netfilter, when loaded, would hide a missing hairpin masquerade).
+        // (br_netfilter, when loaded, would hide a missing hairpin masquerade); and a board
+        // that does not forward yet (a new namespace copies the machine's ip_forward).
         let _ = Command::new("ip")
             .args(["netns", "exec", &host.name, "sh", "-c"])
-            .arg("f=/proc/sys/net/bridge/bridge-nf-call-iptables; [ ! -e $f ] || echo 0 > $f")
+            .arg(
+                "f=/proc/sys/net/bridge/bridge-nf-call-iptables; [ ! -e $f ] || echo 0 > $f; \
+                 echo 0 > /proc/sys/net/ipv4/ip_forward",
+            )
             .status();
         outside.ip_batch(&format!(
             "link set lo up\naddr add {OUTSIDE}/24 dev out1\nlink set out1 up\n"

@@ -119,3 +119,28 @@ impl Drop for TestNetns {
             .status();
     }
 }
+
+/// A sysctl of the machine that a test may change (the node test's daemon runs in the host's
+/// namespace, and its hostPort turns on `net.ipv4.ip_forward`): put back as it was when the
+/// guard is dropped, the test failing or not.
+pub(crate) struct SysctlRestored {
+    path: PathBuf,
+    value: String,
+}
+
+impl SysctlRestored {
+    /// `name` as under /proc/sys, e.g. `net/ipv4/ip_forward`.
+    pub(crate) fn new(name: &str) -> SysctlRestored {
+        let path = Path::new("/proc/sys").join(name);
+        let value = std::fs::read_to_string(&path).unwrap();
+        SysctlRestored { path, value }
+    }
+}
+
+impl Drop for SysctlRestored {
+    fn drop(&mut self) {
+        if std::fs::read_to_string(&self.path).ok().as_ref() != Some(&self.value) {
+            let _ = std::fs::write(&self.path, &self.value);
+        }
+    }
+}
