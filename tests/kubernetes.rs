@@ -101,6 +101,8 @@ fn serves(addr: SocketAddr) -> bool {
 #[test]
 #[ignore = "needs root, network namespaces and the test cluster (scripts/setup --k8s)"]
 fn a_board_joins_a_cluster_and_runs_its_pods() {
+    // Dropped last: the machine's ip_forward back as it was once the daemon is gone.
+    let _forwarding = SysctlRestored::new("net/ipv4/ip_forward");
     let mut cluster = Cluster::start();
     let env = Env::new();
     let node = unique("pp-node-");
@@ -303,6 +305,43 @@ fn a_board_joins_a_cluster_and_runs_its_pods() {
     });
     assert!(message.contains("spec.containers[0].stdin"), "{message}");
     cluster.kubectl_ok(&["delete", "pod", "bad", "--wait=true", "--timeout=30s"]);
+
+    // A config map that is not there yet: the pod waits (Pending, a FailedMount event naming
+    // it), and runs once it is created, as the kubelet does; never Failed for it.
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{ name: late }}\nspec:\n  nodeName: {node}\n  \
+         automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: file://{KV_SERVER}\n    \
+         volumeMounts: [{{ name: cfg, mountPath: /etc/app }}]\n  volumes:\n  \
+         - {{ name: cfg, configMap: {{ name: late-config }} }}\n"
+    ));
+    let waiting = eventually(Duration::from_secs(30), "a FailedMount event", || {
+        let events = cluster.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=late,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        (!events.is_empty()).then_some(events)
+    });
+    assert!(waiting.contains("\"late-config\" not found"), "{waiting}");
+    assert_eq!(
+        pod_field(&cluster, "late", "{.status.phase}").as_deref(),
+        Some("Pending")
+    );
+    assert!(
+        !env.ps().contains_key("default-late"),
+        "not on the board yet"
+    );
+    cluster.apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: late-config }\ndata: { a: b }\n",
+    );
+    eventually(Duration::from_secs(30), "late Running", || {
+        (pod_field(&cluster, "late", "{.status.phase}")? == "Running").then_some(())
+    });
+    cluster.kubectl_ok(&["delete", "pod", "late", "--wait=true", "--timeout=30s"]);
+    cluster.kubectl_ok(&["delete", "configmap", "late-config"]);
 
     // A cluster pod may not replace one of the board's own (here applied by hand) by its name.
     let own = env.spec("own.toml", &env.kv_spec("default-taken", ""));

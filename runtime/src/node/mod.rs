@@ -38,6 +38,23 @@ pub const UID_LABEL: &str = "peapod.dev/k8s-uid";
 pub const NAMESPACE_LABEL: &str = "peapod.dev/k8s-namespace";
 pub const NAME_LABEL: &str = "peapod.dev/k8s-name";
 
+/// Why a pod of the cluster is not (yet) on the board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// It cannot run here: `Failed`, with why (naming the field).
+    Unsupported(String),
+    /// Not yet: something it needs from the cluster (a config map, a secret, a token) is
+    /// missing or could not be fetched. Tried again every few seconds, as the kubelet does;
+    /// the pod stays `Pending` with a `FailedMount` event.
+    Waiting(String),
+}
+
+impl From<String> for Blocked {
+    fn from(message: String) -> Self {
+        Blocked::Unsupported(message)
+    }
+}
+
 /// The node agent, until the daemon stops. Reports and retries its failures; never returns
 /// early while the daemon runs.
 pub async fn run(node: NodeSettings, cfg: Config) {

@@ -19,13 +19,15 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, PostParams};
 
+use super::Blocked;
+
 /// The files of each projected volume of `pod`, by volume name; or what cannot be made, naming
 /// the field.
 pub(super) async fn files(
     client: &kube::Client,
     pod: &Pod,
     state_dir: &Path,
-) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, Blocked> {
     let mut out = BTreeMap::new();
     let Some(spec) = &pod.spec else {
         return Ok(out);
@@ -62,7 +64,7 @@ async fn source_files(
     at: &str,
     state_dir: &Path,
     files: &mut BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), Blocked> {
     if let Some(t) = &source.service_account_token {
         let token = token(
             client,
@@ -74,31 +76,32 @@ async fn source_files(
             state_dir,
         )
         .await
-        .map_err(|e| format!("{at}.serviceAccountToken: {e}"))?;
+        .map_err(|e| Blocked::Waiting(format!("{at}.serviceAccountToken: {e}")))?;
         files.insert(t.path.clone(), token);
     } else if let Some(c) = &source.config_map {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
         let found = api
             .get_opt(&c.name)
             .await
-            .map_err(|e| format!("{at}.configMap: {e}"))?;
+            .map_err(|e| Blocked::Waiting(format!("{at}.configMap: {e}")))?;
         let data = match found {
             Some(m) => m.data.unwrap_or_default(),
             None if c.optional == Some(true) => BTreeMap::new(),
             None => {
-                return Err(format!(
+                return Err(Blocked::Waiting(format!(
                     "{at}.configMap.name: config map {:?} not found",
                     c.name
-                ));
+                )));
             }
         };
-        pick(&data, c.items.as_deref(), &format!("{at}.configMap"), files)?;
+        pick(&data, c.items.as_deref(), &format!("{at}.configMap"), files)
+            .map_err(Blocked::Waiting)?;
     } else if let Some(s) = &source.secret {
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
         let found = api
             .get_opt(&s.name)
             .await
-            .map_err(|e| format!("{at}.secret: {e}"))?;
+            .map_err(|e| Blocked::Waiting(format!("{at}.secret: {e}")))?;
         let data = match found {
             Some(secret) => (secret.data.unwrap_or_default().into_iter())
                 .map(|(k, v)| {
@@ -108,9 +111,15 @@ async fn source_files(
                 })
                 .collect::<Result<BTreeMap<_, _>, _>>()?,
             None if s.optional == Some(true) => BTreeMap::new(),
-            None => return Err(format!("{at}.secret.name: secret {:?} not found", s.name)),
+            None => {
+                return Err(Blocked::Waiting(format!(
+                    "{at}.secret.name: secret {:?} not found",
+                    s.name
+                )));
+            }
         };
-        pick(&data, s.items.as_deref(), &format!("{at}.secret"), files)?;
+        pick(&data, s.items.as_deref(), &format!("{at}.secret"), files)
+            .map_err(Blocked::Waiting)?;
     } else if let Some(d) = &source.downward_api {
         for (k, item) in d.items.iter().flatten().enumerate() {
             let field = item.field_ref.as_ref().map(|f| f.field_path.as_str());
@@ -127,17 +136,17 @@ async fn source_files(
                 _ => None,
             };
             let Some(value) = value else {
-                return Err(format!(
+                return Err(Blocked::Unsupported(format!(
                     "{at}.downwardAPI.items[{k}]: peapod gives metadata.namespace, metadata.name, \
                      metadata.uid, spec.nodeName and spec.serviceAccountName"
-                ));
+                )));
             };
             files.insert(item.path.clone(), value);
         }
     } else {
-        return Err(format!(
+        return Err(Blocked::Unsupported(format!(
             "{at}: not supported by peapod (a serviceAccountToken, configMap, secret or downwardAPI source is)"
-        ));
+        )));
     }
     Ok(())
 }

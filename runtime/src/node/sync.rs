@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -25,7 +25,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, watcher};
 use tokio::sync::Mutex;
 
-use super::{NAME_LABEL, NAMESPACE_LABEL, UID_LABEL, names, projected, status};
+use super::{Blocked, NAME_LABEL, NAMESPACE_LABEL, UID_LABEL, names, projected, status};
 use crate::client::{Client, ClientError};
 use crate::config::{Config, NodeSettings};
 use crate::spec::{PodSpec, SpecError, manifest};
@@ -33,6 +33,9 @@ use crate::wire;
 
 /// How often the pods' status is compared with what the cluster was told.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
+
+/// How long a pod waiting for something of the cluster's waits before it is tried again.
+const RETRY_PERIOD: Duration = Duration::from_secs(5);
 
 /// What the agent knows of one cluster pod (by uid).
 struct Known {
@@ -43,6 +46,8 @@ struct Known {
     reported: Option<serde_json::Value>,
     /// The daemon's view at the last status round, for events.
     seen: Option<wire::PodView>,
+    /// What the pod waits for ([`Blocked::Waiting`]), and when it is tried again.
+    waiting: Option<(String, Instant)>,
 }
 
 type Pods = Arc<Mutex<HashMap<String, Known>>>;
@@ -147,6 +152,7 @@ impl Agent {
                 applied: None,
                 reported: None,
                 seen: None,
+                waiting: None,
             });
             known.pod = pod.clone();
             known.applied.clone()
@@ -181,10 +187,14 @@ impl Agent {
         }
         let toml = match self.translate(&pod, &uid).await {
             Ok(t) => t,
-            Err(problem) => {
+            Err(Blocked::Unsupported(problem)) => {
                 if !done {
                     self.fail(&pod, "Unsupported", &problem).await;
                 }
+                return;
+            }
+            Err(Blocked::Waiting(what)) => {
+                self.wait(&pod, &uid, what).await;
                 return;
             }
         };
@@ -199,6 +209,7 @@ impl Agent {
             Ok(a) => {
                 if let Some(k) = self.pods.lock().await.get_mut(&uid) {
                     k.applied = Some(spec);
+                    k.waiting = None;
                 }
                 if a.action != wire::Action::Unchanged {
                     tracing::info!("kubernetes: pod {ns}/{name} {} as {local}", a.action);
@@ -218,10 +229,42 @@ impl Agent {
         }
     }
 
-    /// The pod's spec, with what it needs from the cluster fetched; or why it cannot run here.
-    async fn translate(&self, pod: &Pod, uid: &str) -> Result<String, String> {
+    /// A pod that waits for something of the cluster's: tried again in [`RETRY_PERIOD`], with a
+    /// `FailedMount` event when what it waits for changes (as the kubelet says it).
+    async fn wait(&self, pod: &Pod, uid: &str, what: String) {
+        let retry = Instant::now() + RETRY_PERIOD;
+        let new = {
+            let mut pods = self.pods.lock().await;
+            let Some(k) = pods.get_mut(uid) else { return };
+            let new = k.waiting.as_ref().map(|(w, _)| w) != Some(&what);
+            k.waiting = Some((what.clone(), retry));
+            new
+        };
+        if new {
+            let (ns, name) = key(pod);
+            tracing::info!("kubernetes: pod {ns}/{name} waits: {what}");
+            self.event(pod, EventType::Warning, "FailedMount", &what)
+                .await;
+        }
+    }
+
+    /// The pods whose wait is over, tried again.
+    async fn retry_waiting(&self) {
+        let now = Instant::now();
+        let due: Vec<Pod> = (self.pods.lock().await.values())
+            .filter(|k| k.waiting.as_ref().is_some_and(|(_, at)| *at <= now))
+            .map(|k| k.pod.clone())
+            .collect();
+        for pod in due {
+            self.handle(pod).await;
+        }
+    }
+
+    /// The pod's spec, with what it needs from the cluster fetched; or why it is not on the
+    /// board (yet).
+    async fn translate(&self, pod: &Pod, uid: &str) -> Result<String, Blocked> {
         let (ns, name) = key(pod);
-        let value = serde_json::to_value(pod).map_err(|e| e.to_string())?;
+        let value = serde_json::to_value(pod).map_err(|e| Blocked::Unsupported(e.to_string()))?;
         let mut labels = BTreeMap::from([(UID_LABEL.to_string(), uid.to_string())]);
         for (label, value) in [(NAMESPACE_LABEL, &ns), (NAME_LABEL, &name)] {
             if crate::spec::labels::value_problem(label, value).is_none() {
@@ -245,17 +288,19 @@ impl Agent {
             .join(format!("{ns}/{name}"));
         match PodSpec::from_pod(&path, &value, &ctx) {
             Ok((_, toml)) => Ok(toml),
-            Err(SpecError::Invalid { problems, .. }) => Err(problems
-                .iter()
-                .map(|p| format!("{}: {}", p.field, p.message))
-                .collect::<Vec<_>>()
-                .join("; ")),
-            Err(e) => Err(e.to_string()),
+            Err(SpecError::Invalid { problems, .. }) => Err(Blocked::Unsupported(
+                problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.field, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+            Err(e) => Err(Blocked::Unsupported(e.to_string())),
         }
     }
 
-    /// The config maps and secrets the pod's volumes name (missing ones stay out: the
-    /// translation names them; an `optional` one is empty).
+    /// The config maps and secrets the pod's volumes name (an `optional` one that is missing
+    /// is empty; the pod waits for one that is not optional).
     #[allow(clippy::type_complexity)]
     async fn volumes_of(
         &self,
@@ -266,7 +311,7 @@ impl Agent {
             BTreeMap<String, BTreeMap<String, String>>,
             BTreeMap<String, BTreeMap<String, String>>,
         ),
-        String,
+        Blocked,
     > {
         let (mut maps, mut secrets) = (BTreeMap::new(), BTreeMap::new());
         let volumes = pod
@@ -276,9 +321,10 @@ impl Agent {
             .unwrap_or_default();
         let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        for v in volumes {
+        let at = |i: usize, e: String| Blocked::Waiting(format!("spec.volumes[{i}]: {e}"));
+        for (i, v) in volumes.into_iter().enumerate() {
             if let Some(cm) = v.config_map {
-                let found = cm_api.get_opt(&cm.name).await.map_err(|e| e.to_string())?;
+                let found = (cm_api.get_opt(&cm.name).await).map_err(|e| at(i, e.to_string()))?;
                 match found {
                     Some(c) => {
                         maps.insert(cm.name.clone(), c.data.unwrap_or_default());
@@ -286,18 +332,23 @@ impl Agent {
                     None if cm.optional == Some(true) => {
                         maps.insert(cm.name.clone(), BTreeMap::new());
                     }
-                    None => {}
+                    None => {
+                        return Err(at(i, format!("config map {:?} not found", cm.name)));
+                    }
                 }
             }
             if let Some(s) = v.secret {
                 let name = s.secret_name.clone().unwrap_or_default();
-                let found = secret_api.get_opt(&name).await.map_err(|e| e.to_string())?;
+                let found = (secret_api.get_opt(&name).await).map_err(|e| at(i, e.to_string()))?;
                 match found {
                     Some(secret) => {
                         let mut data = BTreeMap::new();
                         for (k, v) in secret.data.unwrap_or_default() {
                             let text = String::from_utf8(v.0).map_err(|_| {
-                                format!("secret {name:?}: key {k:?} is not UTF-8 text")
+                                format!(
+                                    "spec.volumes[{i}].secret: key {k:?} of secret {name:?} \
+                                     is not UTF-8 text"
+                                )
                             })?;
                             data.insert(k, text);
                         }
@@ -307,7 +358,7 @@ impl Agent {
                     None if s.optional == Some(true) => {
                         secrets.insert(name, BTreeMap::new());
                     }
-                    None => {}
+                    None => return Err(at(i, format!("secret {name:?} not found"))),
                 }
             }
         }
@@ -394,6 +445,7 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            self.retry_waiting().await;
             let Ok(list) = self.daemon.pods().await else {
                 continue;
             };
