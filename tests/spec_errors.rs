@@ -111,9 +111,15 @@ fn every_kind_of_bad_spec_is_refused_with_file_line_and_field() {
             ],
         ),
         (
-            "manifest.toml",
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n".into(),
+            "yaml.toml",
+            "pod:\n  name: web\ncontainers:\n- name: app\n".into(),
             vec!["this looks like YAML: peapod's pod specs are TOML"],
+        ),
+        (
+            // A Kubernetes manifest is read as one (docs/kubernetes.md), named by its fields.
+            "manifest.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n".into(),
+            vec!["spec.containers: a pod needs at least one"],
         ),
         (
             "wrong-type.toml",
