@@ -12,7 +12,7 @@ use peapod::run::pod::RunningPod;
 use peapod::spec::PodSpec;
 use peapod::wasm::executor::{Executor, Prepared};
 
-use crate::stats::{Figure, ms, rss_kib};
+use crate::stats::{Figure, ms, process_cpu_ms, rss_kib, thread_cpu_ms, threads};
 
 pub(crate) struct Ctx {
     pub cfg: Config,
@@ -233,7 +233,8 @@ impl Ctx {
 
     /// Fairness: the app's request latency (connect + GET /healthz + answer) with a sibling that
     /// spins without ever yielding, against the same app alone. The spinner is preempted at each
-    /// epoch tick (10 ms); what it adds is at most about one tick per wake-up of the app.
+    /// epoch tick (250 µs while it spins); what it adds is about one tick per wake-up of the
+    /// app. And the ticker's own CPU, with and without the spinner.
     pub(crate) async fn sibling_latency(&mut self, figures: &mut Vec<Figure>) -> Result<()> {
         let toolbox = peapod_guests::TOOLBOX;
         let app = (
@@ -241,7 +242,7 @@ impl Ctx {
             peapod_guests::KV_SERVER,
             &["--listen", "0.0.0.0:8080"][..],
         );
-        let mut runs = vec![];
+        let (mut runs, mut ticks) = (vec![], vec![]);
         for containers in [vec![app], vec![app, ("spin", toolbox, &["spin"][..])]] {
             let spec = self.spec("fair", "Always", &containers)?;
             let modules = self.compile(&spec)?;
@@ -254,6 +255,10 @@ impl Ctx {
                 instance(addr)?;
                 samples.push(ms(t0.elapsed()));
             }
+            // The ticker's own CPU over a second, the app idle.
+            let (wall, ticker) = (Instant::now(), thread_cpu_ms("peapod-epoch"));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ticks.push(100.0 * (thread_cpu_ms("peapod-epoch") - ticker) / ms(wall.elapsed()));
             pod.stop().await?;
             runs.push(samples);
         }
@@ -265,6 +270,15 @@ impl Ctx {
                 &runs[1],
             )
             .against("app alone", &runs[0]),
+        );
+        figures.push(
+            Figure::new(
+                "fairness",
+                "epoch ticker's CPU while a module spins",
+                "% core",
+                &ticks[1..],
+            )
+            .against("no module spinning", &ticks[..1]),
         );
         Ok(())
     }
@@ -528,8 +542,14 @@ impl Ctx {
             wait_accept(SocketAddr::from((p.ip, 8080)))?;
         }
         let took = t0.elapsed();
-        // Let every sidecar take its first snapshot, so its memory is counted.
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // Let every sidecar take its first snapshot, so its memory is counted; what the idle
+        // pods cost in CPU meanwhile (the epoch ticker's part of it), and in threads.
+        let idle = Duration::from_secs(4);
+        let (cpu, ticker) = (process_cpu_ms(), thread_cpu_ms("peapod-epoch"));
+        tokio::time::sleep(idle).await;
+        let idle_cpu = 100.0 * (process_cpu_ms() - cpu) / ms(idle);
+        let idle_ticker = 100.0 * (thread_cpu_ms("peapod-epoch") - ticker) / ms(idle);
+        let thread_count = threads();
         let after = rss_kib("self");
         let ips: std::collections::HashSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
         anyhow::ensure!(ips.len() == pods.len(), "two pods shared an IP");
@@ -583,6 +603,24 @@ impl Ctx {
             "memory per pod (2 modules)",
             "KiB",
             &[(after - before) / n],
+        ));
+        figures.push(Figure::new(
+            "density",
+            format!("process CPU with {} idle pods (4 s)", self.pods),
+            "% core",
+            &[idle_cpu],
+        ));
+        figures.push(Figure::new(
+            "density",
+            "of which the epoch ticker",
+            "% core",
+            &[idle_ticker],
+        ));
+        figures.push(Figure::new(
+            "density",
+            format!("process threads with {} pods", self.pods),
+            "threads",
+            &[thread_count],
         ));
         Ok(())
     }

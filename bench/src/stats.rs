@@ -101,6 +101,42 @@ impl Figure {
     }
 }
 
+/// CPU time (user + system) of a `/proc/.../stat` file, in ms.
+fn stat_cpu_ms(path: &std::path::Path) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks * 1000.0 / hz)
+}
+
+/// CPU time of this whole process so far, in ms.
+pub(crate) fn process_cpu_ms() -> f64 {
+    stat_cpu_ms(std::path::Path::new("/proc/self/stat")).unwrap_or(0.0)
+}
+
+/// CPU time so far of this process's threads named `name`, in ms (their schedstat: ns).
+pub(crate) fn thread_cpu_ms(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum::<f64>()
+        / 1e6
+}
+
+/// Threads of this process.
+pub(crate) fn threads() -> f64 {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count()) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

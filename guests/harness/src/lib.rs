@@ -148,6 +148,7 @@ impl Sidecar {
             pod_names: None,
             lookups: Default::default(),
             binds: Default::default(),
+            siblings: Default::default(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()

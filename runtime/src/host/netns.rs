@@ -128,8 +128,8 @@ pub struct ThreadHooks {
 /// the pod thread of [`crate::run::pod`] and the sandbox's inside configuration both use it.
 ///
 /// The runtime checks for I/O after every task poll, not every 61st: a module that never yields
-/// on its own is still preempted at each epoch tick (10 ms), and with the default interval its
-/// siblings' sockets would wait 61 such slices (~600 ms) to be polled.
+/// on its own is still preempted at each epoch tick (see [`crate::wasm::ticker`]), and with the
+/// default interval its siblings' sockets would wait 61 such slices to be polled.
 pub fn spawn<F, Fut, R>(
     name: String,
     fd: Arc<OwnedFd>,

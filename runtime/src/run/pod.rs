@@ -205,6 +205,7 @@ impl RunningPod {
             Arc::new(crate::host::ipam::Ipam::new(sandbox.config()));
         let lookups = crate::wasm::names::Lookups::default();
         let binds = crate::wasm::binds::Binds::new(&spec.name, opts.events.clone());
+        let siblings = crate::wasm::ticker::Siblings::default();
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
         let mut controls = Vec::new();
@@ -267,6 +268,7 @@ impl RunningPod {
                 pod_names: Some(pod_names.clone()),
                 lookups: lookups.clone(),
                 binds: binds.clone(),
+                siblings: siblings.clone(),
             };
             controls.push(control.clone());
             let container = Container {

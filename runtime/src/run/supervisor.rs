@@ -561,6 +561,7 @@ mod tests {
             pod_names: None,
             lookups: Default::default(),
             binds: Default::default(),
+            siblings: Default::default(),
         };
         let c = Container {
             runner: Box::new(Script(Mutex::new(script.into()))),

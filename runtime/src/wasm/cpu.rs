@@ -14,7 +14,7 @@
 //! The limit is a token bucket refilled at `cpu_limit` (millicores per second of wall time) and
 //! holding at most [`BURST`]. A poll's CPU time is taken from it; while it is in debt the
 //! container is not polled (a timer wakes it when the debt is paid). A module that never yields
-//! is still handed back every epoch tick (10 ms, see [`crate::wasm::executor`]), so a busy loop
+//! is still handed back every epoch tick (see [`crate::wasm::ticker`]), so a busy loop
 //! overshoots by at most one tick, and the debt makes up for it: over any second a container
 //! with `250m` gets ~250 ms of CPU, plus at most one burst.
 

@@ -16,14 +16,14 @@
 //! says root vouches for the file (`trusted`), and the compile cache only entries that carry its
 //! key's MAC.
 //!
-//! Fairness: the engine's epoch is ticked every [`EPOCH_TICK`] by a background thread and every
-//! store yields to the async runtime at each tick, so a module in a busy loop cannot starve its
-//! siblings on the pod's thread.
+//! Fairness: the engine's epoch is ticked by a background thread ([`crate::wasm::ticker`]: every
+//! 10 ms, every 500 µs while a module spins beside a sibling) and a store that runs through a
+//! tick yields to the async runtime, so a module in a busy loop cannot starve its siblings on
+//! the pod's thread.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Config, Engine, InstancePre, Module, Store};
@@ -35,14 +35,12 @@ use crate::logs::{ContainerLog, Stream};
 use crate::wasm::artifact::{self, Cache};
 use crate::wasm::limits::{LimitReached, Limiter};
 use crate::wasm::names::{HostResolver, Names};
+use crate::wasm::ticker::{Preemption, Ticker};
 
 /// Address space reserved for a linear memory, and again each time it outgrows that.
 pub const MEMORY_RESERVATION: u64 = 16 << 20;
 /// Unmapped guard after (and before) each linear memory.
 pub const MEMORY_GUARD: u64 = 64 << 10;
-
-/// How often a running module yields to its siblings.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -152,6 +150,8 @@ pub struct RunSpec {
     pub lookups: crate::wasm::names::Lookups,
     /// Who of the pod's containers bound which port (one for all its containers).
     pub binds: crate::wasm::binds::Binds,
+    /// The pod's runs in progress (one for all its containers), for fair preemption.
+    pub siblings: crate::wasm::ticker::Siblings,
 }
 
 /// A host directory preopened for the guest at `guest` (a volume mount).
@@ -236,6 +236,7 @@ pub struct Executor {
     /// Guests' lookups of the host's names, made from the thread that built the executor (in the
     /// host's network namespace).
     resolver: HostResolver,
+    ticker: Arc<Ticker>,
 }
 
 /// The engine settings every peapod engine uses. Precompiled artifacts must be made with the same
@@ -305,17 +306,9 @@ impl Executor {
         let mut p1 = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |s: &mut P1State| &mut s.ctx)?;
 
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("peapod-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })?;
+        let ticker = Ticker::start(&engine)?;
         Ok(Executor {
+            ticker,
             engine,
             p2: Arc::new(p2),
             p1: Arc::new(p1),
@@ -554,6 +547,7 @@ impl Executor {
             }
         }
         let limits = Limiter::new(spec.memory_limit).with_gauge(spec.usage.clone());
+        let _run = spec.siblings.enter();
         let result = match &*module.0 {
             Linked::Component(pre) => {
                 let mut table = ResourceTable::new();
@@ -569,7 +563,7 @@ impl Executor {
                         hosts_file: crate::wasm::names::HOSTS_FILE.into(),
                     },
                 };
-                let mut store = self.store(state, |s| &mut s.limits);
+                let mut store = self.store(state, |s| &mut s.limits, &spec.siblings);
                 match pre.instantiate_async(&mut store).await {
                     Ok(cmd) => cmd
                         .wasi_cli_run()
@@ -583,7 +577,7 @@ impl Executor {
                 let mut ctx = wasi.build_p1();
                 ctx.ctx().table.set_max_capacity(spec.open_files);
                 let state = P1State { ctx, limits };
-                let mut store = self.store(state, |s| &mut s.limits);
+                let mut store = self.store(state, |s| &mut s.limits, &spec.siblings);
                 match pre.instantiate_async(&mut store).await {
                     Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
                         Ok(start) => start.call_async(&mut store, ()).await.map(|()| 0),
@@ -599,11 +593,17 @@ impl Executor {
         }
     }
 
-    fn store<T: 'static>(&self, state: T, limits: fn(&mut T) -> &mut Limiter) -> Store<T> {
+    fn store<T: 'static>(
+        &self,
+        state: T,
+        limits: fn(&mut T) -> &mut Limiter,
+        siblings: &crate::wasm::ticker::Siblings,
+    ) -> Store<T> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(move |s| limits(s) as &mut dyn wasmtime::ResourceLimiter);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut preemption = Preemption::new(self.ticker.clone(), siblings.clone());
+        store.epoch_deadline_callback(move |_| Ok(preemption.at_deadline()));
         store
     }
 }
@@ -745,6 +745,7 @@ mod tests {
             pod_names: None,
             lookups: Default::default(),
             binds: Default::default(),
+            siblings: Default::default(),
         };
         let e = wasmtime::Error::from(LimitReached::Memory(16 << 20)).context("backtrace");
         let o = classify(&e, &spec);

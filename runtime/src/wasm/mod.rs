@@ -2,7 +2,8 @@
 //!
 //! - [`executor`]: the engine, compiled and linked modules shared by every pod that uses the same
 //!   bytes, one store per run; [`artifact`]: precompiled `.cwasm` files and the compile cache.
-//! - [`limits`]: what one run may grow; [`cpu`]: its CPU metered and capped.
+//! - [`limits`]: what one run may grow; [`cpu`]: its CPU metered and capped; [`ticker`]: the
+//!   epoch that preempts a module that spins.
 //! - [`binds`]: which container of a pod bound which port ("address in use" told).
 //! - [`names`] and [`name_lookup`]: what a name means to a guest, answered without a DNS server.
 
@@ -13,3 +14,4 @@ pub mod executor;
 pub(crate) mod limits;
 pub(crate) mod name_lookup;
 pub mod names;
+pub mod ticker;
