@@ -103,13 +103,8 @@ async fn source_files(
             .await
             .map_err(|e| Blocked::Waiting(format!("{at}.secret: {e}")))?;
         let data = match found {
-            Some(secret) => (secret.data.unwrap_or_default().into_iter())
-                .map(|(k, v)| {
-                    String::from_utf8(v.0)
-                        .map(|text| (k.clone(), text))
-                        .map_err(|_| format!("{at}.secret: key {k:?} is not UTF-8 text"))
-                })
-                .collect::<Result<BTreeMap<_, _>, _>>()?,
+            Some(secret) => secret_text(secret)
+                .map_err(|k| format!("{at}.secret: key {k:?} is not UTF-8 text"))?,
             None if s.optional == Some(true) => BTreeMap::new(),
             None => {
                 return Err(Blocked::Waiting(format!(
@@ -149,6 +144,17 @@ async fn source_files(
         )));
     }
     Ok(())
+}
+
+/// A secret's data as text, a file a key; `Err` names a key whose value is not UTF-8.
+pub(super) fn secret_text(secret: Secret) -> Result<BTreeMap<String, String>, String> {
+    (secret.data.unwrap_or_default().into_iter())
+        .map(|(k, v)| {
+            String::from_utf8(v.0)
+                .map(|text| (k.clone(), text))
+                .map_err(|_| k)
+        })
+        .collect()
 }
 
 /// `items` of `data` (all of it without items) into `files`.

@@ -342,17 +342,14 @@ impl Agent {
                 let found = (secret_api.get_opt(&name).await).map_err(|e| at(i, e.to_string()))?;
                 match found {
                     Some(secret) => {
-                        let mut data = BTreeMap::new();
-                        for (k, v) in secret.data.unwrap_or_default() {
-                            let text = String::from_utf8(v.0).map_err(|_| {
-                                format!(
-                                    "spec.volumes[{i}].secret: key {k:?} of secret {name:?} \
-                                     is not UTF-8 text"
-                                )
-                            })?;
-                            data.insert(k, text);
-                        }
-                        data.extend(secret.string_data.unwrap_or_default());
+                        let string_data = secret.string_data.clone().unwrap_or_default();
+                        let mut data = projected::secret_text(secret).map_err(|k| {
+                            format!(
+                                "spec.volumes[{i}].secret: key {k:?} of secret {name:?} \
+                                 is not UTF-8 text"
+                            )
+                        })?;
+                        data.extend(string_data);
                         secrets.insert(name, data);
                     }
                     None if s.optional == Some(true) => {
