@@ -148,6 +148,73 @@ fn restart_in_place_keeps_ip_namespace_and_port() {
     assert!(out.contains("inplace/app: stopped (restarts: 2)"), "{out}");
 }
 
+/// What a client saw trying the app again and again.
+#[derive(Debug, Default)]
+struct Tries {
+    answered: u32,
+    refused: u32,
+    failed: Vec<String>,
+}
+
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn restart_in_place_refuses_no_connection() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let spec = env.spec("p.toml", &pod("norefuse", "Always", &[kv("0.0.0.0:8080")]));
+    let mut p = env.start(&spec);
+    let s = p.started("norefuse");
+    let addr = SocketAddr::from((s.ip, 8080));
+    let mut instance = wait_healthy(addr);
+
+    // A client that connects in a tight loop, a new connection each time, all along.
+    let done = Arc::new(AtomicBool::new(false));
+    let client = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let mut tries = Tries::default();
+            while !done.load(Ordering::Relaxed) {
+                match http(addr, "GET", "/healthz", "") {
+                    Ok(r) if r.status == 200 => tries.answered += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        tries.refused += 1
+                    }
+                    other => tries.failed.push(format!("{other:?}")),
+                }
+            }
+            tries
+        }
+    });
+    // Restarts in place, by traps and by exits, each seen through a new instance.
+    const RESTARTS: usize = 20;
+    for i in 0..RESTARTS {
+        let how = if i % 2 == 0 { "/crash" } else { "/exit/0" };
+        assert_eq!(http(addr, "POST", how, "").unwrap().status, 200);
+        let before = instance.clone();
+        instance = eventually(MIN, "a new instance", || {
+            http(addr, "GET", "/healthz", "")
+                .ok()
+                .map(|r| r.instance)
+                .filter(|i| *i != before)
+        });
+    }
+    done.store(true, Ordering::Relaxed);
+    let tries = client.join().unwrap();
+    assert_eq!(
+        tries.refused, 0,
+        "connections refused across {RESTARTS} restarts in place: {tries:?}"
+    );
+    assert!(tries.failed.is_empty(), "{tries:?}");
+    assert!(tries.answered > 0, "{tries:?}");
+    assert!(p.terminate().success());
+    let out = p.output();
+    assert!(
+        out.contains(&format!("norefuse/app: stopped (restarts: {RESTARTS})")),
+        "{out}"
+    );
+}
+
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn policy_never_ends_the_pod_with_the_exit_status() {

@@ -204,7 +204,7 @@ impl RunningPod {
         let pod_names: Arc<dyn PodAddresses> =
             Arc::new(crate::host::ipam::Ipam::new(sandbox.config()));
         let lookups = crate::wasm::names::Lookups::default();
-        let binds = crate::wasm::binds::Binds::new(&spec.name, opts.events.clone());
+        let binds = crate::wasm::binds::Binds::new(&spec.name, opts.events.clone()).with_handoff();
         let siblings = crate::wasm::ticker::Siblings::default();
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();

@@ -413,6 +413,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
                         d => d,
                     };
                     let delay = floor.reserve(delay);
+                    spec.binds.restarting(&spec.name, Some(delay));
                     tracing::warn!(
                         "{id} {outcome}; restarting in {} (restart {})",
                         humantime::format_duration(delay),
@@ -443,6 +444,7 @@ pub async fn supervise(c: Container, stop: CancellationToken, control: Control) 
                     }
                 } else {
                     tracing::info!("{id} {outcome}; not restarting (restart_policy {policy:?})");
+                    spec.binds.restarting(&spec.name, None);
                     control.update(|s| s.state = State::Exited);
                     if !control.linger {
                         return done;

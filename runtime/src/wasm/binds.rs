@@ -7,10 +7,17 @@
 //! namespace) is tried first on a probe socket that is bound and closed, never listened on, so
 //! no connection can land on it: a probe that fails with `EADDRINUSE` is the tell. The guest's
 //! own bind then goes on and fails as it would have.
+//!
+//! In a pod (not in the test harness), a container's TCP listeners also outlive its run until
+//! its next instance binds them again ([`crate::wasm::handoff`]): [`Binds::bind`] hands a kept
+//! listener over, [`Binds::keep_on_drop`] keeps them when a run ends, and the supervisor says
+//! whether a restart is coming soon ([`Binds::restarting`]), else they are closed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
@@ -34,7 +41,7 @@ impl Transport {
 
 /// A taken port is said at most this often per container and port: a guest that retries its
 /// bind in a loop cannot flood the daemon's log or the events.
-const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const SAY_EVERY: Duration = Duration::from_secs(60);
 
 /// (container, transport, port) of a taken port that was said.
 type Said = (String, Transport, u16);
@@ -43,10 +50,50 @@ type Said = (String, Transport, u16);
 #[derive(Debug, Clone, Default)]
 pub struct Binds {
     owners: Arc<Mutex<HashMap<(Transport, u16), String>>>,
-    said: Arc<Mutex<HashMap<Said, std::time::Instant>>>,
+    said: Arc<Mutex<HashMap<Said, Instant>>>,
     events: Events,
     /// `pod/NAME`
     pod: String,
+    /// Listeners kept across restarts in place; `None` outside a pod's namespace.
+    handoff: Option<Arc<Mutex<Handoff>>>,
+}
+
+/// A restart further off than this closes the container's listeners at once: a client is
+/// refused rather than left waiting through a long back-off.
+pub const HOLD_FOR_RESTART_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long after its restart a container has to bind a kept listener again before it is closed.
+pub const BIND_AGAIN_WITHIN: Duration = Duration::from_secs(2);
+
+/// The listeners of a pod's containers, kept between runs.
+#[derive(Debug, Default)]
+struct Handoff {
+    /// The TCP addresses (port given) each container's guests asked to bind.
+    bound: HashMap<String, BTreeSet<SocketAddr>>,
+    /// Kept listeners by container and address, and until when each container's are kept.
+    held: HashMap<(String, SocketAddr), Vec<OwnedFd>>,
+    until: HashMap<String, Instant>,
+    /// `tcp_migrate_req` is on in the namespace.
+    migration: bool,
+}
+
+impl Handoff {
+    fn release(&mut self, container: &str) {
+        self.held.retain(|(c, _), _| c != container);
+        self.until.remove(container);
+    }
+
+    /// Closes what was kept past its time.
+    fn expire(&mut self, now: Instant) {
+        let over: Vec<String> = (self.until.iter())
+            .filter(|(_, t)| **t <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in over {
+            tracing::debug!("{c}: kept listeners not bound again in time: closed");
+            self.release(&c);
+        }
+    }
 }
 
 impl Binds {
@@ -56,7 +103,152 @@ impl Binds {
             said: Arc::default(),
             events,
             pod: format!("pod/{pod}"),
+            handoff: None,
         }
+    }
+
+    /// Keeps the containers' TCP listeners across restarts in place. Only for binds made inside
+    /// a pod's own namespace (it turns `tcp_migrate_req` on in the namespace it runs in).
+    pub fn with_handoff(mut self) -> Self {
+        self.handoff = Some(Arc::default());
+        self
+    }
+
+    /// Container `container` is about to bind `addr` (the guest stopped in its bind, on the
+    /// pod's thread): hands over the listener kept from its previous run on that address, if
+    /// any, else checks the port ([`Binds::check`]).
+    pub fn bind(&self, container: &str, addr: SocketAddr, transport: Transport) {
+        if let (Some(h), Transport::Tcp, false) = (&self.handoff, transport, addr.port() == 0) {
+            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+            h.bound
+                .entry(container.to_string())
+                .or_default()
+                .insert(addr);
+            if let Some(held) = h.held.remove(&(container.to_string(), addr)) {
+                drop(h);
+                if self.hand_over(container, addr, held) {
+                    return;
+                }
+            }
+        }
+        self.check(container, addr, transport);
+    }
+
+    /// Lets the guest's fresh socket share `addr` with the kept listeners, and closes them once
+    /// it listens (their queued connections move to it). False when that could not be set up:
+    /// the kept ones are closed and the bind goes on as before.
+    fn hand_over(&self, container: &str, addr: SocketAddr, held: Vec<OwnedFd>) -> bool {
+        let guest = match crate::wasm::handoff::unbound_socket(addr) {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                tracing::debug!("{container}: bind {addr}: the guest's socket is not clear");
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!("{container}: bind {addr}: {e}");
+                return false;
+            }
+        };
+        if let Err(e) = guest.share_with(&held) {
+            tracing::debug!("{container}: bind {addr}: SO_REUSEPORT: {e}");
+            return false;
+        }
+        let owner = container.to_string();
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners.insert((Transport::Tcp, addr.port()), owner.clone());
+        drop(owners);
+        tracing::debug!("{owner}: listener {addr} handed over to the new run");
+        // Runs once the guest's run yields, by when it listens (bind and listen come together).
+        tokio::spawn(async move {
+            let start = Instant::now();
+            while guest.listening() == Some(false) && start.elapsed() < BIND_AGAIN_WITHIN {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            drop(held);
+        });
+        true
+    }
+
+    /// A guard that keeps `container`'s listeners when dropped: made after the run's store, so
+    /// dropped before it, when the run ends in any way (an exit, a trap, a probe's kill).
+    pub fn keep_on_drop<'a>(&'a self, container: &'a str) -> KeepOnDrop<'a> {
+        KeepOnDrop {
+            binds: self,
+            container,
+        }
+    }
+
+    /// Keeps the TCP listeners `container` bound (duplicates them) for [`BIND_AGAIN_WITHIN`],
+    /// unless the supervisor says otherwise.
+    fn keep(&self, container: &str) {
+        let Some(handoff) = &self.handoff else {
+            return;
+        };
+        let mut h = handoff.lock().unwrap_or_else(|p| p.into_inner());
+        let addrs: Vec<SocketAddr> = match h.bound.get(container) {
+            Some(a) => a.iter().copied().collect(),
+            None => return,
+        };
+        if !h.migration {
+            match crate::wasm::handoff::allow_migration() {
+                Ok(()) => h.migration = true,
+                Err(e) => tracing::debug!("{}: tcp_migrate_req: {e}", self.pod),
+            }
+        }
+        for addr in addrs {
+            match crate::wasm::handoff::listeners_on(addr) {
+                Ok(fds) if !fds.is_empty() => {
+                    let key = (container.to_string(), addr);
+                    h.held.entry(key).or_default().extend(fds);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("{container}: keep {addr}: {e}"),
+            }
+        }
+        if h.held.keys().any(|(c, _)| c == container) {
+            let until = Instant::now() + BIND_AGAIN_WITHIN;
+            h.until.insert(container.to_string(), until);
+            drop(h);
+            self.expire_at(handoff, until);
+        }
+    }
+
+    /// The supervisor's word after a run ended: a restart after `delay`, or none. Kept
+    /// listeners stay only for a restart within [`HOLD_FOR_RESTART_WITHIN`].
+    pub fn restarting(&self, container: &str, delay: Option<Duration>) {
+        let Some(handoff) = &self.handoff else {
+            return;
+        };
+        let mut h = handoff.lock().unwrap_or_else(|p| p.into_inner());
+        if !h.held.keys().any(|(c, _)| c == container) {
+            return;
+        }
+        match delay {
+            Some(d) if d <= HOLD_FOR_RESTART_WITHIN => {
+                let until = Instant::now() + d + BIND_AGAIN_WITHIN;
+                h.until.insert(container.to_string(), until);
+                drop(h);
+                self.expire_at(handoff, until);
+            }
+            _ => h.release(container),
+        }
+    }
+
+    /// Closes what is kept past its time at `when` (a task of the pod's runtime, holding no
+    /// reference: kept listeners close with the pod too).
+    fn expire_at(&self, handoff: &Arc<Mutex<Handoff>>, when: Instant) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<Mutex<Handoff>> = Arc::downgrade(handoff);
+        rt.spawn(async move {
+            tokio::time::sleep_until(when.into()).await;
+            if let Some(h) = weak.upgrade() {
+                h.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .expire(Instant::now());
+            }
+        });
     }
 
     /// Container `container` is about to bind `addr`: when the port is taken in the pod, says
@@ -77,7 +269,7 @@ impl Binds {
         if said.get(&said_key).is_some_and(|t| t.elapsed() < SAY_EVERY) {
             return None;
         }
-        said.insert(said_key, std::time::Instant::now());
+        said.insert(said_key, Instant::now());
         let by = match owners.get(&key) {
             Some(o) if o != container => format!("container {o:?} of the pod holds it"),
             Some(_) => "this container's previous run holds it still".to_string(),
@@ -93,6 +285,18 @@ impl Binds {
         self.events
             .warning(&format!("{}/{container}", self.pod), "PortInUse", &message);
         Some(message)
+    }
+}
+
+/// Keeps a container's listeners when dropped ([`Binds::keep_on_drop`]).
+pub struct KeepOnDrop<'a> {
+    binds: &'a Binds,
+    container: &'a str,
+}
+
+impl Drop for KeepOnDrop<'_> {
+    fn drop(&mut self) {
+        self.binds.keep(self.container);
     }
 }
 

@@ -518,7 +518,7 @@ impl Executor {
                     _ => None,
                 };
                 if let Some(t) = transport {
-                    binds.check(&name, addr, t);
+                    binds.bind(&name, addr, t);
                 }
                 Box::pin(std::future::ready(true))
             });
@@ -564,6 +564,8 @@ impl Executor {
                     },
                 };
                 let mut store = self.store(state, |s| &mut s.limits, &spec.siblings);
+                // Dropped before the store: the run's listeners are kept for its next run.
+                let _keep = spec.binds.keep_on_drop(&spec.name);
                 match pre.instantiate_async(&mut store).await {
                     Ok(cmd) => cmd
                         .wasi_cli_run()
