@@ -221,13 +221,57 @@ impl Ctx {
             }
             samples.push(ms(t0.elapsed()));
         }
-        pod.stop().await?;
         figures.push(Figure::new(
             "restart in place",
             "exit -> new instance serving, same IP",
             "ms",
             &samples,
         ));
+
+        // The same restarts (traps and exits in turn) while a client connects in a tight loop,
+        // a new connection each time: what it sees while the app is between two runs.
+        let restarts = self.iterations * 5;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = std::thread::spawn({
+            let done = done.clone();
+            move || {
+                let (mut answered, mut refused, mut reset, mut other) = (0u32, 0u32, 0u32, 0u32);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    match http(addr, "GET", "/healthz") {
+                        Ok(r) if r.starts_with("HTTP/1.1 200") => answered += 1,
+                        Err(e) => match e.downcast_ref::<std::io::Error>().map(|e| e.kind()) {
+                            Some(std::io::ErrorKind::ConnectionRefused) => refused += 1,
+                            Some(std::io::ErrorKind::ConnectionReset) => reset += 1,
+                            _ => other += 1,
+                        },
+                        Ok(_) => other += 1,
+                    }
+                }
+                (answered, refused, reset, other)
+            }
+        });
+        for i in 0..restarts {
+            let before = instance(addr)?;
+            std::thread::sleep(peapod::spec::MIN_BACKOFF);
+            http(addr, "POST", if i % 2 == 0 { "/crash" } else { "/exit/0" })?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !instance(addr).is_ok_and(|i| i != before) {
+                anyhow::ensure!(Instant::now() < deadline, "app did not come back");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (answered, refused, reset, other) = client.join().expect("client thread");
+        pod.stop().await?;
+        figures.push(
+            Figure::new(
+                "restart in place",
+                format!("connections refused through {restarts} restarts, a client connecting in a tight loop"),
+                "conns",
+                &[f64::from(refused)],
+            )
+            .noted(format!("{answered} answered, {reset} reset, {other} other failures")),
+        );
         Ok(())
     }
 
