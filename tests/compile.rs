@@ -148,3 +148,64 @@ fn compile_names_the_targets_it_has() {
     );
     assert!(!out.exists());
 }
+
+/// Code compiled for one memory layout (`PEAPOD_MEMORIES`, see `wasm::memory`) is refused by a
+/// process that lays memories out the other way, with a message that says so; under the same
+/// layout it runs. A bad value of the variable is named.
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn code_for_the_other_memory_layout_is_refused_and_named() {
+    let env = Env::new();
+    let bounded = env.dir.path().join("kv-bounded.cwasm");
+    let o = env
+        .peapod(&["compile", KV_SERVER, "-o", bounded.to_str().unwrap()])
+        .env("PEAPOD_MEMORIES", "bounded")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let spec = spec_for(
+        &env,
+        "b.toml",
+        "layout",
+        &bounded,
+        "[\"--listen\", \"0.0.0.0:8080\"]",
+    );
+    let mut guarded = env.peapod(&["run", spec.to_str().unwrap()]);
+    guarded.env("PEAPOD_MEMORIES", "guarded");
+    let out = guarded.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("this process lays memories out guarded, see PEAPOD_MEMORIES"),
+        "{stderr}"
+    );
+    assert!(env.leases().is_empty(), "{:?}", env.leases());
+
+    let mut p = env.start_with(&spec, |c| {
+        c.env("PEAPOD_MEMORIES", "bounded");
+    });
+    let s = p.started("layout");
+    wait_healthy(SocketAddr::from((s.ip, 8080)));
+    assert!(
+        p.output()
+            .contains("linear memories: bounded (PEAPOD_MEMORIES=bounded)")
+    );
+    assert!(p.terminate().success());
+
+    let (code, stderr) = {
+        let o = env
+            .peapod(&["compile", KV_SERVER, "-o", "/dev/null"])
+            .env("PEAPOD_MEMORIES", "fast")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("PEAPOD_MEMORIES=\"fast\": expected guarded, bounded or auto"),
+        "{stderr}"
+    );
+}

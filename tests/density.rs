@@ -1,7 +1,7 @@
 //! Many modules in one daemon, in a Raspberry Pi's address space: Raspberry Pi OS kernels give a
 //! process 39 bits of virtual address space (512 GiB), simulated here with `RLIMIT_AS`. With
 //! wasmtime's 64-bit defaults (4 GiB reserved per linear memory) about 125 modules fit; peapod
-//! reserves memories for a board (see `executor::engine_config`).
+//! sees the smaller address space and reserves memories for a board (see `wasm::memory`).
 
 mod common;
 
@@ -47,6 +47,13 @@ fn three_hundred_modules_serve_in_a_pi_address_space() {
         }
     });
     d.wait_for("ready in", Duration::from_secs(600));
+    // The daemon saw the board's address space and chose bounded memories itself.
+    assert!(
+        d.output()
+            .contains("linear memories: bounded (the address space (512 GiB)"),
+        "{}",
+        d.output()
+    );
     let ps = env.ps();
     assert_eq!(ps.len(), pods);
     for i in 0..pods {

@@ -34,6 +34,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use crate::logs::{ContainerLog, Stream};
 use crate::wasm::artifact::{self, Cache};
 use crate::wasm::limits::{LimitReached, Limiter};
+use crate::wasm::memory;
 use crate::wasm::names::{HostResolver, Names};
 use crate::wasm::ticker::{Preemption, Ticker};
 
@@ -242,19 +243,27 @@ pub struct Executor {
 /// The engine settings every peapod engine uses. Precompiled artifacts must be made with the same
 /// settings to load, so `peapod compile` uses this too (with a target).
 ///
-/// Linear memories are sized for a board, not for a server: wasmtime's 64-bit default reserves
-/// 4 GiB of address space (plus 32 MiB guards) per memory so that bounds checks can be elided,
-/// and a Raspberry Pi OS kernel gives a process 512 GiB (39-bit VA): about 125 modules. peapod
-/// reserves [`MEMORY_RESERVATION`] per memory, grows it in steps of the same size (moving it when
-/// it outgrows its reservation) and keeps 64 KiB guards (the defaults of wasmtime's 32-bit
-/// hosts, which keep theirs): a memory costs its size plus about 16 MiB of address space, so a
-/// 512 GiB process holds tens of thousands. The price is explicit bounds checks (see the README's Performance section
-/// for the throughput figure).
+/// Linear memories are laid out as [`memory`] decides for this process: guarded (wasmtime's
+/// 64-bit default, 4 GiB reserved per memory, no bounds checks) where the address space holds
+/// thousands of them, bounded on a board (a Raspberry Pi OS kernel gives a process 512 GiB,
+/// about 125 guarded memories): [`MEMORY_RESERVATION`] per memory, grown in steps of the same
+/// size (moved when it outgrows its reservation), 64 KiB guards (the defaults of wasmtime's
+/// 32-bit hosts), so a memory costs its size plus about 16 MiB of address space and a 512 GiB
+/// process holds tens of thousands. The price is explicit bounds checks (see the README's
+/// Performance section for the throughput figure). Code for another `target` is compiled for a
+/// board's layout, bounded, unless `PEAPOD_MEMORIES` says otherwise.
 pub fn engine_config(target: Option<&str>) -> wasmtime::Result<Config> {
     let mut config = Config::new();
     config.epoch_interruption(true);
-    // 32-bit hosts (armv7) have wasmtime's own small defaults already (10 MiB, 64 KiB guards).
-    if cfg!(target_pointer_width = "64") || target.is_some() {
+    let layout = match target {
+        None => memory::chosen().map(|(l, _)| l),
+        Some(_) => memory::for_target(),
+    }
+    .map_err(wasmtime::Error::msg)?;
+    // 32-bit hosts (armv7) have wasmtime's own small defaults already (10 MiB, 64 KiB guards);
+    // a guarded layout is wasmtime's 64-bit default.
+    if layout == memory::Layout::Bounded && (cfg!(target_pointer_width = "64") || target.is_some())
+    {
         config
             .memory_reservation(MEMORY_RESERVATION)
             .memory_reservation_for_growth(MEMORY_RESERVATION)
@@ -298,6 +307,9 @@ impl Executor {
     /// its name resolver: call it on a thread in the host's network namespace.
     pub fn new() -> wasmtime::Result<Executor> {
         let engine = Engine::new(&engine_config(None)?)?;
+        if let Ok((layout, why)) = memory::chosen() {
+            tracing::info!("linear memories: {} ({why})", layout.name());
+        }
         let mut p2 = Linker::new(&engine);
         // Includes `exit-with-code` (WASI 0.2.12) for components that report an exact code;
         // plain `exit` only says ok (0) or err (reported as 1).
@@ -401,7 +413,9 @@ impl Executor {
             let code = artifact::unseal(bytes).map_err(|e| precompiled(e.to_string()))?;
             let p = self.deserialize(path, code).map_err(|e| {
                 precompiled(format!(
-                    "made for another target, wasmtime version or engine settings: {}",
+                    "made for another target, wasmtime version or engine settings (this \
+                     process lays memories out {}, see PEAPOD_MEMORIES): {}",
+                    memory::chosen().map_or("?", |(l, _)| l.name()),
                     first_line(&e)
                 ))
             })?;

@@ -2,7 +2,8 @@
 //!
 //! - [`executor`]: the engine, compiled and linked modules shared by every pod that uses the same
 //!   bytes, one store per run; [`artifact`]: precompiled `.cwasm` files and the compile cache.
-//! - [`limits`]: what one run may grow; [`cpu`]: its CPU metered and capped; [`ticker`]: the
+//! - [`memory`]: linear memories guarded (no bounds checks) or bounded (a board's address space);
+//!   [`limits`]: what one run may grow; [`cpu`]: its CPU metered and capped; [`ticker`]: the
 //!   epoch that preempts a module that spins.
 //! - [`binds`]: which container of a pod bound which port ("address in use" told);
 //!   [`handoff`]: a container's listeners kept across its restart in place, so no connection is
@@ -15,6 +16,7 @@ pub(crate) mod cpu;
 pub mod executor;
 pub mod handoff;
 pub(crate) mod limits;
+pub mod memory;
 pub(crate) mod name_lookup;
 pub mod names;
 pub mod ticker;
