@@ -343,6 +343,107 @@ fn a_trapping_or_spinning_module_leaves_its_sibling_serving() {
     assert!(p.terminate().success());
 }
 
+/// The threads of process `pid` whose names start with `prefix` (a pod's are `pod-POD`,
+/// `pod1-POD`, ..., cut at 15 bytes), with the CPU time each has used, in clock ticks.
+fn threads_named(pid: u32, prefix: &str) -> Vec<u64> {
+    let mut found = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        found.push(field(11) + field(12));
+    }
+    found
+}
+
+#[test]
+#[ignore = "needs root: scripts/test runs it"]
+fn containers_limited_past_a_core_get_a_thread_each() {
+    let env = Env::new();
+    let with_limit = |name: &str| container(name, TOOLBOX, &["spin"], None) + "cpu_limit = \"1\"\n";
+    let spec = env.spec(
+        "p.toml",
+        &pod(
+            "lanes",
+            "Always",
+            &[kv("0.0.0.0:8080"), with_limit("spin1"), with_limit("spin2")],
+        ),
+    );
+    let mut p = env.start(&spec);
+    let s = p.started("lanes");
+    p.wait_for("lanes/spin1: spinning", MIN);
+    p.wait_for("lanes/spin2: spinning", MIN);
+    assert_eq!(p.count("threads=2"), 1, "{}", p.output());
+    // Each spinner has a thread of its own in the pod's namespace, and both run: the second
+    // thread gathers CPU time of its own (not the pod thread's share of one core).
+    let lane = eventually(MIN, "the second thread busy", || {
+        let t = threads_named(p.pid(), "pod1-");
+        (t.len() == 1 && t[0] >= 50).then(|| t[0])
+    });
+    let own = threads_named(p.pid(), "pod-");
+    assert_eq!(own.len(), 1);
+    assert!(
+        own[0] >= 50,
+        "the pod thread's spinner runs too: {own:?}, lane {lane}"
+    );
+    // The app, on the pod thread beside a limited spinner, still answers, on the pod's loopback
+    // as on its IP: every thread is in the pod's namespace.
+    wait_healthy(SocketAddr::from((s.ip, 8080)));
+    let netns = std::fs::read_link(format!(
+        "/proc/{}/task/{}/ns/net",
+        p.pid(),
+        lane_tid(p.pid())
+    ))
+    .unwrap();
+    let pod_ns = format!("net:[{}]", std::fs::metadata(&s.netns).unwrap().ino());
+    assert_eq!(
+        netns.to_string_lossy(),
+        pod_ns,
+        "the lane thread is in the pod's namespace"
+    );
+    assert!(p.terminate().success());
+
+    // Without limits past a core: one thread, as ever.
+    let spec = env.spec(
+        "q.toml",
+        &pod(
+            "onelane",
+            "Always",
+            &[
+                container("spin1", TOOLBOX, &["spin"], None),
+                container("spin2", TOOLBOX, &["spin"], None),
+            ],
+        ),
+    );
+    let mut q = env.start(&spec);
+    q.started("onelane");
+    q.wait_for("onelane/spin2: spinning", MIN);
+    assert_eq!(q.count("threads=1"), 1, "{}", q.output());
+    assert!(threads_named(q.pid(), "pod1-").is_empty());
+    assert!(q.terminate().success());
+}
+
+/// The thread id of `pid`'s thread `pod1-...` (its one pod's second thread).
+fn lane_tid(pid: u32) -> String {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("pod1-"))
+        })
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .expect("the lane thread")
+}
+
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn recreating_a_pod_gives_a_new_ip_and_stop_leaves_nothing() {

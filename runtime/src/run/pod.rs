@@ -21,6 +21,7 @@ use crate::host::netns;
 use crate::host::sandbox::{Sandbox, SandboxError};
 use crate::logs::cri::LogSettings;
 use crate::logs::{ContainerLog, LogSink};
+use crate::run::lanes::{self, Lanes};
 use crate::run::supervisor::{
     Container, Control, Final, ModuleRunner, RestartFloor, Status, supervise,
 };
@@ -205,14 +206,22 @@ impl RunningPod {
             Arc::new(crate::host::ipam::Ipam::new(sandbox.config()));
         let lookups = crate::wasm::names::Lookups::default();
         let binds = crate::wasm::binds::Binds::new(&spec.name, opts.events.clone()).with_handoff();
-        let siblings = crate::wasm::ticker::Siblings::default();
+        // The pod's threads: its own, and one more per core its containers' limits ask for.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let limits: Vec<Option<u32>> = spec.containers.iter().map(|c| c.cpu_limit).collect();
+        let lane_of = lanes::placement(&limits, cores);
+        let lane_count = lane_of.iter().max().map_or(1, |m| m + 1);
+        // Siblings are counted per thread: a spinner slows only those it shares a thread with.
+        let siblings: Vec<_> = (0..lane_count)
+            .map(|_| crate::wasm::ticker::Siblings::default())
+            .collect();
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();
         let mut controls = Vec::new();
         let mut containers = Vec::new();
         let floor = RestartFloor::new(opts.restart_floor.max(crate::spec::MIN_BACKOFF));
         let blocking = crate::wasm::cpu::Blocking::default();
-        for (c, module) in spec.containers.iter().zip(modules) {
+        for ((c, module), lane) in spec.containers.iter().zip(modules).zip(lane_of) {
             let mut log = ContainerLog::new(&spec.name, &c.name, opts.sink.clone());
             if let Some(settings) = &opts.logs {
                 match settings.open(&spec.name, &c.name) {
@@ -268,7 +277,7 @@ impl RunningPod {
                 pod_names: Some(pod_names.clone()),
                 lookups: lookups.clone(),
                 binds: binds.clone(),
-                siblings: siblings.clone(),
+                siblings: siblings[lane].clone(),
             };
             controls.push(control.clone());
             let container = Container {
@@ -286,22 +295,40 @@ impl RunningPod {
                 floor: floor.clone(),
                 blocking: blocking.clone(),
             };
-            containers.push((c.kind, container, control));
+            containers.push((c.kind, container, control, lane));
         }
-        let thread = {
+        // The blocking threads' CPU is the pod's containers' (their file I/O), metered with
+        // theirs.
+        let hooks = {
             let (started, stopped) = (blocking.clone(), blocking);
-            // The blocking threads' CPU is the pod's containers' (their file I/O), metered with
-            // theirs.
-            let hooks = netns::ThreadHooks {
+            netns::ThreadHooks {
                 started: Some(Arc::new(move || started.thread_started())),
                 stopped: Some(Arc::new(move || stopped.thread_stopped())),
-            };
+            }
+        };
+        let lanes = match Lanes::start(&spec.name, lane_count, &sandbox.netns, &hooks).await {
+            Ok(l) => l,
+            Err(e) => {
+                let cause = PodError::Thread {
+                    pod: spec.name.clone(),
+                    message: format!("a lane thread: {e}"),
+                };
+                return Err(cause.undone(sandbox.destroy().await));
+            }
+        };
+        let threads = lanes.count();
+        let thread = {
             let stop = stop.clone();
             netns::spawn(
                 format!("pod-{}", spec.name),
                 sandbox.netns.clone(),
                 hooks,
-                move || run_containers(containers, stop),
+                move || async move {
+                    let mut lanes = lanes;
+                    let r = run_containers(containers, stop, &lanes).await;
+                    lanes.stop_now();
+                    r
+                },
                 move |r| {
                     let r = r.map_err(|e| format!("pod thread: {e}")).and_then(|r| r);
                     let _ = tx.send(r);
@@ -319,7 +346,7 @@ impl RunningPod {
             }
         };
         tracing::info!(
-            "pod {} started: ip={} netns={} containers={} sandbox={:.1?}",
+            "pod {} started: ip={} netns={} containers={} threads={threads} sandbox={:.1?}",
             spec.name,
             sandbox.ip,
             sandbox.netns_path.display(),
@@ -432,8 +459,9 @@ impl RunningPod {
 /// sidecars in reverse order. The finals are in spec order; a container that never ran has
 /// `last: None`.
 async fn run_containers(
-    containers: Vec<(Kind, Container, Control)>,
+    containers: Vec<(Kind, Container, Control, usize)>,
     stop: CancellationToken,
+    lanes: &Lanes,
 ) -> Result<Vec<Final>, String> {
     let names: Vec<String> = containers.iter().map(|c| c.1.run.name.clone()).collect();
     let mut finals: Vec<Option<Final>> = vec![None; containers.len()];
@@ -443,18 +471,18 @@ async fn run_containers(
     let mut apps = Vec::new();
     let apps_stop = CancellationToken::new();
     let mut go_on = true;
-    for (i, (kind, container, control)) in containers.into_iter().enumerate() {
+    for (i, (kind, container, control, lane)) in containers.into_iter().enumerate() {
         if !go_on || stop.is_cancelled() {
             break;
         }
         match kind {
             Kind::App => {
-                let task = tokio::spawn(supervise(container, apps_stop.clone(), control));
+                let task = lanes.spawn(lane, supervise(container, apps_stop.clone(), control));
                 apps.push((i, task));
             }
             Kind::Sidecar => {
                 let own = CancellationToken::new();
-                let task = tokio::spawn(supervise(container, own.clone(), control.clone()));
+                let task = lanes.spawn(lane, supervise(container, own.clone(), control.clone()));
                 sidecars.push((i, own, task));
                 tokio::select! {
                     _ = control.until(|s| s.started) => {}
@@ -464,7 +492,8 @@ async fn run_containers(
             Kind::Init => {
                 let id = container.run.log.id().to_string();
                 let own = CancellationToken::new();
-                let mut task = tokio::spawn(supervise(container, own.clone(), control.clone()));
+                let mut task =
+                    lanes.spawn(lane, supervise(container, own.clone(), control.clone()));
                 let f = tokio::select! {
                     f = &mut task => joined(f)?,
                     _ = stop.cancelled() => {
