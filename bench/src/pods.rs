@@ -375,6 +375,41 @@ impl Ctx {
             )
             .against("no limit", &runs[1]),
         );
+
+        // A pod of two spinners: with a core each (their limits add up to two cores, so they
+        // run on two threads of the pod) against none (one thread for the pod).
+        let mut runs = vec![];
+        for extra in ["cpu_limit = \"1\"\n", ""] {
+            let name = self.name("cores");
+            let text = format!(
+                "[pod]\nname = {name:?}\n\
+                 [[containers]]\nname = \"a\"\nmodule = {m:?}\nargs = [\"spin\"]\n{extra}\
+                 [[containers]]\nname = \"b\"\nmodule = {m:?}\nargs = [\"spin\"]\n{extra}",
+                m = peapod_guests::TOOLBOX
+            );
+            let spec = PodSpec::parse(&self.dir.join(format!("{name}.toml")), &text)?;
+            let modules = self.compile(&spec)?;
+            let pod = self.start(&spec, modules, None).await?;
+            let cpu = || pod.statuses().iter().map(|s| s.cpu_seconds).sum::<f64>();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut shares = vec![];
+            for _ in 0..windows {
+                let (c0, t0) = (cpu(), Instant::now());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                shares.push((cpu() - c0) / t0.elapsed().as_secs_f64() * 100.0);
+            }
+            pod.stop().await?;
+            runs.push(shares);
+        }
+        figures.push(
+            Figure::new(
+                "cpu_limit",
+                "a pod of two spinners with cpu_limit 1 each: its CPU per 1 s (100 % = a core)",
+                "%",
+                &runs[0],
+            )
+            .against("no limits (one thread)", &runs[1]),
+        );
         Ok(())
     }
 
