@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow};
 use peapod::config::Config;
 use peapod::host::net::{Links, Netlink};
 use peapod::host::netns;
-use peapod::host::sandbox::{SandboxError, in_netns, plumb};
+use peapod::host::sandbox::{SandboxError, plumb};
 
 use crate::stats::ms;
 
@@ -67,7 +67,7 @@ pub(crate) async fn raw_netlink(
     tag: &str,
     iterations: usize,
 ) -> Result<Vec<f64>> {
-    let host = Netlink;
+    let host = Netlink::HOST;
     let bridge = host
         .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
         .await?;
@@ -91,16 +91,12 @@ pub(crate) async fn iperf3(dir: &Path, mib: usize, iterations: usize) -> Result<
     let pin = dir.join("iperf-ns");
     let fd = Arc::new(netns::create_pinned(&pin)?);
     let result = async {
-        in_netns(fd.clone(), || async {
-            let nl = Netlink;
-            let lo = nl
-                .link_index("lo")
-                .await?
-                .ok_or(SandboxError::Missing("lo"))?;
-            nl.set_up(lo, "lo").await?;
-            Ok(())
-        })
-        .await?;
+        let nl = Netlink::inside(fd.clone());
+        let lo = nl
+            .link_index("lo")
+            .await?
+            .ok_or(SandboxError::Missing("lo"))?;
+        nl.set_up(lo, "lo").await?;
         let net = format!("--net={}", pin.display());
         let mut samples = vec![];
         for _ in 0..iterations {

@@ -11,7 +11,10 @@
 //!
 //! A netlink socket acts in the network namespace of the thread that opens it: the blocking
 //! threads of the daemon's runtime are the host's, and those of a runtime made by
-//! [`crate::host::netns::spawn`] enter the pod's namespace before they run anything.
+//! [`crate::host::netns::spawn`] enter the pod's namespace before they run anything. A pod's
+//! inside is configured from the daemon's own blocking threads ([`Netlink::inside`]): each
+//! steps into the pod's namespace just to open its request's socket, and back — no thread is
+//! made per pod start for it.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -73,11 +76,25 @@ pub struct Port {
     pub name: String,
 }
 
-/// The kernel's netlink, in the namespace of the blocking threads of the runtime it is used on.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Netlink;
+/// The kernel's netlink: in the namespace of the blocking threads of the runtime it is used on
+/// ([`Netlink::HOST`]), or in a given one ([`Netlink::inside`]).
+#[derive(Debug, Default, Clone)]
+pub struct Netlink {
+    netns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
 
 impl Netlink {
+    /// Netlink of the namespace the runtime's blocking threads are in (the host's, for the
+    /// daemon's runtime).
+    pub const HOST: Netlink = Netlink { netns: None };
+
+    /// Netlink of the namespace `netns`, used from any thread: each request's socket is opened
+    /// there by the blocking thread that sends it, which steps in for that moment
+    /// ([`crate::host::netns::within`]) instead of a thread being made to live there.
+    pub fn inside(netns: std::sync::Arc<std::os::fd::OwnedFd>) -> Netlink {
+        Netlink { netns: Some(netns) }
+    }
+
     /// Sends `msg` with `flags` (besides `NLM_F_REQUEST`) and waits for its answer on a blocking
     /// thread; `op` names it in an error.
     async fn request(
@@ -86,9 +103,11 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
-        let answer = tokio::task::spawn_blocking(move || route_request(msg, flags))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(format!("netlink thread: {e}"))));
+        let netns = self.netns.clone();
+        let answer =
+            tokio::task::spawn_blocking(move || route_request(netns.as_deref(), msg, flags))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(format!("netlink thread: {e}"))));
         answer.map_err(|e| NetError::other(op(), e))
     }
 
@@ -501,7 +520,11 @@ fn neighbour(index: u32, ip: Ipv4Addr) -> NeighbourMessage {
 
 /// One rtnetlink request (with `flags` besides `NLM_F_REQUEST`) through [`exchange`]; returns
 /// the messages a dump answered.
-fn route_request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+fn route_request(
+    netns: Option<&std::os::fd::OwnedFd>,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> io::Result<Vec<RouteNetlinkMessage>> {
     let mut m = NetlinkMessage::from(msg);
     m.header.flags = NLM_F_REQUEST | flags;
     m.header.sequence_number = 1;
@@ -509,7 +532,11 @@ fn route_request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNe
     let mut bytes = vec![0; m.buffer_len()];
     m.serialize(&mut bytes);
     let acks = usize::from(flags & NLM_F_ACK != 0);
-    exchange(NETLINK_ROUTE, &bytes, acks)
+    let sock = match netns {
+        None => Socket::new(NETLINK_ROUTE)?,
+        Some(ns) => crate::host::netns::within(ns, || Socket::new(NETLINK_ROUTE))??,
+    };
+    exchange_on(sock, &bytes, acks)
 }
 
 /// Sends `bytes` (requests of netlink `protocol`) on a socket of its own, opened in the calling
@@ -521,7 +548,15 @@ pub(crate) fn exchange<M: NetlinkDeserializable>(
     bytes: &[u8],
     acks: usize,
 ) -> io::Result<Vec<M>> {
-    let mut sock = Socket::new(protocol)?;
+    exchange_on(Socket::new(protocol)?, bytes, acks)
+}
+
+/// [`exchange`] on `sock`, a netlink socket opened for it.
+fn exchange_on<M: NetlinkDeserializable>(
+    mut sock: Socket,
+    bytes: &[u8],
+    acks: usize,
+) -> io::Result<Vec<M>> {
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
     sock.send(bytes, 0)?;

@@ -48,21 +48,21 @@ pub fn create_pinned(path: &Path) -> Result<OwnedFd, NetnsError> {
             },
             _ => io_err("create pin", path)(e),
         })?;
-    // A short-lived thread makes the namespace, so no thread of ours is left inside it.
-    let target = path.to_path_buf();
-    let made = std::thread::spawn(move || -> io::Result<()> {
-        unshare(CloneFlags::CLONE_NEWNET)?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )?;
-        Ok(())
-    })
-    .join()
-    .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")));
+    // The calling thread makes the namespace and goes back to its own at once.
+    let made = away(
+        || Ok(unshare(CloneFlags::CLONE_NEWNET)?),
+        || -> io::Result<()> {
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        },
+    )
+    .and_then(|r| r);
     if let Err(e) = made {
         let _ = std::fs::remove_file(path);
         return Err(io_err("pin namespace at", path)(e));
@@ -113,6 +113,46 @@ pub fn enter(fd: &impl AsFd) -> io::Result<()> {
     Ok(setns(fd, CloneFlags::CLONE_NEWNET)?)
 }
 
+thread_local! {
+    /// The namespace a thread was in when it first stepped out of it ([`within`]).
+    static HOME: std::cell::OnceCell<OwnedFd> = const { std::cell::OnceCell::new() };
+}
+
+/// Runs `f` on the calling thread inside the namespace `fd`, then brings the thread back: for a
+/// moment's blocking work there, such as opening a socket (which stays in that namespace). No
+/// thread has to be made for it.
+pub fn within<R>(fd: &impl AsFd, f: impl FnOnce() -> R) -> io::Result<R> {
+    away(|| enter(fd), f)
+}
+
+/// Runs `go` (which moves the calling thread to another namespace), then `f` there, then moves
+/// the thread back to its own namespace, whatever happened. A thread that cannot go back aborts
+/// the process: it would open a pod's sockets where the host's are expected.
+fn away<R>(go: impl FnOnce() -> io::Result<()>, f: impl FnOnce() -> R) -> io::Result<R> {
+    HOME.with(|home| {
+        let home = match home.get() {
+            Some(h) => h,
+            None => {
+                let h: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
+                home.get_or_init(|| h)
+            }
+        };
+        /// Moves the thread back when dropped, also when `f` panics.
+        struct Back<'a>(&'a OwnedFd);
+        impl Drop for Back<'_> {
+            fn drop(&mut self) {
+                if let Err(e) = enter(self.0) {
+                    tracing::error!("a thread cannot go back to its own network namespace: {e}");
+                    std::process::abort();
+                }
+            }
+        }
+        go()?;
+        let _back = Back(home);
+        Ok(f())
+    })
+}
+
 /// What a namespace thread's runtime runs on each blocking thread it starts (after the thread
 /// has entered the namespace) and stops.
 #[derive(Clone, Default)]
@@ -124,8 +164,9 @@ pub struct ThreadHooks {
 /// Runs `work` on a new thread named `name` inside the namespace `fd`, on a current-thread tokio
 /// runtime whose blocking threads enter the namespace too before they run anything (a thread
 /// left outside would open sockets on the host: the process aborts instead). `done` gets what
-/// `work` returned, or why it could not run. The one way peapod runs code in a pod's namespace:
-/// the pod thread of [`crate::run::pod`] and the sandbox's inside configuration both use it.
+/// `work` returned, or why it could not run. The one way peapod runs a pod's code in its
+/// namespace (the pod thread of [`crate::run::pod`] and its lanes); the sandbox's netlink
+/// requests only step in to open their sockets ([`within`]).
 ///
 /// The runtime checks for I/O after every task poll, not every 61st: a module that never yields
 /// on its own is still preempted at each epoch tick (see [`crate::wasm::ticker`]), and with the
@@ -170,4 +211,44 @@ where
         })();
         done(r);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's network namespace, by inode.
+    fn here() -> u64 {
+        std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+    }
+
+    #[test]
+    fn a_thread_steps_into_a_namespace_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("ns");
+        let home = here();
+        let fd = match create_pinned(&pin) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("skipped: needs root for a network namespace ({e})");
+                return;
+            }
+        };
+        // Making it left this thread where it was.
+        assert_eq!(here(), home);
+        let inside = inode(&fd).unwrap();
+        assert_ne!(inside, home);
+        // A socket opened within stays in the namespace; the thread comes back.
+        let seen = within(&fd, here).unwrap();
+        assert_eq!(seen, inside);
+        assert_eq!(here(), home);
+        // Also when the work panics.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            within(&fd, || panic!("inside")).unwrap();
+        }));
+        assert!(caught.is_err());
+        assert_eq!(here(), home);
+        drop(fd);
+        remove_pinned(&pin).unwrap();
+    }
 }

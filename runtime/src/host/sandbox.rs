@@ -164,34 +164,6 @@ fn lock_pod(cfg: &Config, pod: &str) -> Result<PodLock, SandboxError> {
     }
 }
 
-/// Runs `work` on a thread inside the namespace `fd` ([`netns::spawn`]), so netlink requests it
-/// makes act in that namespace.
-pub async fn in_netns<F, Fut, R>(fd: Arc<OwnedFd>, work: F) -> Result<R, SandboxError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<R, SandboxError>>,
-    R: Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let thread = |source| SandboxError::Thread {
-        what: "the namespace thread",
-        source,
-    };
-    netns::spawn(
-        "peapod-netns".into(),
-        fd,
-        netns::ThreadHooks::default(),
-        work,
-        move |r| {
-            let _ = tx.send(r);
-        },
-    )
-    .map_err(thread)?;
-    rx.await
-        .map_err(|_| thread(std::io::Error::other("it died")))?
-        .map_err(thread)?
-}
-
 /// Runs `work` (file locks another process may hold, the lease file, the firewall's netlink)
 /// on a blocking thread of the runtime, not on an async worker.
 async fn blocking<R: Send + 'static>(
@@ -229,7 +201,7 @@ impl Sandbox {
             remove_parts(cfg, pod).await?;
         }
 
-        let host = Netlink;
+        let host = Netlink::HOST;
         let bridge = host
             .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
             .await?;
@@ -297,7 +269,7 @@ impl Sandbox {
             let (ipam, pod, ports) = (ipam.clone(), pod.to_string(), ports.to_vec());
             blocking(move || Ok(ipam.set_ports(&pod, &ports)?)).await?;
         }
-        let host = Netlink;
+        let host = Netlink::HOST;
         let bridge = host
             .ensure_bridge(&cfg.bridge, cfg.gateway(), cfg.subnet.prefix_len())
             .await?;
@@ -421,10 +393,7 @@ pub async fn plumb(
         host.set_neighbour(bridge, ip, net::mac_for(ip), "the bridge")
             .await,
     )?;
-    in_netns(netns.clone(), move || async move {
-        configure_inside(&Netlink, ip, prefix, gateway).await
-    })
-    .await?;
+    configure_inside(&Netlink::inside(netns.clone()), ip, prefix, gateway).await?;
     let t_inside = t0.elapsed();
     host.wait_passes_traffic(host_veth, LINK_UP_LIMIT).await?;
     let t_host = t0.elapsed();
@@ -523,7 +492,7 @@ pub async fn collect_orphans(
     // Host veths on the bridge that belong to no pod (a pod removed half-way, whose pin and
     // lease were gone): a veth's name is derived from its pod's, so every `pp*` port that is
     // not the veth of a kept pod, or of a pod another process runs, is a leftover.
-    let host = Netlink;
+    let host = Netlink::HOST;
     let mut in_use: std::collections::BTreeSet<String> = keep.clone();
     // Pods whose lock another process holds (`peapod run`): their sandboxes are not ours.
     in_use.extend(held_pods(cfg).into_iter().map(|(pod, _)| pod));
@@ -666,11 +635,14 @@ async fn remove_parts(cfg: &Config, pod: &str) -> Result<(), SandboxError> {
             }
         }
     };
-    if let Err(e) = Netlink.delete_link(&host_veth_name(&cfg.bridge, pod)).await {
+    if let Err(e) = Netlink::HOST
+        .delete_link(&host_veth_name(&cfg.bridge, pod))
+        .await
+    {
         errors.push(e.into());
     }
     if let Some(ip) = ip
-        && let Err(e) = forget_neighbour(&Netlink, &cfg.bridge, ip).await
+        && let Err(e) = forget_neighbour(&Netlink::HOST, &cfg.bridge, ip).await
     {
         errors.push(e);
     }
