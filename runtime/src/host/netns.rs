@@ -113,11 +113,6 @@ pub fn enter(fd: &impl AsFd) -> io::Result<()> {
     Ok(setns(fd, CloneFlags::CLONE_NEWNET)?)
 }
 
-thread_local! {
-    /// The namespace a thread was in when it first stepped out of it ([`within`]).
-    static HOME: std::cell::OnceCell<OwnedFd> = const { std::cell::OnceCell::new() };
-}
-
 /// Runs `f` on the calling thread inside the namespace `fd`, then brings the thread back: for a
 /// moment's blocking work there, such as opening a socket (which stays in that namespace). No
 /// thread has to be made for it.
@@ -129,28 +124,21 @@ pub fn within<R>(fd: &impl AsFd, f: impl FnOnce() -> R) -> io::Result<R> {
 /// the thread back to its own namespace, whatever happened. A thread that cannot go back aborts
 /// the process: it would open a pod's sockets where the host's are expected.
 fn away<R>(go: impl FnOnce() -> io::Result<()>, f: impl FnOnce() -> R) -> io::Result<R> {
-    HOME.with(|home| {
-        let home = match home.get() {
-            Some(h) => h,
-            None => {
-                let h: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
-                home.get_or_init(|| h)
-            }
-        };
-        /// Moves the thread back when dropped, also when `f` panics.
-        struct Back<'a>(&'a OwnedFd);
-        impl Drop for Back<'_> {
-            fn drop(&mut self) {
-                if let Err(e) = enter(self.0) {
-                    tracing::error!("a thread cannot go back to its own network namespace: {e}");
-                    std::process::abort();
-                }
+    // Opened each time (a few microseconds), not kept: no descriptor lives on with the thread.
+    let home: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
+    /// Moves the thread back when dropped, also when `f` panics.
+    struct Back(OwnedFd);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            if let Err(e) = enter(&self.0) {
+                tracing::error!("a thread cannot go back to its own network namespace: {e}");
+                std::process::abort();
             }
         }
-        go()?;
-        let _back = Back(home);
-        Ok(f())
-    })
+    }
+    go()?;
+    let _back = Back(home);
+    Ok(f())
 }
 
 /// What a namespace thread's runtime runs on each blocking thread it starts (after the thread

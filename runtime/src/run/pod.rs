@@ -213,7 +213,7 @@ impl RunningPod {
         let lane_count = lane_of.iter().max().map_or(1, |m| m + 1);
         // Siblings are counted per thread: a spinner slows only those it shares a thread with.
         let siblings: Vec<_> = (0..lane_count)
-            .map(|_| crate::wasm::ticker::Siblings::default())
+            .map(|l| crate::wasm::ticker::Siblings::of(lane_of.iter().filter(|&&x| x == l).count()))
             .collect();
         let stop = CancellationToken::new();
         let (tx, results) = oneshot::channel();

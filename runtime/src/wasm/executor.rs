@@ -520,6 +520,9 @@ impl Executor {
             .allow_tcp(true)
             .allow_udp(true)
             .allow_ip_name_lookup(true)
+            // A container alone on its thread does its file I/O on it (no hop to a blocking
+            // thread per write): it can only hold itself up. Sharing one, it must not.
+            .allow_blocking_current_thread(spec.siblings.sole())
             .inherit_network();
         {
             use crate::wasm::binds::Transport;

@@ -123,20 +123,37 @@ impl Preemption {
     }
 }
 
-/// The runs in progress of one pod's containers (one for all of them): a module that spins
-/// while another runs beside it is handed back at the fine tick.
+/// The runs in progress of the containers that share one thread of a pod (one for all of
+/// them): a module that spins while another runs beside it is handed back at the fine tick.
 #[derive(Debug, Clone, Default)]
-pub struct Siblings(Arc<AtomicUsize>);
+pub struct Siblings {
+    running: Arc<AtomicUsize>,
+    /// The thread is this one container's alone (known when the pod is laid out).
+    sole: bool,
+}
 
 impl Siblings {
+    /// The siblings of a thread that `members` containers share.
+    pub fn of(members: usize) -> Self {
+        Siblings {
+            running: Arc::default(),
+            sole: members == 1,
+        }
+    }
+
+    /// Whether the thread is one container's alone: blocking it blocks no one else.
+    pub fn sole(&self) -> bool {
+        self.sole
+    }
+
     /// Counts a run until the guard is dropped.
     pub(crate) fn enter(&self) -> SiblingRun {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::Relaxed);
         SiblingRun(self.clone())
     }
 
     fn contended(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > 1
+        self.running.load(Ordering::Relaxed) > 1
     }
 }
 
@@ -145,7 +162,7 @@ pub(crate) struct SiblingRun(Siblings);
 
 impl Drop for SiblingRun {
     fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, Ordering::Relaxed);
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
