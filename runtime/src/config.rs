@@ -580,6 +580,14 @@ impl Config {
         }
         let kubernetes = match raw.kubernetes {
             None => None,
+            Some(_) if !cfg!(feature = "kubernetes") => {
+                return Err(invalid(
+                    "kubernetes: this peapod is built without the Kubernetes node (the cargo \
+                     feature `kubernetes`, on by default and in the .deb); remove [kubernetes] \
+                     or use a peapod built with it"
+                        .into(),
+                ));
+            }
             Some(k) => Some(node_settings(k).map_err(invalid)?),
         };
         let log_level = raw.logs.level.unwrap_or(d.log_level);
@@ -830,6 +838,27 @@ mod tests {
         assert_eq!(c, Config::default());
     }
 
+    /// A peapod built without the node refuses its section, saying why, instead of ignoring it.
+    #[cfg(not(feature = "kubernetes"))]
+    #[test]
+    fn the_node_section_without_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("peapod.toml");
+        std::fs::write(
+            &f,
+            "[kubernetes]\nkubeconfig = \"/k\"\nnode_name = \"pi-1\"\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kubernetes: this peapod is built without the Kubernetes node"),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "kubernetes")]
     #[test]
     fn the_node_section() {
         let dir = tempfile::tempdir().unwrap();

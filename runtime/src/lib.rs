@@ -46,6 +46,7 @@ mod layers;
 pub mod loader;
 pub mod logs;
 pub mod module_file;
+#[cfg(feature = "kubernetes")]
 pub mod node;
 mod once;
 pub mod run;

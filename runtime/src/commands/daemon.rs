@@ -60,6 +60,7 @@ async fn run(cfg: Config, exec: Executor) -> anyhow::Result<()> {
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
     let told = tokio::spawn(tell_systemd(reports, cfg.socket.clone(), control_tx));
     // The board as a Kubernetes node: a client of this daemon's API (ends with the runtime).
+    #[cfg(feature = "kubernetes")]
     if let Some(node) = cfg.kubernetes.clone() {
         tokio::spawn(peapod::node::run(node, cfg.clone()));
     }
