@@ -151,7 +151,8 @@ fn compile_names_the_targets_it_has() {
 
 /// Code compiled for one memory layout (`PEAPOD_MEMORIES`, see `wasm::memory`) is refused by a
 /// process that lays memories out the other way, with a message that says so; under the same
-/// layout it runs. A bad value of the variable is named.
+/// layout it runs. A bad value of the variable is named. (A 32-bit process has one layout.)
+#[cfg(target_pointer_width = "64")]
 #[test]
 #[ignore = "needs root: scripts/test runs it"]
 fn code_for_the_other_memory_layout_is_refused_and_named() {

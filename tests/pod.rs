@@ -201,11 +201,17 @@ fn restart_in_place_refuses_no_connection() {
     }
     done.store(true, Ordering::Relaxed);
     let tries = client.join().unwrap();
-    assert_eq!(
-        tries.refused, 0,
-        "connections refused across {RESTARTS} restarts in place: {tries:?}"
-    );
-    assert!(tries.failed.is_empty(), "{tries:?}");
+    if p.count("listeners cannot be kept across a restart in place here") > 0 {
+        // QEMU's user mode (the board suites) does not translate SO_NETNS_COOKIE: peapod says
+        // so and refuses as before. Real kernels (x86_64, the arm64 VM) keep them.
+        eprintln!("not kept here (an emulator): {tries:?}");
+    } else {
+        assert_eq!(
+            tries.refused, 0,
+            "connections refused across {RESTARTS} restarts in place: {tries:?}"
+        );
+        assert!(tries.failed.is_empty(), "{tries:?}");
+    }
     assert!(tries.answered > 0, "{tries:?}");
     assert!(p.terminate().success());
     let out = p.output();
@@ -383,18 +389,15 @@ fn containers_limited_past_a_core_get_a_thread_each() {
     p.wait_for("lanes/spin1: spinning", MIN);
     p.wait_for("lanes/spin2: spinning", MIN);
     assert_eq!(p.count("threads=2"), 1, "{}", p.output());
-    // Each spinner has a thread of its own in the pod's namespace, and both run: the second
-    // thread gathers CPU time of its own (not the pod thread's share of one core).
-    let lane = eventually(MIN, "the second thread busy", || {
-        let t = threads_named(p.pid(), "pod1-");
-        (t.len() == 1 && t[0] >= 50).then(|| t[0])
+    // Each spinner has a thread of its own in the pod's namespace, and both run: each thread
+    // gathers CPU time of its own (half a second), not shares of one.
+    eventually(MIN, "both threads busy", || {
+        let (own, lane) = (
+            threads_named(p.pid(), "pod-"),
+            threads_named(p.pid(), "pod1-"),
+        );
+        (own.len() == 1 && lane.len() == 1 && own[0] >= 50 && lane[0] >= 50).then_some(())
     });
-    let own = threads_named(p.pid(), "pod-");
-    assert_eq!(own.len(), 1);
-    assert!(
-        own[0] >= 50,
-        "the pod thread's spinner runs too: {own:?}, lane {lane}"
-    );
     // The app, on the pod thread beside a limited spinner, still answers, on the pod's loopback
     // as on its IP: every thread is in the pod's namespace.
     wait_healthy(SocketAddr::from((s.ip, 8080)));

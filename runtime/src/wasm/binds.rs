@@ -189,6 +189,17 @@ impl Binds {
             Some(a) => a.iter().copied().collect(),
             None => return,
         };
+        if let Err(e) = crate::wasm::handoff::supported() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "listeners cannot be kept across a restart in place here: the kernel (before \
+                     5.14) or an emulator does not tell a socket's namespace (SO_NETNS_COOKIE: \
+                     {e}); connections are refused while a container restarts"
+                )
+            });
+            return;
+        }
         if !h.migration {
             match crate::wasm::handoff::allow_migration() {
                 Ok(()) => h.migration = true,

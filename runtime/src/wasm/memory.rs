@@ -64,6 +64,11 @@ pub fn for_target() -> Result<Layout, String> {
 /// The layout for `variable`'s value (when set) or an address space of `space` bytes.
 fn decide(variable: Option<&str>, space: Option<u64>) -> Result<(Layout, String), String> {
     match variable.map(str::trim) {
+        Some("guarded") if cfg!(target_pointer_width = "32") => {
+            return Err(format!(
+                "{VARIABLE}=guarded: a 32-bit process cannot reserve 4 GiB per memory"
+            ));
+        }
         Some("guarded") => return Ok((Layout::Guarded, format!("{VARIABLE}=guarded"))),
         Some("bounded") => return Ok((Layout::Bounded, format!("{VARIABLE}=bounded"))),
         Some("" | "auto") | None => {}
@@ -74,6 +79,9 @@ fn decide(variable: Option<&str>, space: Option<u64>) -> Result<(Layout, String)
         }
     }
     let need = GUARDED_MEMORIES * GUARDED_SPAN;
+    if cfg!(target_pointer_width = "32") {
+        return Ok((Layout::Bounded, "a 32-bit process".to_string()));
+    }
     Ok(match space {
         Some(s) if s >= need => (
             Layout::Guarded,
@@ -126,6 +134,7 @@ pub fn address_space() -> Option<u64> {
 mod tests {
     use super::*;
 
+    #[cfg(target_pointer_width = "64")]
     #[test]
     fn the_address_space_decides_unless_told() {
         let tib = 1u64 << 40;
@@ -152,16 +161,21 @@ mod tests {
         assert!(e.contains("PEAPOD_MEMORIES=\"fast\""), "{e}");
     }
 
+    #[cfg(target_pointer_width = "32")]
+    #[test]
+    fn a_32_bit_process_is_bounded() {
+        assert_eq!(decide(None, Some(4 << 30)).unwrap().0, Layout::Bounded);
+        assert!(decide(Some("guarded"), None).is_err());
+        assert_eq!(decide(Some("bounded"), None).unwrap().0, Layout::Bounded);
+    }
+
     #[test]
     fn this_process_address_space_is_measured() {
         let space = address_space().expect("measured");
-        // 39 bits at least on every kernel peapod runs on (arm64's smallest common setting),
-        // and a power of two unless RLIMIT_AS is smaller.
-        assert!(
-            space >= 1 << 39
-                || nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_AS)
-                    .is_ok_and(|(s, _)| s == space),
-            "{space:#x}"
-        );
+        // The stack is in it, and so is the heap.
+        let local = 0u8;
+        let heap = Box::new(0u8);
+        assert!((&raw const local as u64) < space, "{space:#x}");
+        assert!((&raw const *heap as u64) < space, "{space:#x}");
     }
 }
