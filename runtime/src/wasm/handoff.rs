@@ -152,7 +152,7 @@ pub fn unbound_socket(addr: SocketAddr) -> io::Result<Option<Guest>> {
 #[derive(Debug, Clone, Copy)]
 pub struct Guest {
     fd: RawFd,
-    ino: u64,
+    ino: libc::ino_t,
 }
 
 impl Guest {

@@ -126,8 +126,15 @@ pub fn address_space() -> Option<u64> {
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_AS)
         .ok()
         .map(|(soft, _)| soft)
-        .filter(|s| *s != nix::sys::resource::RLIM_INFINITY);
+        .filter(|s| *s != nix::sys::resource::RLIM_INFINITY)
+        .map(widen);
     Some(limit.map_or(user, |l| l.min(user)))
+}
+
+/// A limit as u64: `rlim_t` is 32 bits on 32-bit ARM, 64 elsewhere.
+#[allow(clippy::useless_conversion)]
+fn widen(v: nix::sys::resource::rlim_t) -> u64 {
+    v.into()
 }
 
 #[cfg(test)]
