@@ -353,18 +353,7 @@ impl Ctx {
         let mut runs = vec![];
         for extra in ["cpu_limit = \"250m\"", ""] {
             let spec = self.spec_with("cpu", peapod_guests::TOOLBOX, &["spin"], extra)?;
-            let modules = self.compile(&spec)?;
-            let pod = self.start(&spec, modules, None).await?;
-            let cpu = || pod.statuses()[0].cpu_seconds;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let mut shares = vec![];
-            for _ in 0..windows {
-                let (c0, t0) = (cpu(), Instant::now());
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                shares.push((cpu() - c0) / t0.elapsed().as_secs_f64() * 100.0);
-            }
-            pod.stop().await?;
-            runs.push(shares);
+            runs.push(self.cpu_shares(&spec, windows).await?);
         }
         figures.push(
             Figure::new(
@@ -388,18 +377,7 @@ impl Ctx {
                 m = peapod_guests::TOOLBOX
             );
             let spec = PodSpec::parse(&self.dir.join(format!("{name}.toml")), &text)?;
-            let modules = self.compile(&spec)?;
-            let pod = self.start(&spec, modules, None).await?;
-            let cpu = || pod.statuses().iter().map(|s| s.cpu_seconds).sum::<f64>();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let mut shares = vec![];
-            for _ in 0..windows {
-                let (c0, t0) = (cpu(), Instant::now());
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                shares.push((cpu() - c0) / t0.elapsed().as_secs_f64() * 100.0);
-            }
-            pod.stop().await?;
-            runs.push(shares);
+            runs.push(self.cpu_shares(&spec, windows).await?);
         }
         figures.push(
             Figure::new(
@@ -411,6 +389,23 @@ impl Ctx {
             .against("no limits (one thread)", &runs[1]),
         );
         Ok(())
+    }
+
+    /// Runs pod `spec` and returns its containers' CPU, all together, over each of `windows`
+    /// one-second windows, in % of a core (from their own CPU clocks, as `inspect` shows them).
+    async fn cpu_shares(&mut self, spec: &PodSpec, windows: usize) -> Result<Vec<f64>> {
+        let modules = self.compile(spec)?;
+        let pod = self.start(spec, modules, None).await?;
+        let cpu = || pod.statuses().iter().map(|s| s.cpu_seconds).sum::<f64>();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut shares = vec![];
+        for _ in 0..windows {
+            let (c0, t0) = (cpu(), Instant::now());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            shares.push((cpu() - c0) / t0.elapsed().as_secs_f64() * 100.0);
+        }
+        pod.stop().await?;
+        Ok(shares)
     }
 
     /// Probe overhead: CPU time of the pod's thread (probe client and the app answering it,
