@@ -206,15 +206,14 @@ impl Binds {
                 Err(e) => tracing::debug!("{}: tcp_migrate_req: {e}", self.pod),
             }
         }
-        for addr in addrs {
-            match crate::wasm::handoff::listeners_on(addr) {
-                Ok(fds) if !fds.is_empty() => {
+        match crate::wasm::handoff::listeners_on(&addrs) {
+            Ok(kept) => {
+                for (addr, fd) in kept {
                     let key = (container.to_string(), addr);
-                    h.held.entry(key).or_default().extend(fds);
+                    h.held.entry(key).or_default().push(fd);
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!("{container}: keep {addr}: {e}"),
             }
+            Err(e) => tracing::debug!("{container}: keep its listeners: {e}"),
         }
         if h.held.keys().any(|(c, _)| c == container) {
             let until = Instant::now() + BIND_AGAIN_WITHIN;

@@ -71,13 +71,12 @@ struct Found {
     local: Option<SocketAddr>,
 }
 
-/// The TCP sockets of the calling thread's network namespace among the process's open files.
+/// The TCP sockets of the network namespace `here` (a cookie) among the process's open files.
 ///
 /// The descriptors are only looked at (`getsockopt`, `getsockname`): another thread may close
 /// one meanwhile, which makes a call fail or look at whatever took its number; callers check
 /// again on a duplicate they own, or on a socket that cannot close meanwhile.
-fn tcp_sockets_here() -> io::Result<Vec<Found>> {
-    let here = netns_here()?;
+fn tcp_sockets_in(here: u64) -> io::Result<Vec<Found>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?
@@ -106,23 +105,24 @@ fn tcp_sockets_here() -> io::Result<Vec<Found>> {
     Ok(found)
 }
 
-/// Duplicates of the listening TCP sockets of this namespace bound to `addr` (one, unless an
-/// earlier hand-over is still letting go).
-pub fn listeners_on(addr: SocketAddr) -> io::Result<Vec<OwnedFd>> {
+/// Duplicates of the listening TCP sockets of this namespace bound to one of `addrs`, with the
+/// address of each (one per address, unless an earlier hand-over is still letting go): one look
+/// at the file table for all of them.
+pub fn listeners_on(addrs: &[SocketAddr]) -> io::Result<Vec<(SocketAddr, OwnedFd)>> {
     let here = netns_here()?;
     let mut held = Vec::new();
-    for f in tcp_sockets_here()? {
-        if !f.listening || f.local != Some(addr) {
+    for f in tcp_sockets_in(here)? {
+        let Some(addr) = f.local.filter(|a| f.listening && addrs.contains(a)) else {
             continue;
-        }
-        // SAFETY: as in `tcp_sockets_here`; the duplicate is checked again below.
+        };
+        // SAFETY: as in `tcp_sockets_in`; the duplicate is checked again below.
         let dup = unsafe { BorrowedFd::borrow_raw(f.fd) }.try_clone_to_owned()?;
         let s = SockRef::from(&dup);
         let same = s.is_listener().unwrap_or(false)
             && s.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
             && netns_cookie(dup.as_fd()).ok() == Some(here);
         if same {
-            held.push(dup);
+            held.push((addr, dup));
         }
     }
     Ok(held)
@@ -133,7 +133,7 @@ pub fn listeners_on(addr: SocketAddr) -> io::Result<Vec<OwnedFd>> {
 /// in its bind, so that socket cannot close meanwhile.
 pub fn unbound_socket(addr: SocketAddr) -> io::Result<Option<Guest>> {
     let family = Domain::for_address(addr);
-    let mut unbound = tcp_sockets_here()?.into_iter().filter(|f| {
+    let mut unbound = tcp_sockets_in(netns_here()?)?.into_iter().filter(|f| {
         !f.listening
             && f.local.is_some_and(|l| {
                 l.port() == 0 && l.ip().is_unspecified() && Domain::for_address(l) == family
@@ -229,7 +229,14 @@ mod tests {
             allow_migration().unwrap();
             let first = TcpListener::bind("127.0.0.1:8080").unwrap();
             let addr = first.local_addr().unwrap();
-            let held = listeners_on(addr).unwrap();
+            let held: Vec<OwnedFd> = listeners_on(&[addr])
+                .unwrap()
+                .into_iter()
+                .map(|(a, fd)| {
+                    assert_eq!(a, addr);
+                    fd
+                })
+                .collect();
             assert_eq!(held.len(), 1, "the listener is found by its address");
             drop(first);
             // The module is gone; the kept socket still listens: a client is not refused.
