@@ -65,6 +65,11 @@ pub const HOLD_FOR_RESTART_WITHIN: Duration = Duration::from_secs(1);
 /// How long after its restart a container has to bind a kept listener again before it is closed.
 pub const BIND_AGAIN_WITHIN: Duration = Duration::from_secs(2);
 
+/// The most addresses remembered per container for keeping its listeners: a guest that binds
+/// address after address (any of 2^128 IPv6 ones) cannot grow the daemon's memory; listeners on
+/// addresses past these are not kept.
+pub const KEEP_AT_MOST: usize = 64;
+
 /// The listeners of a pod's containers, kept between runs.
 #[derive(Debug, Default)]
 struct Handoff {
@@ -120,10 +125,10 @@ impl Binds {
     pub fn bind(&self, container: &str, addr: SocketAddr, transport: Transport) {
         if let (Some(h), Transport::Tcp, false) = (&self.handoff, transport, addr.port() == 0) {
             let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
-            h.bound
-                .entry(container.to_string())
-                .or_default()
-                .insert(addr);
+            let bound = h.bound.entry(container.to_string()).or_default();
+            if bound.len() < KEEP_AT_MOST {
+                bound.insert(addr);
+            }
             if let Some(held) = h.held.remove(&(container.to_string(), addr)) {
                 drop(h);
                 if self.hand_over(container, addr, held) {
@@ -367,6 +372,17 @@ mod tests {
         drop(held);
         // Free again: no word.
         assert_eq!(binds.check("b", addr, Transport::Tcp), None);
+    }
+
+    #[test]
+    fn a_guest_binding_without_end_is_remembered_within_a_bound() {
+        let binds = Binds::default().with_handoff();
+        for i in 0..1000u16 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], 20000 + i));
+            binds.bind("a", addr, Transport::Tcp);
+        }
+        let h = binds.handoff.as_ref().unwrap().lock().unwrap();
+        assert_eq!(h.bound["a"].len(), KEEP_AT_MOST);
     }
 
     #[test]
